@@ -1,0 +1,333 @@
+"""Typed experiment configuration: YAML in, validated once, passed explicitly.
+
+Every error names the offending key (``server.per_round``) and, when the value came from a
+YAML file, the file and line, so a bad config stops a run before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DATA_ENV = "FEDLORA_DATA"
+GENERIC_TASKS = ("csv", "jsonl")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key (and file:line if known)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitionConfig(_Section):
+    method: Literal["iid", "dirichlet"] = "iid"
+    by: Literal["label"] = "label"
+    alpha: Annotated[float, Field(gt=0)] = 0.5
+    min_size: Annotated[int, Field(ge=1)] = 2
+
+
+class DataConfig(_Section):
+    task: str = "mrpc"
+    dir: Path | None = None
+    source: Literal["folder", "hub"] = "folder"
+    max_length: Annotated[int, Field(ge=8)] = 128
+    max_train_examples: Annotated[int | None, Field(ge=1)] = None
+    max_eval_examples: Annotated[int | None, Field(ge=1)] = None
+    cache_dir: Path | None = None
+    # Generic CSV / JSONL classification (task: csv or jsonl): one file per split.
+    files: dict[str, Path] | None = None
+    text_columns: list[str] | None = None
+    label_column: str = "label"
+    partition: PartitionConfig = PartitionConfig()
+
+
+class RandomInitConfig(_Section):
+    """Sizes of a randomly initialised model built from the named model's config (tests)."""
+
+    hidden_size: Annotated[int, Field(ge=2)] = 32
+    num_hidden_layers: Annotated[int, Field(ge=1)] = 2
+    num_attention_heads: Annotated[int, Field(ge=1)] = 2
+    intermediate_size: Annotated[int, Field(ge=2)] = 64
+
+
+class ModelConfig(_Section):
+    name: str | None = None
+    bf16: bool = False
+    init: Literal["pretrained", "random"] = "pretrained"
+    random: RandomInitConfig = RandomInitConfig()
+
+
+class LoraConfig(_Section):
+    r: Annotated[int, Field(ge=1)] = 8
+    alpha: Annotated[float, Field(gt=0)] = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    target_modules: Annotated[list[str], Field(min_length=1)] = ["query", "value"]
+
+
+class ConstantSpeed(_Section):
+    distribution: Literal["constant"]
+    value: Annotated[float, Field(gt=0)] = 1.0
+
+
+class UniformSpeed(_Section):
+    distribution: Literal["uniform"]
+    low: Annotated[float, Field(gt=0)] = 1.0
+    high: Annotated[float, Field(gt=0)] = 10.0
+    cap: Annotated[float | None, Field(gt=0)] = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformSpeed:
+        if self.low > self.high:
+            raise ValueError(f"clients.speed: low {self.low} is above high {self.high}")
+        return self
+
+
+class NormalSpeed(_Section):
+    distribution: Literal["normal"]
+    mean: Annotated[float, Field(gt=0)] = 5.0
+    std: Annotated[float, Field(ge=0)] = 2.0
+    cap: Annotated[float | None, Field(gt=0)] = None
+
+
+class LognormalSpeed(_Section):
+    distribution: Literal["lognormal"]
+    mean: float = 0.0
+    sigma: Annotated[float, Field(ge=0)] = 1.0
+    cap: Annotated[float | None, Field(gt=0)] = None
+
+
+class ParetoSpeed(_Section):
+    distribution: Literal["pareto"]
+    alpha: Annotated[float, Field(gt=0)] = 1.0
+    cap: Annotated[float | None, Field(gt=0)] = None
+
+
+class ZipfSpeed(_Section):
+    distribution: Literal["zipf"]
+    alpha: Annotated[float, Field(gt=1)] = 2.0
+    cap: Annotated[float | None, Field(gt=0)] = None
+
+
+_SPEEDS = (ConstantSpeed, UniformSpeed, NormalSpeed, LognormalSpeed, ParetoSpeed, ZipfSpeed)
+SpeedConfig = Annotated[
+    ConstantSpeed | UniformSpeed | NormalSpeed | LognormalSpeed | ParetoSpeed | ZipfSpeed,
+    Field(discriminator="distribution"),
+]
+# pydantic puts the union's tag into an error's location; users never wrote it, so drop it.
+_UNION_TAGS = {get_args(cls.model_fields["distribution"].annotation)[0] for cls in _SPEEDS}
+
+
+class ClientsConfig(_Section):
+    num: Annotated[int, Field(ge=1)] = 10
+    speed: SpeedConfig = ConstantSpeed(distribution="constant")
+    bandwidth_mbps: Annotated[float, Field(gt=0)] = 100.0
+    # Virtual seconds one token costs a client of slowness 1 (forward + backward).
+    seconds_per_token: Annotated[float, Field(gt=0)] = 1.0e-3
+
+
+class TrainConfig(_Section):
+    local_steps: Annotated[int | None, Field(ge=1)] = 20
+    local_epochs: Annotated[float | None, Field(gt=0)] = None
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    lr: Annotated[float, Field(gt=0)] = 5.0e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float | None, Field(gt=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ValueError("train: set exactly one of local_steps and local_epochs")
+        return self
+
+
+class ServerConfig(_Section):
+    policy: str = "fedavg"
+    aggregator: str = "fedavg"
+    per_round: Annotated[int | None, Field(ge=1)] = None
+    concurrency: Annotated[int, Field(ge=1)] = 10
+    window: Annotated[int, Field(ge=1)] = 5
+    rounds: Annotated[int, Field(ge=1)] = 50
+    max_steps: Annotated[int | None, Field(ge=1)] = None
+    max_virtual_time: Annotated[float | None, Field(gt=0)] = None
+
+
+class TargetConfig(_Section):
+    metric: str = "accuracy"
+    value: float
+    stop: bool = False
+
+
+class EvalConfig(_Section):
+    every: Annotated[int, Field(ge=1)] = 1
+    split: str = "dev"
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    target: TargetConfig | None = None
+
+
+class RuntimeConfig(_Section):
+    threads: Annotated[int | None, Field(ge=1)] = None
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    clients: ClientsConfig = ClientsConfig()
+    train: TrainConfig = TrainConfig()
+    server: ServerConfig = ServerConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        from fedlora import aggregation, policies
+
+        if self.server.policy not in policies.available():
+            raise ValueError(
+                f"server.policy: unknown policy {self.server.policy!r};"
+                f" available: {', '.join(policies.available())}"
+            )
+        if self.server.aggregator not in aggregation.available():
+            raise ValueError(
+                f"server.aggregator: unknown aggregator {self.server.aggregator!r};"
+                f" available: {', '.join(aggregation.available())}"
+            )
+        if self.cohort_size > self.clients.num:
+            raise ValueError(
+                f"server.per_round: {self.cohort_size} clients per round but clients.num"
+                f" is {self.clients.num}"
+            )
+        return self
+
+    @property
+    def cohort_size(self) -> int:
+        """Clients sampled per synchronous round (all clients when per_round is unset)."""
+        return self.server.per_round or self.clients.num
+
+
+def resolve_data_dir(config: ExperimentConfig) -> Path | None:
+    """The data folder: ``data.dir``, else ``$FEDLORA_DATA``, else an error saying how to set it.
+
+    Hub datasets need no folder, nor do csv/jsonl tasks whose ``data.files`` are given as is.
+    """
+    data = config.data
+    if data.dir is not None:
+        if not data.dir.is_dir():
+            raise ConfigError(f"data.dir: folder {str(data.dir)!r} does not exist")
+        return data.dir
+    from_env = os.environ.get(DATA_ENV)
+    if from_env:
+        if not Path(from_env).is_dir():
+            raise ConfigError(f"${DATA_ENV}: folder {from_env!r} does not exist")
+        return Path(from_env)
+    if data.source == "hub" or (data.task in GENERIC_TASKS and data.files):
+        return None
+    raise ConfigError(
+        "data.dir: no data folder given; set data.dir in the config, pass"
+        f" --set data.dir=/path/to/glue, or export {DATA_ENV}=/path/to/glue"
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["server.rounds=3", "data.dir=/x"]`` into a nested dict; values parse as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. server.rounds=3")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {part!r} is set both as a value and a section")
+        node[leaf] = yaml.safe_load(raw)
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                child = (*path, str(key_node.value))
+                lines[child] = key_node.start_mark.line + 1
+                walk(value_node, child)
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _describe(error: ValidationError, source: str | None, lines: dict[tuple[str, ...], int]) -> str:
+    messages = []
+    for item in error.errors():
+        path = tuple(str(p) for p in item["loc"] if p not in _UNION_TAGS)
+        key = ".".join(path) or "config"
+        text = item["msg"].removeprefix("Value error, ")
+        if text.startswith(f"{key}:") or (key == "config" and ":" in text.split(" ")[0]):
+            message = text
+        else:
+            message = f"{key}: {text}"
+        where = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
+        if source is not None and where is not None:
+            message = f"{source}:{where}: {message}"
+        messages.append(message)
+    return "invalid config\n  " + "\n  ".join(messages)
+
+
+def build_config(
+    raw: dict[str, Any], overrides: list[str] | None = None, source: str | None = None
+) -> ExperimentConfig:
+    """Validate a raw mapping (plus ``--set`` overrides) into an :class:`ExperimentConfig`."""
+    return _validate(_merge(raw, parse_overrides(overrides or [])), source, {})
+
+
+def _validate(
+    raw: dict[str, Any], source: str | None, lines: dict[tuple[str, ...], int]
+) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source, lines)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config file, apply ``--set`` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return _validate(_merge(raw, parse_overrides(overrides or [])), str(path), _key_lines(text))
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML: reloading it reproduces the run."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
