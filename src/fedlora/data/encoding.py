@@ -1,0 +1,205 @@
+"""Tokenize a split once, keep it cached, and pad per batch.
+
+Every client of a run (and every later run) shares one encoding: from memory within a process,
+from a file across processes. Batches are padded to their own longest example, not to
+max_length, because most GLUE examples are far shorter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from fedlora.data.sources import LabelledSplit
+
+if TYPE_CHECKING:  # transformers is slow to import and only needed for the annotation
+    from transformers import PreTrainedTokenizerBase
+
+CACHE_ENV = "FEDLORA_CACHE"
+_FORMAT = 1  # part of the cache key: bump it when the file layout changes
+_CHUNK = 2048  # examples per tokenizer call: batched speed without one huge output
+_log = logging.getLogger(__name__)
+_memo: dict[str, EncodedSplit] = {}
+
+Payload = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare by identity
+class EncodedSplit:
+    """Token ids of each example, unpadded, and the labels aligned with them."""
+
+    input_ids: list[torch.Tensor]
+    token_type_ids: list[torch.Tensor] | None
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @cached_property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """Tokens per example: the cost model and the length-based partitions read it."""
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
+
+
+def encode_split(
+    split: LabelledSplit,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    cache_dir: Path | None,
+) -> EncodedSplit:
+    """Token ids of every example: from the memo, else the cache file, else the tokenizer.
+
+    ``cache_dir`` defaults to ``$FEDLORA_CACHE``, else ``~/.cache/fedlora/encoded``.
+    """
+    key = _cache_key(split, tokenizer, max_length)
+    if key not in _memo:
+        path = (cache_dir or _default_cache_dir()) / f"{key}.pt"
+        payload = _read_cache(path, len(split.examples))
+        if payload is None:
+            payload = _tokenize(split, tokenizer, max_length)
+            _write_cache(path, payload)
+        _memo[key] = _unpack(payload)
+    return _memo[key]
+
+
+def clear_memo() -> None:
+    """Forget the in-process encodings (frees their memory); the cache files stay."""
+    _memo.clear()
+
+
+def collate(
+    encoded: EncodedSplit, indices: Sequence[int] | npt.NDArray[np.int64], pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """A batch of the given examples padded to the longest of them, with its attention mask."""
+    if len(indices) == 0:
+        raise ValueError("collate: a batch needs at least one example index")
+    rows = [encoded.input_ids[index] for index in indices]
+    lengths = torch.tensor([len(row) for row in rows])
+    width = int(lengths.max())
+    batch = {
+        "input_ids": pad_sequence(rows, batch_first=True, padding_value=pad_token_id),
+        "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
+    }
+    if encoded.token_type_ids is not None:
+        types = [encoded.token_type_ids[index] for index in indices]
+        batch["token_type_ids"] = pad_sequence(types, batch_first=True, padding_value=0)
+    batch["labels"] = encoded.labels[torch.as_tensor(indices, dtype=torch.long)]
+    return batch
+
+
+def _cache_key(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+    parts = [
+        _FORMAT,
+        tokenizer.name_or_path,
+        len(tokenizer),  # vocabulary size including added tokens
+        split.task.name,
+        split.split,
+        split.fingerprint,
+        len(split.examples),  # a subset that kept its parent's fingerprint still misses
+        max_length,
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _default_cache_dir() -> Path:
+    from_env = os.environ.get(CACHE_ENV)
+    return Path(from_env) if from_env else Path.home() / ".cache" / "fedlora" / "encoded"
+
+
+def _tokenize(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Payload:
+    """Flat token ids plus offsets: one compact tensor per field, cheap to save and load."""
+    ids: list[int] = []
+    types: list[int] = []
+    lengths = [0]
+    for start in range(0, len(split.examples), _CHUNK):
+        chunk = split.examples[start : start + _CHUNK]
+        pairs = [example.text_b for example in chunk] if split.task.pair else None
+        out = tokenizer(
+            [example.text_a for example in chunk], pairs, truncation=True, max_length=max_length
+        )
+        for row in out["input_ids"]:
+            ids.extend(row)
+            lengths.append(len(row))
+        for row in out.get("token_type_ids", []):
+            types.extend(row)
+    payload = {
+        "input_ids": torch.tensor(ids, dtype=torch.int32),
+        "offsets": torch.tensor(np.cumsum(lengths), dtype=torch.long),
+        "labels": torch.tensor([example.label for example in split.examples], dtype=torch.long),
+    }
+    if types:
+        payload["token_type_ids"] = torch.tensor(types, dtype=torch.uint8)
+    return payload
+
+
+def _unpack(payload: Payload) -> EncodedSplit:
+    sizes = torch.diff(payload["offsets"]).tolist()
+    types = payload.get("token_type_ids")
+    return EncodedSplit(
+        input_ids=list(torch.split(payload["input_ids"].long(), sizes)),
+        token_type_ids=None if types is None else list(torch.split(types.long(), sizes)),
+        labels=payload["labels"],
+    )
+
+
+def _read_cache(path: Path, count: int) -> Payload | None:
+    """The cached encoding of ``count`` examples, or None when absent or unusable."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+        _check(payload, count)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        _log.warning("ignoring unreadable cache file %s (%s); encoding again", path, error)
+        return None
+    return payload
+
+
+def _check(payload: object, count: int) -> None:
+    """Raise ValueError unless ``payload`` is a complete, consistent encoding."""
+    if not isinstance(payload, dict) or not all(
+        isinstance(value, torch.Tensor) for value in payload.values()
+    ):
+        raise ValueError("not a dict of tensors")
+    if not {"input_ids", "offsets", "labels"} <= payload.keys():
+        raise ValueError(f"fields {sorted(payload)}")
+    offsets, flat, types = payload["offsets"], payload["input_ids"], payload.get("token_type_ids")
+    if offsets.shape != (count + 1,) or payload["labels"].shape != (count,):
+        raise ValueError(f"not an encoding of {count} examples")
+    if offsets[0] != 0 or offsets[-1] != flat.numel() or bool((torch.diff(offsets) < 0).any()):
+        raise ValueError("offsets do not match the token ids")
+    if types is not None and types.shape != flat.shape:
+        raise ValueError("token type ids do not match the token ids")
+
+
+def _write_cache(path: Path, payload: Payload) -> None:
+    """Write atomically, so a crash or a concurrent run never leaves half a file behind.
+
+    The cache only saves time: when it cannot be written the run goes on without it.
+    """
+    temp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+            temp = Path(handle.name)
+            torch.save(payload, handle)
+        os.replace(temp, path)
+    except OSError as error:
+        _log.warning("cannot write cache file %s (%s); going on without it", path, error)
+    finally:
+        if temp is not None:
+            temp.unlink(missing_ok=True)

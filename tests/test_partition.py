@@ -1,0 +1,105 @@
+"""partition: exact coverage, determinism, IID balance, min_size, and Dirichlet label skew."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedlora.config import PartitionConfig
+from fedlora.data import PartitionError, partition
+
+
+def majority_share(labels: np.ndarray, clients: list[np.ndarray]) -> float:
+    """Mean over clients of the fraction of its examples that carry its most common label."""
+    return float(np.mean([np.bincount(labels[c]).max() / len(c) for c in clients]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 4), min_size=1, max_size=300).map(np.array),
+    num_clients=st.integers(1, 12),
+    method=st.sampled_from(["iid", "dirichlet"]),
+    alpha=st.floats(0.05, 100.0),
+    min_size=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_example_goes_to_exactly_one_client(
+    labels: np.ndarray,
+    num_clients: int,
+    method: Literal["iid", "dirichlet"],
+    alpha: float,
+    min_size: int,
+    seed: int,
+) -> None:
+    config = PartitionConfig(method=method, alpha=alpha, min_size=min_size)
+    try:
+        clients = partition(labels, num_clients, config, seed)
+    except PartitionError as error:
+        # Only an unsatisfiable min_size may fail: too few examples, or no lucky Dirichlet draw.
+        assert "data.partition.min_size" in str(error)
+        assert method == "dirichlet" or num_clients * min_size > len(labels)
+        return
+    assert len(clients) == num_clients
+    assert all(c.dtype == np.int64 and np.all(np.diff(c) > 0) for c in clients)
+    assert np.array_equal(np.sort(np.concatenate(clients)), np.arange(len(labels)))
+    assert min(len(c) for c in clients) >= min_size
+    if method == "iid":
+        sizes = [len(c) for c in clients]
+        assert max(sizes) - min(sizes) <= 1
+    again = partition(labels, num_clients, config, seed)
+    assert all(np.array_equal(a, b) for a, b in zip(clients, again, strict=True))
+
+
+def test_seed_changes_the_partition() -> None:
+    labels = np.arange(100) % 3
+    config = PartitionConfig(method="dirichlet", alpha=0.5)
+    first, second = partition(labels, 4, config, 0), partition(labels, 4, config, 1)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_iid_sizes() -> None:
+    clients = partition(np.zeros(10, dtype=np.int64), 3, PartitionConfig(method="iid"), 7)
+    assert sorted(len(c) for c in clients) == [3, 3, 4]
+
+
+def test_min_size_is_respected_under_strong_skew() -> None:
+    labels = np.arange(400) % 4
+    unconstrained = PartitionConfig(method="dirichlet", alpha=0.2, min_size=1)
+    constrained = PartitionConfig(method="dirichlet", alpha=0.2, min_size=20)
+    smallest = [min(len(c) for c in partition(labels, 5, unconstrained, s)) for s in range(10)]
+    assert min(smallest) < 20  # so some seeds below needed a redraw
+    for seed in range(10):
+        assert min(len(c) for c in partition(labels, 5, constrained, seed)) >= 20
+
+
+def test_impossible_min_size_names_the_keys_and_numbers() -> None:
+    config = PartitionConfig(method="dirichlet", min_size=4)
+    with pytest.raises(PartitionError) as error:
+        partition(np.zeros(30, dtype=np.int64), 10, config, 0)
+    message = str(error.value)
+    assert "data.partition.min_size" in message and "clients.num" in message
+    assert "10 clients" in message and "40 examples" in message and "there are 30" in message
+
+
+def test_small_alpha_skews_labels_more_than_large_alpha() -> None:
+    labels = np.arange(1000) % 4
+
+    def skew(alpha: float) -> float:
+        config = PartitionConfig(method="dirichlet", alpha=alpha)
+        return float(
+            np.mean([majority_share(labels, partition(labels, 8, config, s)) for s in range(5)])
+        )
+
+    iid_like = skew(100.0)
+    assert iid_like < 0.35  # four balanced labels: a quarter each
+    assert skew(0.1) > iid_like + 0.3
+
+
+def test_any_grouping_key_partitions() -> None:
+    buckets = np.array(["short", "long", "mid"] * 20)
+    clients = partition(buckets, 3, PartitionConfig(method="dirichlet", alpha=1.0), 0)
+    assert np.array_equal(np.sort(np.concatenate(clients)), np.arange(60))
