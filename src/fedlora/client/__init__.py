@@ -1,0 +1,1 @@
+"""Client side: the resident backbone and local training."""

