@@ -1,0 +1,6 @@
+"""Aggregators, registered by name: ``available()`` lists what ``server.aggregator`` accepts."""
+
+from fedlora.aggregation import fedavg as _fedavg  # noqa: F401  (registers "fedavg")
+from fedlora.aggregation.base import Aggregator, available, create
+
+__all__ = ["Aggregator", "available", "create"]

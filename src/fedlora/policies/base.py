@@ -1,0 +1,121 @@
+"""The policy contract: *when* the server merges and *whom* it sends work to.
+
+A policy is a sans-IO state machine (in the style of h11): it never touches tensors, files or
+clocks. The runtime tells it what happened (a job's result arrived, a job was lost) and it
+answers with decisions. The runtime carries them out: it owns the adapters, the event log and
+the (virtual or real) time, so the same policy runs in the simulator and on Flower.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+from fedlora.config import ServerConfig
+from fedlora.registry import Registry
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    client: int
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A job's result reached the server (already validated)."""
+
+    job: int
+    client: int
+    dispatched_version: int
+    time: float
+
+
+class Source(Enum):
+    UPDATE = "update"  # the adapter a job sent back
+    SENT = "sent"  # the adapter that job was given at dispatch (for delta-based policies)
+    GLOBAL = "global"  # the current global adapter
+
+
+@dataclass(frozen=True)
+class Term:
+    source: Source
+    weight: float
+    job: int | None = None
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Send ``client`` a new job projected from the current global version."""
+
+    client: int
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Global version v+1 = Σ term.weight · term's adapter; ``release`` frees those results."""
+
+    terms: tuple[Term, ...]
+    release: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A result the policy will never use (e.g. too stale); it is logged and counted."""
+
+    job: int
+    reason: str
+
+
+Decision = Dispatch | Merge | Drop
+
+
+class Policy(ABC):
+    """Template: subclasses answer :meth:`start`, :meth:`on_arrival` and :meth:`on_lost`.
+
+    ``version`` counts merges (server steps); ``rounds`` is the policy's own progress unit,
+    which the runtime compares with ``server.rounds``.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
+        self.server = server
+        self.clients = list(clients)
+        self.sizes = {c.client: c.num_examples for c in clients}
+        self.rng = random.Random(seed)
+        self.version = 0
+        self.rounds = 0
+
+    @abstractmethod
+    def start(self) -> list[Decision]:
+        """The first dispatches."""
+
+    @abstractmethod
+    def on_arrival(self, arrival: Arrival) -> list[Decision]:
+        """A validated result arrived."""
+
+    @abstractmethod
+    def on_lost(self, job: int, client: int) -> list[Decision]:
+        """A job will never deliver (rejected update, failed or offline client)."""
+
+    def merge(self, terms: Sequence[Term], release: Sequence[int]) -> Merge:
+        """Emit a merge and advance the version, so staleness is measured in merges."""
+        self.version += 1
+        return Merge(terms=tuple(terms), release=tuple(release))
+
+
+registry: Registry[Policy] = Registry("server.policy")
+
+
+def available() -> list[str]:
+    """The registered policy names (the values ``server.policy`` accepts)."""
+    return registry.available()
+
+
+def create(name: str, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> Policy:
+    return registry.get(name)(server, clients, seed)

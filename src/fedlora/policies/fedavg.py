@@ -1,0 +1,49 @@
+"""Synchronous FedAvg rounds: sample a cohort, wait for every member, merge by sample count."""
+
+from __future__ import annotations
+
+from fedlora.policies.base import (
+    Arrival,
+    Decision,
+    Dispatch,
+    Policy,
+    Source,
+    Term,
+    registry,
+)
+
+
+@registry.register("fedavg")
+class FedAvgPolicy(Policy):
+    name = "fedavg"
+
+    def start(self) -> list[Decision]:
+        return self._new_round()
+
+    def _new_round(self) -> list[Decision]:
+        per_round = self.server.per_round or len(self.clients)
+        cohort = sorted(self.rng.sample([c.client for c in self.clients], per_round))
+        self._waiting = len(cohort)
+        self._arrived: list[Arrival] = []
+        return [Dispatch(client) for client in cohort]
+
+    def on_arrival(self, arrival: Arrival) -> list[Decision]:
+        self._arrived.append(arrival)
+        return self._one_fewer()
+
+    def on_lost(self, job: int, client: int) -> list[Decision]:
+        return self._one_fewer()
+
+    def _one_fewer(self) -> list[Decision]:
+        self._waiting -= 1
+        if self._waiting > 0:
+            return []
+        self.rounds += 1
+        decisions: list[Decision] = []
+        if self._arrived:
+            total = sum(self.sizes[a.client] for a in self._arrived)
+            terms = [
+                Term(Source.UPDATE, self.sizes[a.client] / total, a.job) for a in self._arrived
+            ]
+            decisions.append(self.merge(terms, release=[a.job for a in self._arrived]))
+        return decisions + self._new_round()
