@@ -1,0 +1,1 @@
+"""Run results: the event log, metrics, summary, adapter folder, plots, and run comparison."""

@@ -1,0 +1,59 @@
+"""The event log: one JSON object per line for every dispatch, arrival, merge, eval, rejection.
+
+Every event carries the virtual time ``t`` and the wall-clock ``wall``; everything but ``wall``
+is a pure function of the config and seed, which the determinism tests rely on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+WALL_FIELDS = frozenset({"wall"})
+
+
+class EventLog:
+    """Appends events to ``events.jsonl`` (or keeps them in memory when ``path`` is None)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._file: TextIO | None = path.open("w", encoding="utf-8") if path else None
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        record = {"type": kind, **fields}
+        if self._file is not None:
+            self._file.write(json.dumps(record, default=_plain) + "\n")
+        else:
+            self.records.append(record)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as plain JSON numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def without_wall_clock(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The deterministic part of an event log."""
+    return [{k: v for k, v in e.items() if k not in WALL_FIELDS} for e in events]

@@ -1,0 +1,121 @@
+"""The run folder: resolved config, events, metrics table, summary, final adapter, curves.
+
+``results/<run>/`` is self-describing: ``fedlora report`` and ``fedlora export`` need nothing
+but the folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from fedlora.adapters import AdapterState
+from fedlora.config import ExperimentConfig, dump_config, load_config
+from fedlora.data.tasks import TaskSpec
+from fedlora.sim.engine import Evaluation, Outcome
+
+CONFIG_FILE = "config.yaml"
+EVENTS_FILE = "events.jsonl"
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+GLOBAL_FILE = "global.safetensors"
+ADAPTER_DIR = "adapter"
+CURVES_FILE = "curves.png"
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a finished fedlora run (the message names the missing file)."""
+
+
+def _evaluation_row(evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "step": evaluation.step,
+        "round": evaluation.round,
+        "virtual_time_s": evaluation.time,
+        "wall_time_s": evaluation.wall,
+        **evaluation.metrics,
+    }
+
+
+def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dict[str, Any]:
+    """The run's headline numbers; the task's first metric is the one ``best`` maximises."""
+    metrics = task.metrics
+    final = outcome.evaluations[-1]
+    best = max(outcome.evaluations, key=lambda e: e.metrics[metrics[0]])
+    summary: dict[str, Any] = {
+        "name": config.name,
+        "task": config.data.task,
+        "labels": list(task.label_names),
+        "policy": config.server.policy,
+        "aggregator": config.server.aggregator,
+        "clients": config.clients.num,
+        "seed": config.seed,
+        "stop_reason": outcome.stop_reason,
+        "final": _evaluation_row(final),
+        "best": _evaluation_row(best),
+        "virtual_time_s": outcome.virtual_time,
+        "wall_time_s": outcome.wall_time,
+        "server_steps": outcome.steps,
+        "rounds": outcome.rounds,
+        "bytes_down": outcome.bytes_down,
+        "bytes_up": outcome.bytes_up,
+        "updates_accepted": outcome.accepted,
+        "updates_rejected": outcome.rejected,
+        "updates_dropped": outcome.dropped,
+        "jobs_in_flight": outcome.in_flight,
+    }
+    target = config.eval.target
+    if target is not None:
+        reached = outcome.target
+        summary["target"] = {
+            **target.model_dump(),
+            "reached": reached is not None,
+            **({} if reached is None else _evaluation_row(reached)),
+        }
+    return summary
+
+
+def write_run(
+    folder: Path, config: ExperimentConfig, outcome: Outcome, task: TaskSpec
+) -> dict[str, Any]:
+    """Write metrics.csv, summary.json and the global adapter; returns the summary."""
+    rows = [_evaluation_row(e) for e in outcome.evaluations]
+    with (folder / METRICS_FILE).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(config, outcome, task)
+    (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (folder / GLOBAL_FILE).write_bytes(outcome.global_state.to_bytes())
+    return summary
+
+
+def write_config(folder: Path, config: ExperimentConfig) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(dump_config(config), encoding="utf-8")
+
+
+def _require(folder: Path, name: str) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise RunFolderError(f"{folder}: no {name}; is this a finished fedlora run folder?")
+    return path
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    return dict(json.loads(_require(folder, SUMMARY_FILE).read_text(encoding="utf-8")))
+
+
+def read_metrics(folder: Path) -> list[dict[str, float]]:
+    with _require(folder, METRICS_FILE).open(encoding="utf-8") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def read_config(folder: Path) -> ExperimentConfig:
+    return load_config(_require(folder, CONFIG_FILE))
+
+
+def read_global_state(folder: Path) -> AdapterState:
+    return AdapterState.from_bytes(_require(folder, GLOBAL_FILE).read_bytes())

@@ -1,0 +1,46 @@
+"""The virtual clock: completions are consumed in (finish time, sequence number) order.
+
+The sequence number breaks ties deterministically, so the same dispatches always produce the
+same event order, however the jobs' real work was scheduled.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(order=True)
+class _Entry(Generic[T]):
+    finish: float
+    seq: int
+    item: T = field(compare=False)
+
+
+class EventClock(Generic[T]):
+    """A heap of pending completions and the current virtual time, which never runs backwards."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[_Entry[T]] = []
+        self._seq = 0
+
+    def schedule(self, duration: float, item: T) -> float:
+        if not duration >= 0:
+            raise ValueError(f"a duration must be non-negative, got {duration}")
+        finish = self.now + duration
+        heapq.heappush(self._heap, _Entry(finish, self._seq, item))
+        self._seq += 1
+        return finish
+
+    def pop(self) -> T:
+        """The next completion; advances ``now`` to its finish time."""
+        entry = heapq.heappop(self._heap)
+        self.now = entry.finish
+        return entry.item
+
+    def __len__(self) -> int:
+        return len(self._heap)

@@ -1,0 +1,77 @@
+"""Client profiles (slowness, bandwidth, rank) and the cost model that turns work into seconds.
+
+Slowness multiplies the virtual seconds a client needs per token; 1 is the fastest device.
+Draws are seeded, so the same config and seed give the same federation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedlora.config import (
+    ClientsConfig,
+    ConstantSpeed,
+    LognormalSpeed,
+    NormalSpeed,
+    ParetoSpeed,
+    UniformSpeed,
+    ZipfSpeed,
+)
+
+_MIN_SLOWNESS = 1e-3  # a normal draw can go below zero; no device is infinitely fast
+
+
+@dataclass(frozen=True)
+class ClientProfile:
+    client: int
+    slowness: float
+    bandwidth_mbps: float
+    rank: int
+
+
+Sampler = Callable[[np.random.Generator, int], np.ndarray]
+
+
+def _sampler(speed: object) -> Sampler:
+    match speed:
+        case ConstantSpeed(value=value):
+            return lambda rng, n: np.full(n, value)
+        case UniformSpeed(low=low, high=high):
+            return lambda rng, n: rng.uniform(low, high, n)
+        case NormalSpeed(mean=mean, std=std):
+            return lambda rng, n: rng.normal(mean, std, n)
+        case LognormalSpeed(mean=mean, sigma=sigma):
+            return lambda rng, n: rng.lognormal(mean, sigma, n)
+        case ParetoSpeed(alpha=alpha):
+            return lambda rng, n: 1.0 + rng.pareto(alpha, n)  # classical Pareto, minimum 1
+        case ZipfSpeed(alpha=alpha):
+            return lambda rng, n: rng.zipf(alpha, n).astype(float)
+    raise TypeError(f"clients.speed: unsupported distribution {speed!r}")
+
+
+def draw_slowness(clients: ClientsConfig, seed: int) -> np.ndarray:
+    """One slowness per client from ``clients.speed``, capped at ``cap`` when set."""
+    rng = np.random.default_rng([seed, 0x51])
+    values = np.maximum(_sampler(clients.speed)(rng, clients.num), _MIN_SLOWNESS)
+    cap = getattr(clients.speed, "cap", None)
+    return np.minimum(values, cap) if cap is not None else values
+
+
+def draw_profiles(clients: ClientsConfig, rank: int, seed: int) -> list[ClientProfile]:
+    slowness = draw_slowness(clients, seed)
+    return [
+        ClientProfile(client=c, slowness=float(s), bandwidth_mbps=clients.bandwidth_mbps, rank=rank)
+        for c, s in enumerate(slowness)
+    ]
+
+
+def job_seconds(
+    profile: ClientProfile, tokens: int, seconds_per_token: float, bytes_down: int, bytes_up: int
+) -> float:
+    """Virtual duration: compute (tokens × s/token × slowness) plus adapter transfer both ways."""
+    compute = tokens * seconds_per_token * profile.slowness
+    transfer = (bytes_down + bytes_up) * 8 / (profile.bandwidth_mbps * 1e6)
+    return compute + transfer

@@ -1,0 +1,79 @@
+"""Virtual clock ordering and client profile draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedlora.config import ClientsConfig, build_config
+from fedlora.sim.clock import EventClock
+from fedlora.sim.profiles import ClientProfile, draw_slowness, job_seconds
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=50))
+def test_clock_pops_in_finish_then_sequence_order(durations: list[float]) -> None:
+    clock: EventClock[int] = EventClock()
+    for i, d in enumerate(durations):
+        clock.schedule(d, i)
+    popped = [clock.pop() for _ in durations]
+    assert popped == sorted(range(len(durations)), key=lambda i: (durations[i], i))
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), min_size=1, max_size=30))
+def test_virtual_time_never_runs_backwards(durations: list[float]) -> None:
+    clock: EventClock[int] = EventClock()
+    seen = []
+    for i, d in enumerate(durations):
+        clock.schedule(d, i)
+        if i % 3 == 2:  # interleave pops with new work, as a server does
+            clock.pop()
+            seen.append(clock.now)
+    while len(clock):
+        clock.pop()
+        seen.append(clock.now)
+    assert seen == sorted(seen)
+
+
+def test_negative_duration_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        EventClock().schedule(-1.0, 0)
+
+
+def clients(speed: dict) -> ClientsConfig:
+    return build_config({"clients": {"num": 400, "speed": speed}}).clients
+
+
+@pytest.mark.parametrize(
+    "speed",
+    [
+        {"distribution": "constant", "value": 2.0},
+        {"distribution": "uniform", "low": 1.0, "high": 3.0},
+        {"distribution": "normal", "mean": 5.0, "std": 1.0},
+        {"distribution": "lognormal", "mean": 0.0, "sigma": 0.5},
+        {"distribution": "pareto", "alpha": 1.0, "cap": 60},
+        {"distribution": "zipf", "alpha": 2.0, "cap": 10},
+    ],
+)
+def test_slowness_is_seeded_positive_and_capped(speed: dict) -> None:
+    cfg = clients(speed)
+    a, b = draw_slowness(cfg, seed=3), draw_slowness(cfg, seed=3)
+    assert np.array_equal(a, b) and len(a) == 400 and (a > 0).all()
+    if "cap" in speed:
+        assert a.max() <= speed["cap"]
+    if speed["distribution"] != "constant":
+        assert not np.array_equal(a, draw_slowness(cfg, seed=4))
+
+
+def test_pareto_is_heavy_tailed_with_minimum_one() -> None:
+    s = draw_slowness(clients({"distribution": "pareto", "alpha": 1.0, "cap": 60}), seed=0)
+    assert s.min() >= 1.0
+    assert np.median(s) == pytest.approx(2.0, rel=0.25)  # Pareto(1): median 2
+    assert (s == 60).any()  # the cap binds on a heavy tail
+
+
+def test_job_seconds_is_compute_plus_transfer() -> None:
+    profile = ClientProfile(client=0, slowness=3.0, bandwidth_mbps=8.0, rank=4)
+    # 1000 tokens × 0.002 s × 3 = 6 s; (1e6 + 1e6) bytes × 8 bit / 8e6 bit/s = 2 s
+    assert job_seconds(profile, 1000, 0.002, 1_000_000, 1_000_000) == pytest.approx(8.0)
