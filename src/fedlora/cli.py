@@ -1,0 +1,138 @@
+"""The ``fedlora`` command: run an experiment, compare runs, export the adapter."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default run never needs a hub
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedlora import aggregation, policies
+from fedlora.config import ConfigError, load_config
+from fedlora.data.sources import DataError
+from fedlora.data.tasks import available_tasks
+from fedlora.results.store import RunFolderError
+
+app = typer.Typer(
+    help="Federated LoRA fine-tuning across heterogeneous clients, simulated or deployed.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+_USER_ERRORS = (ConfigError, DataError, RunFolderError)
+
+
+def _fail(error: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config_file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, e.g. --set server.rounds=3."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default results/<name>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Simulate a federated LoRA fine-tuning run and write its results folder."""
+    from fedlora.experiment import run_experiment
+    from fedlora.sim.engine import Outcome
+
+    try:
+        config = load_config(config_file, set_ or [])
+    except ConfigError as error:
+        raise _fail(error) from None
+    folder = out or Path("results") / config.name
+    if folder.exists() and any(folder.iterdir()):
+        if not overwrite:
+            raise _fail(ConfigError(f"{folder} already holds a run; pass --overwrite or --out"))
+        shutil.rmtree(folder)
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task("round", total=config.server.rounds, status="preparing")
+
+        def show(outcome: Outcome) -> None:
+            last = outcome.evaluations[-1]
+            status = f"t={last.time:,.0f}s " + " ".join(
+                f"{k}={v:.3f}" for k, v in last.metrics.items()
+            )
+            bar.update(task, completed=outcome.rounds, status=status)
+
+        try:
+            summary = run_experiment(config, folder, show)
+        except _USER_ERRORS as error:
+            raise _fail(error) from None
+    final = summary["final"]
+    metrics = "  ".join(f"{k}={final[k]:.4f}" for k in ("accuracy", "f1", "loss") if k in final)
+    typer.echo(
+        f"{config.name}: final {config.eval.split} {metrics}  after {summary['rounds']} rounds,"
+        f" {summary['server_steps']} server steps, virtual {summary['virtual_time_s']:,.0f}s,"
+        f" wall {summary['wall_time_s']:.0f}s"
+    )
+    typer.echo(f"results: {folder}")
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
+    out: Annotated[Path, typer.Option(help="Where to write comparison.png.")] = Path("report"),
+) -> None:
+    """Print a comparison table of runs and plot their curves together."""
+    from fedlora.results.report import comparison_table, write_comparison_plot
+
+    try:
+        table = comparison_table(runs)
+        out.mkdir(parents=True, exist_ok=True)
+        write_comparison_plot(runs, out / "comparison.png")
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    out_console = Console()
+    if not out_console.is_terminal:  # a pipe or file: keep every column instead of wrapping
+        out_console = Console(width=200)
+    out_console.print(table)
+    typer.echo(f"plot: {out / 'comparison.png'}")
+
+
+@app.command()
+def export(
+    run_folder: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the PEFT adapter into.")],
+    merge: Annotated[
+        bool, typer.Option(help="Write a full model with the adapter merged in instead.")
+    ] = False,
+) -> None:
+    """Write the run's final global adapter as a PEFT folder (or a merged model)."""
+    from fedlora.export import export_adapter, export_merged
+
+    try:
+        (export_merged if merge else export_adapter)(run_folder, out)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(f"wrote {out}")
+
+
+@app.command(name="list")
+def list_components() -> None:
+    """Show the registered aggregators, policies and tasks."""
+    typer.echo(f"aggregators: {', '.join(aggregation.available())}")
+    typer.echo(f"policies:    {', '.join(policies.available())}")
+    typer.echo(f"tasks:       {', '.join(available_tasks())}")

@@ -1,0 +1,28 @@
+"""Export a run's global adapter: a stock PEFT folder, or a full model with it merged in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedlora.client.model import build_resident_model, model_path, write_adapter_folder
+from fedlora.results.store import read_config, read_global_state, read_summary
+
+
+def export_adapter(run_folder: Path, out: Path) -> None:
+    """``PeftModel.from_pretrained(base, out)`` then predicts as the run's final evaluation."""
+    config = read_config(run_folder)
+    state = read_global_state(run_folder)
+    write_adapter_folder(state, out, config.lora, model_path(config.model.name))
+
+
+def export_merged(run_folder: Path, out: Path) -> None:
+    """A plain transformers model folder (weights + tokenizer) with ΔW folded into the base."""
+    config = read_config(run_folder)
+    labels = read_summary(run_folder)["labels"]
+    model, tokenizer = build_resident_model(config.model, config.lora, len(labels), config.seed)
+    model.load(read_global_state(run_folder))
+    merged = model.model.merge_and_unload()
+    merged.config.id2label = dict(enumerate(labels))
+    merged.config.label2id = {label: i for i, label in enumerate(labels)}
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,155 @@
+"""Whole runs through the CLI on a tiny random BERT: files, determinism, report, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from typer.testing import CliRunner
+
+from fedlora.cli import app
+from fedlora.client.model import model_path
+from fedlora.results.events import read_events, without_wall_clock
+
+runner = CliRunner()
+
+
+def run_cli(tmp_path: Path, raw: dict, out: Path, *extra: str) -> None:
+    config_file = tmp_path / f"{out.name}.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--quiet", *extra])
+    assert result.exit_code == 0, result.output
+
+
+def test_run_writes_a_complete_results_folder(tmp_path: Path, tiny_config: dict) -> None:
+    out = tmp_path / "run"
+    run_cli(tmp_path, tiny_config, out)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.yaml", "events.jsonl", "metrics.csv", "summary.json", "global.safetensors",
+        "adapter", "curves.png",
+    }  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["server_steps"] == 3
+    assert summary["labels"] == ["different", "same"]
+    assert summary["bytes_down"] > 0 and summary["bytes_up"] == summary["bytes_down"]
+    assert summary["target"]["reached"] and summary["target"]["step"] == 0
+    assert set(summary["final"]) >= {"accuracy", "f1", "loss", "virtual_time_s", "step"}
+    events = read_events(out / "events.jsonl")
+    assert {e["type"] for e in events} == {"eval", "dispatch", "arrival", "merge"}
+    assert all("t" in e and "wall" in e for e in events)
+    assert sum(e["type"] == "merge" for e in events) == 3
+    assert (out / "metrics.csv").read_text().count("\n") == 1 + 4  # header, steps 0..3
+
+
+def test_same_config_and_seed_give_the_same_event_log(tmp_path: Path, tiny_config: dict) -> None:
+    run_cli(tmp_path, tiny_config, tmp_path / "a")
+    run_cli(tmp_path, tiny_config, tmp_path / "b")
+    a = without_wall_clock(read_events(tmp_path / "a" / "events.jsonl"))
+    b = without_wall_clock(read_events(tmp_path / "b" / "events.jsonl"))
+    assert a == b
+    tiny_config["seed"] = 1
+    run_cli(tmp_path, tiny_config, tmp_path / "c")
+    assert without_wall_clock(read_events(tmp_path / "c" / "events.jsonl")) != a
+
+
+def test_existing_run_is_not_overwritten_by_accident(tmp_path: Path, tiny_config: dict) -> None:
+    out = tmp_path / "run"
+    run_cli(tmp_path, tiny_config, out)
+    config_file = tmp_path / "run.yaml"
+    result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and "already holds a run" in result.output
+    run_cli(tmp_path, tiny_config, out, "--overwrite")
+
+
+def test_bad_config_stops_before_training(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["server"]["per_round"] = 9
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config))
+    result = runner.invoke(app, ["run", str(config_file), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "server.per_round: 9 clients per round but clients.num is 4" in result.output
+    assert not (tmp_path / "x").exists()
+    overrides = ["--set", "server.per_round=2", "--set", "eval.target.metric=bleu"]
+    result = runner.invoke(app, ["run", str(config_file), *overrides, "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "eval.target.metric: 'bleu' is not reported" in result.output
+
+
+def test_report_compares_runs(tmp_path: Path, tiny_config: dict) -> None:
+    run_cli(tmp_path, tiny_config, tmp_path / "one")
+    tiny_config["train"]["lr"] = 1.0e-3
+    run_cli(tmp_path, tiny_config, tmp_path / "two")
+    result = runner.invoke(
+        app,
+        ["report", str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(tmp_path / "rep")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "one" in result.output and "two" in result.output and "fedavg" in result.output
+    assert (tmp_path / "rep" / "comparison.png").stat().st_size > 10_000
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "no summary.json" in result.output
+
+
+def test_export_loads_in_stock_peft_with_identical_predictions(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    run = tmp_path / "run"
+    run_cli(tmp_path, tiny_config, run)
+    result = runner.invoke(app, ["export", str(run), str(tmp_path / "adapter")])
+    assert result.exit_code == 0, result.output
+
+    # A user rebuilds the same random base (same seed, same sizes) and loads the adapter.
+    torch.manual_seed(tiny_config["seed"])
+    base_config = AutoConfig.from_pretrained(
+        model_path(None), num_labels=2, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64,
+    )  # fmt: skip
+    base = AutoModelForSequenceClassification.from_config(base_config)
+    model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path(None))
+
+    dev = [
+        line.split(",")
+        for line in Path(tiny_config["data"]["files"]["dev"]).read_text().splitlines()[1:]
+    ]
+    batch = tokenizer(
+        [a for a, _, _ in dev], [b for _, b, _ in dev], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        predictions = model(**batch).logits.argmax(-1).numpy()
+    labels = np.array([1 if label == "same" else 0 for _, _, label in dev])
+    summary = json.loads((run / "summary.json").read_text())
+    assert float((predictions == labels).mean()) == pytest.approx(summary["final"]["accuracy"])
+
+
+def test_export_merged_model_predicts_like_the_adapter(tmp_path: Path, tiny_config: dict) -> None:
+    run = tmp_path / "run"
+    run_cli(tmp_path, tiny_config, run)
+    assert (
+        runner.invoke(app, ["export", str(run), str(tmp_path / "merged"), "--merge"]).exit_code == 0
+    )
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.id2label == {0: "different", 1: "same"}
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    batch = tokenizer(["red cat runs"], ["red dog"], return_tensors="pt")
+    from fedlora.client.model import build_resident_model
+    from fedlora.config import load_config
+    from fedlora.results.store import read_global_state
+
+    config = load_config(run / "config.yaml")
+    resident, _ = build_resident_model(config.model, config.lora, 2, config.seed)
+    resident.load(read_global_state(run))
+    resident.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, resident.model(**batch).logits, atol=1e-5)
+
+
+def test_list_shows_registries() -> None:
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    assert "aggregators: fedavg" in result.output and "mrpc" in result.output
