@@ -37,8 +37,12 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
     return build_config(
         {
             "name": "overhead",
-            "data": {"task": "mrpc", "max_train_examples": args.train_examples,
-                     "max_eval_examples": args.eval_examples, "partition": {"method": "iid"}},
+            "data": {
+                "task": "mrpc",
+                "max_train_examples": args.train_examples,
+                "max_eval_examples": args.eval_examples,
+                "partition": {"method": "iid"},
+            },
             "model": {"bf16": args.bf16},
             "lora": {"r": 8, "alpha": 16, "dropout": 0.1},
             "clients": {"num": args.clients},
@@ -46,7 +50,7 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
             "server": {"per_round": args.clients, "rounds": args.rounds},
             "eval": {"every": 1},
         }
-    )  # fmt: skip
+    )
 
 
 def plain_peft_loop(config: ExperimentConfig) -> float:
@@ -65,13 +69,22 @@ def plain_peft_loop(config: ExperimentConfig) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(model_path(None))
     model = AutoModelForSequenceClassification.from_pretrained(model_path(None), num_labels=2)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
-                      target_modules=["query", "value"])  # fmt: skip
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        target_modules=["query", "value"],
+    )
     model = get_peft_model(model, lora)
 
     def encode(examples: list) -> list[dict]:
-        enc = tokenizer([e.text_a for e in examples], [e.text_b for e in examples],
-                        truncation=True, max_length=config.data.max_length)  # fmt: skip
+        enc = tokenizer(
+            [e.text_a for e in examples],
+            [e.text_b for e in examples],
+            truncation=True,
+            max_length=config.data.max_length,
+        )
         return [{k: enc[k][i] for k in enc} | {"labels": e.label} for i, e in enumerate(examples)]
 
     train_features, dev_features = encode(train), encode(dev)
@@ -85,8 +98,10 @@ def plain_peft_loop(config: ExperimentConfig) -> float:
         correct = 0
         with torch.no_grad():
             for i in range(0, len(dev_order), config.eval.batch_size):
-                batch = tokenizer.pad([dev_features[j] for j in dev_order[i : i + config.eval.batch_size]],
-                                      return_tensors="pt")  # fmt: skip
+                batch = tokenizer.pad(
+                    [dev_features[j] for j in dev_order[i : i + config.eval.batch_size]],
+                    return_tensors="pt",
+                )
                 with autocast:
                     logits = model(**batch).logits
                 correct += int((logits.argmax(-1) == batch["labels"]).sum())
@@ -96,8 +111,9 @@ def plain_peft_loop(config: ExperimentConfig) -> float:
     job = 0
     for _ in range(config.server.rounds):
         for client in range(config.clients.num):
-            batches = plan_batches(clients[client], config.train,
-                                   np.random.default_rng([config.seed, 1, job]))  # fmt: skip
+            batches = plan_batches(
+                clients[client], config.train, np.random.default_rng([config.seed, 1, job])
+            )
             job += 1
             model.train()
             params = [p for p in model.parameters() if p.requires_grad]

@@ -31,9 +31,14 @@ def test_run_writes_a_complete_results_folder(tmp_path: Path, tiny_config: dict)
     out = tmp_path / "run"
     run_cli(tmp_path, tiny_config, out)
     assert {p.name for p in out.iterdir()} >= {
-        "config.yaml", "events.jsonl", "metrics.csv", "summary.json", "global.safetensors",
-        "adapter", "curves.png",
-    }  # fmt: skip
+        "config.yaml",
+        "events.jsonl",
+        "metrics.csv",
+        "summary.json",
+        "global.safetensors",
+        "adapter",
+        "curves.png",
+    }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["server_steps"] == 3
     assert summary["labels"] == ["different", "same"]
@@ -106,9 +111,13 @@ def test_export_loads_in_stock_peft_with_identical_predictions(
     # A user rebuilds the same random base (same seed, same sizes) and loads the adapter.
     torch.manual_seed(tiny_config["seed"])
     base_config = AutoConfig.from_pretrained(
-        model_path(None), num_labels=2, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64,
-    )  # fmt: skip
+        model_path(None),
+        num_labels=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     base = AutoModelForSequenceClassification.from_config(base_config)
     model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path(None))

@@ -27,12 +27,17 @@ def test_minilm_federation_on_mrpc_exports_a_stock_peft_adapter(
 ) -> None:
     raw = {
         "name": "minilm-slice",
-        "data": {"task": "mrpc", "dir": str(glue_dir), "max_train_examples": 96,
-                 "max_eval_examples": 48, "cache_dir": str(tmp_path / "cache")},
+        "data": {
+            "task": "mrpc",
+            "dir": str(glue_dir),
+            "max_train_examples": 96,
+            "max_eval_examples": 48,
+            "cache_dir": str(tmp_path / "cache"),
+        },
         "clients": {"num": 3},
         "train": {"local_steps": 2, "batch_size": 8, "lr": 1.0e-3},
         "server": {"rounds": 2},
-    }  # fmt: skip
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     runner = CliRunner()
@@ -53,8 +58,14 @@ def test_minilm_federation_on_mrpc_exports_a_stock_peft_adapter(
     tokenizer = AutoTokenizer.from_pretrained(model_path(None))
     cfg = load_config(run / "config.yaml")
     dev = _subset(load_split(cfg.data, glue_dir, "dev"), 48, cfg.seed).examples
-    batch = tokenizer([e.text_a for e in dev], [e.text_b for e in dev], padding=True,
-                      truncation=True, max_length=128, return_tensors="pt")  # fmt: skip
+    batch = tokenizer(
+        [e.text_a for e in dev],
+        [e.text_b for e in dev],
+        padding=True,
+        truncation=True,
+        max_length=128,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         predictions = model(**batch).logits.argmax(-1).numpy()
     accuracy = float((predictions == np.array([e.label for e in dev])).mean())

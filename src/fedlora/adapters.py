@@ -66,17 +66,11 @@ class AdapterState:
     @property
     def rank(self) -> int:
         """The common rank of all modules; states loaded into a model have one."""
-        ranks = {factors.rank for factors in self.lora.values()}
-        if len(ranks) != 1:
-            raise ValueError(f"adapter has modules of ranks {sorted(ranks)}, expected one rank")
-        return ranks.pop()
+        return int(_only_value("ranks", {f.rank for f in self.lora.values()}))
 
     @property
     def alpha(self) -> float:
-        alphas = {factors.alpha for factors in self.lora.values()}
-        if len(alphas) != 1:
-            raise ValueError(f"adapter has modules of alphas {sorted(alphas)}, expected one")
-        return alphas.pop()
+        return float(_only_value("alphas", {f.alpha for f in self.lora.values()}))
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for f in self.lora.values() for t in (f.A, f.B)] + list(self.extra.values())
@@ -187,6 +181,12 @@ class AdapterSpec:
                 raise InvalidUpdate(f"{name}: dtype {tensor.dtype} is not floating point")
             if not bool(torch.isfinite(tensor).all()):
                 raise InvalidUpdate(f"{name}: contains NaN or Inf")
+
+
+def _only_value(what: str, values: set[float]) -> float:
+    if len(values) != 1:
+        raise ValueError(f"adapter has modules of {what} {sorted(values)}, expected one")
+    return values.pop()
 
 
 def _same_names(what: str, expected: set[str], got: set[str]) -> None:

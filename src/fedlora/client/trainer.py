@@ -27,14 +27,15 @@ def plan_batches(
     """The job's batches: passes over the client's shuffled examples, cut into batch_size."""
     if len(indices) == 0:
         raise ValueError("a client without examples cannot train")
+    batch_size = min(train.batch_size, len(indices))  # a small client trains on all it has
     if train.local_steps is not None:
-        total = train.local_steps * min(train.batch_size, len(indices))
+        total = train.local_steps * batch_size
     else:
         assert train.local_epochs is not None
         total = max(1, round(train.local_epochs * len(indices)))
     passes = math.ceil(total / len(indices))
     stream = np.concatenate([rng.permutation(indices) for _ in range(passes)])[:total]
-    return [stream[i : i + train.batch_size] for i in range(0, total, train.batch_size)]
+    return [stream[i : i + batch_size] for i in range(0, total, batch_size)]
 
 
 def _autocast(bf16: bool) -> contextlib.AbstractContextManager[object]:

@@ -1,0 +1,94 @@
+"""The resident backbone: adapters of any rank swapped in and out, deterministic local training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedlora.adapters import AdapterState, LoraFactors
+from fedlora.client.model import ResidentModel, build_resident_model
+from fedlora.client.trainer import plan_batches, train_local
+from fedlora.config import LoraConfig, ModelConfig, TrainConfig
+from fedlora.data.encoding import EncodedSplit
+
+
+@pytest.fixture(scope="module")
+def resident() -> ResidentModel:
+    model, _ = build_resident_model(ModelConfig(init="random"), LoraConfig(r=4), 2, seed=0)
+    return model
+
+
+def random_state(like: AdapterState, rank: int, alpha: float, seed: int) -> AdapterState:
+    g = torch.Generator().manual_seed(seed)
+    lora = {
+        m: LoraFactors(
+            torch.randn(rank, f.A.shape[1], generator=g),
+            torch.randn(f.B.shape[0], rank, generator=g),
+            alpha,
+        )
+        for m, f in like.lora.items()
+    }
+    return AdapterState(lora, {n: torch.randn(t.shape, generator=g) for n, t in like.extra.items()})
+
+
+def tiny_data(n: int = 24) -> EncodedSplit:
+    g = torch.Generator().manual_seed(0)
+    ids = [
+        torch.randint(1000, 2000, (int(k),), generator=g)
+        for k in torch.randint(4, 12, (n,), generator=g)
+    ]
+    return EncodedSplit(input_ids=ids, token_type_ids=None, labels=torch.arange(n) % 2)
+
+
+def test_initial_state_matches_the_config(resident: ResidentModel) -> None:
+    state = resident.state()
+    assert state.rank == 4 and state.alpha == 16.0
+    assert len(state.lora) == 2 * 2  # query and value in each of 2 layers
+    assert set(state.extra) == {"classifier.weight", "classifier.bias"}
+
+
+def test_any_rank_loads_and_reads_back_exactly(resident: ResidentModel) -> None:
+    like = resident.state()
+    for rank, alpha in [(2, 4.0), (8, 16.0), (2, 4.0), (4, 16.0)]:
+        state = random_state(like, rank, alpha, seed=rank)
+        resident.load(state)
+        back = resident.state()
+        assert back.rank == rank and back.alpha == alpha
+        for m in state.lora:
+            assert torch.equal(back.lora[m].A, state.lora[m].A)
+            assert torch.equal(back.lora[m].B, state.lora[m].B)
+        # only the active slot (and its head copy) trains
+        trainable = sum(p.numel() for p in resident.trainable_parameters())
+        head = sum(t.numel() for t in state.extra.values())
+        assert trainable == sum(f.A.numel() + f.B.numel() for f in state.lora.values()) + head
+
+
+def test_local_training_is_deterministic_and_moves_the_adapter(resident: ResidentModel) -> None:
+    data = tiny_data()
+    train = TrainConfig(local_steps=3, batch_size=4, lr=1e-2)
+    batches = plan_batches(np.arange(12), train, np.random.default_rng(0))
+    start = resident.state()
+    first = train_local(resident, start, batches, data, train, seed=7, bf16=False, pad_token_id=0)
+    second = train_local(resident, start, batches, data, train, seed=7, bf16=False, pad_token_id=0)
+    assert first.steps == 3 and first.examples == 12
+    for m in start.lora:
+        assert torch.equal(first.state.lora[m].A, second.state.lora[m].A)
+        assert not torch.equal(first.state.lora[m].A, start.lora[m].A)
+    assert first.loss == second.loss
+
+
+def test_plan_batches_steps_and_epochs() -> None:
+    rng = np.random.default_rng(0)
+    steps = plan_batches(np.arange(10), TrainConfig(local_steps=4, batch_size=4), rng)
+    assert [len(b) for b in steps] == [4, 4, 4, 4]
+    flat = np.concatenate(steps)
+    assert set(flat[:8]) <= set(range(10)) and len(set(flat[:10])) == 10  # a full pass first
+    epochs = plan_batches(
+        np.arange(10), TrainConfig(local_steps=None, local_epochs=1.5, batch_size=4), rng
+    )
+    assert [len(b) for b in epochs] == [4, 4, 4, 3]
+    small = plan_batches(np.arange(3), TrainConfig(local_steps=2, batch_size=8), rng)
+    assert [len(b) for b in small] == [3, 3]  # a client smaller than a batch trains on all it has
+    with pytest.raises(ValueError, match="without examples"):
+        plan_batches(np.arange(0), TrainConfig(), rng)
