@@ -1,0 +1,86 @@
+"""The truncated SVD of a weighted sum of low-rank products, without the dense matrix.
+
+Σ_k w_k B_k A_k = [B_1 … B_K] · blockdiag(w_k I_{r_k}) · [A_1; …; A_K] = 𝔅 W 𝔄 with total
+rank R = Σ r_k. With QR factorisations 𝔅 = Q_b R_b and 𝔄ᵀ = Q_a R_a, the sum is
+Q_b (R_b W R_aᵀ) Q_aᵀ, so the SVD of the small R×R core gives the SVD of the sum:
+O((out + in)·R²) work instead of O(out·in·min(out, in)). This is what makes a merge on every
+arrival (FedFa) affordable for 4096-wide layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+Split = Literal["us", "sqrt"]
+
+
+def stacked_svd(
+    Bs: Sequence[torch.Tensor], As: Sequence[torch.Tensor], weights: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, Vh) with Σ_k w_k B_k A_k = U diag(S) Vh; at most R = Σ r_k components.
+
+    Computed in float64: the core's small singular values are what truncation discards, and
+    their error bounds the error of the merge.
+    """
+    if not (len(Bs) == len(As) == len(weights)) or not Bs:
+        raise ValueError("weighted_sum_factors needs as many Bs, As and weights, at least one")
+    stacked_b = torch.cat([b.double() for b in Bs], dim=1)  # out × R
+    stacked_a = torch.cat([a.double() for a in As], dim=0)  # R × in
+    scale = torch.cat(
+        [torch.full((a.shape[0],), float(w), dtype=torch.float64) for a, w in zip(As, weights)]
+    )
+    q_b, r_b = torch.linalg.qr(stacked_b)  # out × m, m × R   (m = min(out, R))
+    q_a, r_a = torch.linalg.qr(stacked_a.T)  # in × n, n × R  (n = min(in, R))
+    core = (r_b * scale) @ r_a.T  # m × n
+    u, s, vh = torch.linalg.svd(core, full_matrices=False)
+    return q_b @ u, s, vh @ q_a.T
+
+
+def weighted_sum_factors(
+    Bs: Sequence[torch.Tensor],
+    As: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    rank: int,
+    split: Split = "us",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A), B: out×rank, A: rank×in, with B @ A the best rank-``rank`` approximation of
+    Σ_k weights[k]·Bs[k] @ As[k] (Eckart–Young), in the dtype of ``Bs[0]``.
+
+    ``split`` says how the singular values are shared: ``"us"`` gives B = U·Σ and A = Vᵀ
+    (A keeps orthonormal rows), ``"sqrt"`` gives B = U·√Σ and A = √Σ·Vᵀ. When the sum has
+    fewer than ``rank`` components the extra columns of B are zero and the extra rows of A are
+    orthonormal directions of A's row space's complement (so training can still move them).
+    """
+    if rank < 1:
+        raise ValueError(f"rank must be at least 1, got {rank}")
+    u, s, vh = stacked_svd(Bs, As, weights)
+    out_features, in_features = Bs[0].shape[0], As[0].shape[1]
+    keep = min(rank, s.shape[0])
+    u, s, vh = u[:, :keep], s[:keep], vh[:keep]
+    if split == "us":
+        b, a = u * s, vh
+    else:
+        root = s.sqrt()
+        b, a = u * root, root[:, None] * vh
+    if keep < rank:
+        b = torch.cat([b, b.new_zeros(out_features, rank - keep)], dim=1)
+        a = torch.cat([a, _orthonormal_complement(vh, rank - keep, in_features)], dim=0)
+    dtype = Bs[0].dtype
+    return b.to(dtype), a.to(dtype)
+
+
+def _orthonormal_complement(rows: torch.Tensor, count: int, width: int) -> torch.Tensor:
+    """``count`` rows orthogonal to ``rows``, orthonormal as far as ``width`` allows (then zero).
+
+    Seeded, so merges stay deterministic.
+    """
+    generator = torch.Generator().manual_seed(0)
+    candidates = torch.randn(width, count, generator=generator, dtype=rows.dtype)
+    candidates -= rows.T @ (rows @ candidates)
+    q, _ = torch.linalg.qr(candidates)
+    room = max(0, min(count, width - rows.shape[0]))
+    complement = q[:, :room].T
+    return torch.cat([complement, complement.new_zeros(count - room, width)])
