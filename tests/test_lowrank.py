@@ -15,11 +15,15 @@ def dense_sum(Bs: list[torch.Tensor], As: list[torch.Tensor], weights: list[floa
 
 
 @st.composite
-def factor_lists(draw: st.DrawFn) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float], int]:
+def factor_lists(
+    draw: st.DrawFn,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float], int]:
     out_features = draw(st.integers(1, 24))
     in_features = draw(st.integers(1, 24))
     ranks = draw(st.lists(st.integers(1, 6), min_size=1, max_size=5))
-    weights = draw(st.lists(st.floats(-2, 2, allow_nan=False), min_size=len(ranks), max_size=len(ranks)))
+    weights = draw(
+        st.lists(st.floats(-2, 2, allow_nan=False), min_size=len(ranks), max_size=len(ranks))
+    )
     seed = draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
     Bs = [torch.randn(out_features, r, generator=g, dtype=torch.float64) for r in ranks]
@@ -38,7 +42,9 @@ def test_equals_the_dense_truncated_svd(case: tuple, split: str) -> None:
     s = torch.linalg.svdvals(total)
     # Eckart–Young: the error of the best rank-r approximation is √(Σ discarded σ²) ...
     expected_error = s[rank:].square().sum().sqrt()
-    assert torch.linalg.norm(total - B @ A) == pytest.approx(float(expected_error), abs=1e-8 * (1 + float(s[0]) if len(s) else 1))
+    assert torch.linalg.norm(total - B @ A) == pytest.approx(
+        float(expected_error), abs=1e-8 * (1 + float(s[0]) if len(s) else 1)
+    )
     # ... and it equals the dense truncated SVD itself where the r-th gap makes that unique
     if len(s) > rank and s[rank - 1] - s[rank] > 1e-6 * (1 + s[0]):
         u, sd, vh = torch.linalg.svd(total)

@@ -69,3 +69,27 @@ def test_cohorts_are_seeded() -> None:
 
     assert cohorts(1) == cohorts(1)
     assert cohorts(1) != cohorts(2)
+
+
+def test_delta_update_moves_the_global_by_the_mean_delta() -> None:
+    clients = [ClientInfo(0, 10), ClientInfo(1, 30)]
+    server = ServerConfig(update="delta", server_lr=0.5)
+    policy = policies.create("fedavg", server, clients, 0)
+    policy.start()
+    policy.on_arrival(Arrival(0, 0, 0, 1.0))
+    merge = policy.on_arrival(Arrival(1, 1, 0, 1.0))[0]
+    assert isinstance(merge, Merge)
+    assert [(t.source, t.job, t.weight) for t in merge.terms] == [
+        (Source.GLOBAL, None, 1.0),
+        (Source.UPDATE, 0, 0.125),
+        (Source.SENT, 0, -0.125),
+        (Source.UPDATE, 1, 0.375),
+        (Source.SENT, 1, -0.375),
+    ]
+
+
+def test_server_lr_only_with_delta() -> None:
+    from fedlora.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=r"server\.server_lr: applies to update: delta only"):
+        build_config({"server": {"server_lr": 0.5}})

@@ -162,3 +162,32 @@ def test_list_shows_registries() -> None:
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
     assert "aggregators: fedavg" in result.output and "mrpc" in result.output
+
+
+@pytest.mark.parametrize("aggregator", ["hlora", "zeropad", "hetlora"])
+def test_heterogeneous_ranks_run_and_export(
+    tmp_path: Path, tiny_config: dict, aggregator: str
+) -> None:
+    tiny_config["clients"]["ranks"] = {2: 0.5, 4: 0.5}
+    tiny_config["clients"]["rank_by"] = "speed"
+    tiny_config["server"].update(aggregator=aggregator, update="delta")
+    run = tmp_path / "run"
+    run_cli(tmp_path, tiny_config, run)
+    events = read_events(run / "events.jsonl")
+    dispatches = [e for e in events if e["type"] == "dispatch"]
+    by_rank = {e["rank"]: e["bytes"] for e in dispatches}
+    assert set(by_rank) == {2, 4} and by_rank[4] > by_rank[2]  # bytes are charged by rank
+    assert not [e for e in events if e["type"] == "reject"]
+    result = runner.invoke(app, ["export", str(run), str(tmp_path / "adapter")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4  # the global rank: the largest client rank
+
+
+def test_fedavg_refuses_mixed_ranks_before_training(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["clients"]["ranks"] = [2, 2, 4, 4]
+    config_file = tmp_path / "mixed.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config))
+    result = runner.invoke(app, ["run", str(config_file), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "fedavg merges same-rank LoRA only, client ranks are [2, 4]" in result.output

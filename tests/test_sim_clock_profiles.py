@@ -77,3 +77,39 @@ def test_job_seconds_is_compute_plus_transfer() -> None:
     profile = ClientProfile(client=0, slowness=3.0, bandwidth_mbps=8.0, rank=4)
     # 1000 tokens × 0.002 s × 3 = 6 s; (1e6 + 1e6) bytes × 8 bit / 8e6 bit/s = 2 s
     assert job_seconds(profile, 1000, 0.002, 1_000_000, 1_000_000) == pytest.approx(8.0)
+
+
+def test_rank_tiers_are_dealt_by_share() -> None:
+    from fedlora.sim.profiles import draw_profiles
+
+    cfg = build_config({"clients": {"num": 10, "ranks": {2: 0.25, 4: 0.25, 8: 0.25, 16: 0.25}}})
+    ranks = [p.rank for p in draw_profiles(cfg.clients, 8, seed=0)]
+    # 2.5 clients per tier: two each, and the two leftover go to the first tiers on a tie
+    assert sorted(ranks) == [2, 2, 2, 4, 4, 4, 8, 8, 16, 16]
+    assert ranks == [p.rank for p in draw_profiles(cfg.clients, 8, seed=0)]
+
+
+def test_fastest_clients_get_the_largest_ranks() -> None:
+    from fedlora.sim.profiles import draw_profiles
+
+    cfg = build_config(
+        {"clients": {"num": 8, "ranks": {2: 0.5, 16: 0.5}, "rank_by": "speed",
+                     "speed": {"distribution": "uniform", "low": 1, "high": 9}}}
+    )  # fmt: skip
+    profiles = draw_profiles(cfg.clients, 8, seed=1)
+    fast = sorted(profiles, key=lambda p: p.slowness)
+    assert [p.rank for p in fast] == [16] * 4 + [2] * 4
+
+
+def test_rank_config_errors() -> None:
+    from fedlora.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"clients\.ranks: 2 ranks listed for 3 clients"):
+        build_config({"clients": {"num": 3, "ranks": [2, 4]}})
+    with pytest.raises(ConfigError, match=r"clients\.ranks: tier shares sum to 0\.9"):
+        build_config({"clients": {"ranks": {2: 0.5, 4: 0.4}}})
+    with pytest.raises(
+        ConfigError, match=r"server\.global_rank: 4 is below the largest client rank 8"
+    ):
+        build_config({"clients": {"num": 2, "ranks": [8, 2]}, "server": {"global_rank": 4}})
+    assert build_config({"clients": {"num": 2, "ranks": [8, 2]}}).global_rank == 8

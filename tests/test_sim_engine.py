@@ -78,7 +78,7 @@ def simulate(
     sim = Simulation(
         cfg,
         learner,
-        aggregation.create(cfg.server.aggregator, cfg.lora),
+        aggregation.create(cfg.server.aggregator, cfg.lora, cfg.global_rank),
         policy,
         draw_profiles(cfg.clients, cfg.lora.r, cfg.seed),
         log,

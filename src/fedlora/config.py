@@ -123,12 +123,33 @@ SpeedConfig = Annotated[
 _UNION_TAGS = {get_args(cls.model_fields["distribution"].annotation)[0] for cls in _SPEEDS}
 
 
+Rank = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(gt=0)]
+
+
 class ClientsConfig(_Section):
     num: Annotated[int, Field(ge=1)] = 10
+    # LoRA rank per client: one per client, tiers with shares ({2: 0.5, 8: 0.5}), or null for
+    # lora.r everywhere. Tiers go to clients at random, or by speed (fastest get the largest).
+    ranks: list[Rank] | dict[Rank, Share] | None = None
+    rank_by: Literal["random", "speed"] = "random"
     speed: SpeedConfig = ConstantSpeed(distribution="constant")
     bandwidth_mbps: Annotated[float, Field(gt=0)] = 100.0
     # Virtual seconds one token costs a client of slowness 1 (forward + backward).
     seconds_per_token: Annotated[float, Field(gt=0)] = 1.0e-3
+
+    @model_validator(mode="after")
+    def _ranks_fit(self) -> ClientsConfig:
+        if isinstance(self.ranks, list) and len(self.ranks) != self.num:
+            raise ValueError(
+                f"clients.ranks: {len(self.ranks)} ranks listed for {self.num} clients"
+                " (clients.num)"
+            )
+        if isinstance(self.ranks, dict) and abs(sum(self.ranks.values()) - 1) > 1e-6:
+            raise ValueError(
+                f"clients.ranks: tier shares sum to {sum(self.ranks.values()):g}, expected 1"
+            )
+        return self
 
 
 class TrainConfig(_Section):
@@ -155,6 +176,18 @@ class ServerConfig(_Section):
     rounds: Annotated[int, Field(ge=1)] = 50
     max_steps: Annotated[int | None, Field(ge=1)] = None
     max_virtual_time: Annotated[float | None, Field(gt=0)] = None
+    # model: the global becomes the weighted mean of client adapters; delta: the global moves
+    # by server_lr × the weighted mean of (client adapter − what that client was sent).
+    update: Literal["model", "delta"] = "model"
+    server_lr: Annotated[float, Field(gt=0)] = 1.0
+    global_rank: Annotated[int | None, Field(ge=1)] = None  # null: the largest client rank
+    aggregator_options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _server_lr_needs_delta(self) -> ServerConfig:
+        if self.update == "model" and self.server_lr != 1.0:
+            raise ValueError("server.server_lr: applies to update: delta only")
+        return self
 
 
 class TargetConfig(_Section):
@@ -200,12 +233,27 @@ class ExperimentConfig(_Section):
                 f"server.aggregator: unknown aggregator {self.server.aggregator!r};"
                 f" available: {', '.join(aggregation.available())}"
             )
+        if self.server.global_rank is not None and self.global_rank < self.max_client_rank:
+            raise ValueError(
+                f"server.global_rank: {self.global_rank} is below the largest client"
+                f" rank {self.max_client_rank}"
+            )
         if self.cohort_size > self.clients.num:
             raise ValueError(
                 f"server.per_round: {self.cohort_size} clients per round but clients.num"
                 f" is {self.clients.num}"
             )
         return self
+
+    @property
+    def max_client_rank(self) -> int:
+        ranks = self.clients.ranks
+        return max(ranks) if ranks else self.lora.r
+
+    @property
+    def global_rank(self) -> int:
+        """The rank the server keeps the global adapter at."""
+        return self.server.global_rank or self.max_client_rank
 
     @property
     def cohort_size(self) -> int:

@@ -74,7 +74,9 @@ def prepare(config: ExperimentConfig) -> Prepared:
         )
     if config.runtime.threads is not None:
         torch.set_num_threads(config.runtime.threads)
-    model, tokenizer = build_resident_model(config.model, config.lora, task.num_labels, seed)
+    model, tokenizer = build_resident_model(
+        config.model, config.lora, task.num_labels, seed, rank=config.global_rank
+    )
 
     def encode(split: LabelledSplit) -> EncodedSplit:
         return encode_split(split, tokenizer, config.data.max_length, config.data.cache_dir)
@@ -101,8 +103,13 @@ def simulate(
     """Run the prepared experiment in the simulator."""
     config = prepared.config
     profiles = draw_profiles(config.clients, config.lora.r, config.seed)
-    aggregator = aggregation.create(config.server.aggregator, config.lora)
     try:
+        aggregator = aggregation.create(
+            config.server.aggregator,
+            config.lora,
+            config.global_rank,
+            config.server.aggregator_options,
+        )
         aggregator.check_ranks([p.rank for p in profiles])
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -19,8 +19,11 @@ def export_merged(run_folder: Path, out: Path) -> None:
     """A plain transformers model folder (weights + tokenizer) with ΔW folded into the base."""
     config = read_config(run_folder)
     labels = read_summary(run_folder)["labels"]
-    model, tokenizer = build_resident_model(config.model, config.lora, len(labels), config.seed)
-    model.load(read_global_state(run_folder))
+    state = read_global_state(run_folder)
+    model, tokenizer = build_resident_model(
+        config.model, config.lora, len(labels), config.seed, rank=state.rank
+    )
+    model.load(state)
     merged = model.model.merge_and_unload()
     merged.config.id2label = dict(enumerate(labels))
     merged.config.label2id = {label: i for i, label in enumerate(labels)}

@@ -1,29 +1,71 @@
 """The aggregator contract: how client adapters merge, and what each client is handed back.
 
 Pure tensor math with no I/O and no clock, so any aggregator runs under any policy and any
-runtime. Aggregators work on the *effective* update: they fold each state's scaling alpha/r into
-B before combining and unfold the receiving side's scaling on the way out.
+runtime. Aggregators work on the *effective* update: each state's scaling alpha/r is folded into
+B before combining (:func:`effective_b`), and the receiver's scaling is unfolded on the way out
+(:func:`from_effective`). The global adapter is kept at ``global_rank`` with alpha
+``lora.alpha``; every client trains with that alpha at its own rank.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
-from fedlora.adapters import AdapterState
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.config import LoraConfig
 from fedlora.registry import Registry
 
 
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def effective_b(factors: LoraFactors) -> torch.Tensor:
+    """B with its scaling folded in: ΔW = effective_b · A."""
+    return factors.B * factors.scaling
+
+
+def from_effective(b: torch.Tensor, a: torch.Tensor, alpha: float) -> LoraFactors:
+    """Factors for ΔW = b·a as PEFT stores them at rank ``a.shape[0]`` with this alpha."""
+    return LoraFactors(A=a, B=b / (alpha / a.shape[0]), alpha=alpha)
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    total = torch.zeros_like(tensors[0])
+    for tensor, weight in zip(tensors, weights, strict=True):
+        total.add_(tensor, alpha=weight)
+    return total
+
+
+def average_extra(
+    states: Sequence[AdapterState], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """The head (``modules_to_save``) tensors: a plain weighted sum for every aggregator."""
+    return {
+        name: weighted_sum([s.extra[name] for s in states], weights) for name in states[0].extra
+    }
+
+
 class Aggregator(ABC):
-    """Template: :meth:`combine` merges weighted states; :meth:`project` serves one client."""
+    """Template: :meth:`combine` merges weighted states; :meth:`project` serves one client.
+
+    Subclasses set ``Options`` (a pydantic model for ``server.aggregator_options``) when they
+    take any, and ``same_rank_only`` when they cannot merge adapters of different ranks.
+    """
 
     name: ClassVar[str]
     same_rank_only: ClassVar[bool] = False
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(self, lora: LoraConfig) -> None:
+    def __init__(self, lora: LoraConfig, global_rank: int, options: BaseModel) -> None:
         self.lora = lora
+        self.global_rank = global_rank
+        self.options = options
 
     def check_ranks(self, ranks: Sequence[int]) -> None:
         """Raise ``ValueError`` naming the key if this aggregator cannot serve these ranks."""
@@ -35,16 +77,24 @@ class Aggregator(ABC):
 
     @abstractmethod
     def combine(self, states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
-        """The global state for Σ_k weights[k]·states[k] (weights are used as given)."""
+        """The global state (at ``global_rank``) for Σ_k weights[k]·states[k], weights as given."""
 
     def project(self, global_state: AdapterState, rank: int) -> AdapterState:
-        """What a client of ``rank`` receives; same-rank aggregators hand the global state as is."""
-        if global_state.rank != rank:
-            raise ValueError(
-                f"{self.name} cannot serve a rank-{rank} client from a rank-{global_state.rank}"
-                " global adapter"
-            )
-        return global_state
+        """What a client of ``rank`` receives: the leading ``rank`` components, rescaled to the
+        client's alpha/rank. Exact for the SVD-ordered factors the product-space aggregators
+        keep; plain truncation for the zero-padding family."""
+        lora = {}
+        for module, factors in global_state.lora.items():
+            if rank > factors.rank:
+                raise ValueError(
+                    f"cannot serve a rank-{rank} client from a rank-{factors.rank} global adapter"
+                )
+            if rank == factors.rank and factors.alpha == self.lora.alpha:
+                lora[module] = factors
+            else:
+                b = effective_b(factors)[:, :rank]
+                lora[module] = from_effective(b, factors.A[:rank], self.lora.alpha)
+        return AdapterState(lora=lora, extra=global_state.extra)
 
 
 registry: Registry[Aggregator] = Registry("server.aggregator")
@@ -55,5 +105,17 @@ def available() -> list[str]:
     return registry.available()
 
 
-def create(name: str, lora: LoraConfig) -> Aggregator:
-    return registry.get(name)(lora)
+def create(
+    name: str, lora: LoraConfig, global_rank: int, options: Mapping[str, Any] | None = None
+) -> Aggregator:
+    """The aggregator ``name`` with its ``server.aggregator_options`` validated."""
+    cls = registry.get(name)
+    try:
+        parsed = cls.Options.model_validate(dict(options or {}))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"server.aggregator_options.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise ValueError(f"{problems} (aggregator {name})") from None
+    return cls(lora, global_rank, parsed)

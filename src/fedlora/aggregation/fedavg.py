@@ -1,7 +1,9 @@
-"""FedAvg for same-rank LoRA: the weighted average of A, of effective B, and of the head.
+"""Average A and B separately: FedAvg (FedIT) for same-rank LoRA, and zero-padding for mixed.
 
-Averaging A and B separately is what FedIT does; it is exact only when every client holds the
-same factors' basis. Heterogeneous ranks need the product-space aggregators instead.
+Averaging the factors separately is what FedIT does. With different ranks, padding every
+client to the global rank with zeros (HetLoRA-style) makes the shapes agree, but the product of
+the averages (Σ w_k B_k)(Σ w_k A_k) contains the cross-terms B_i A_j, i ≠ j: a biased merge,
+kept here as the baseline that ``hlora`` corrects.
 """
 
 from __future__ import annotations
@@ -10,45 +12,78 @@ from collections.abc import Sequence
 
 import torch
 
-from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.aggregation.base import Aggregator, registry
+from fedlora.adapters import AdapterState
+from fedlora.aggregation.base import (
+    Aggregator,
+    average_extra,
+    effective_b,
+    from_effective,
+    registry,
+    weighted_sum,
+)
 
 
-def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    total = torch.zeros_like(tensors[0])
-    for tensor, weight in zip(tensors, weights, strict=True):
-        total.add_(tensor, alpha=weight)
-    return total
-
-
-def average_extra(
-    states: Sequence[AdapterState], weights: Sequence[float]
-) -> dict[str, torch.Tensor]:
-    """The head (``modules_to_save``) tensors: a plain weighted sum for every aggregator."""
-    return {
-        name: weighted_sum([s.extra[name] for s in states], weights) for name in states[0].extra
-    }
+def _pad_rows(tensor: torch.Tensor, rank: int) -> torch.Tensor:
+    return torch.cat([tensor, tensor.new_zeros(rank - tensor.shape[0], tensor.shape[1])])
 
 
 @registry.register("fedavg")
 class FedAvg(Aggregator):
+    """Weighted means of A and of effective B (and of the head), all at the global rank."""
+
     name = "fedavg"
     same_rank_only = True
 
     def combine(self, states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
         if not states:
             raise ValueError("combine needs at least one state")
-        ranks = {s.rank for s in states}
-        if len(ranks) > 1:
-            raise ValueError(f"fedavg got states of ranks {sorted(ranks)}")
-        scaling = self.lora.alpha / ranks.pop()
+        weights = self.reweight(states, weights)
+        rank = self.global_rank
         lora = {}
         for module in states[0].lora:
             factors = [s.lora[module] for s in states]
-            effective_b = weighted_sum([f.B * f.scaling for f in factors], weights)
-            lora[module] = LoraFactors(
-                A=weighted_sum([f.A for f in factors], weights),
-                B=effective_b / scaling,
-                alpha=self.lora.alpha,
-            )
+            a = weighted_sum([_pad_rows(f.A, rank) for f in factors], weights)
+            b = weighted_sum([_pad_rows(effective_b(f).T, rank).T for f in factors], weights)
+            lora[module] = from_effective(b, a, self.lora.alpha)
         return AdapterState(lora=lora, extra=average_extra(states, weights))
+
+    def reweight(self, states: Sequence[AdapterState], weights: Sequence[float]) -> list[float]:
+        """The weights the factors are averaged with; the policy's, unless a variant says."""
+        return list(weights)
+
+
+@registry.register("zeropad")
+class ZeroPad(FedAvg):
+    """Pad every client to the global rank, average A and B separately, truncate on the way out."""
+
+    name = "zeropad"
+    same_rank_only = False
+
+
+@registry.register("hetlora")
+class HetLoRA(ZeroPad):
+    """Zero-padding with sparsity weights: each client's weight scaled by ‖ΔW_k‖_F (HetLoRA).
+
+    The total weight is kept, so a mean stays a mean. (HetLoRA's local rank self-pruning is a
+    change to local training and is not part of this aggregator.)
+    """
+
+    name = "hetlora"
+
+    def reweight(self, states: Sequence[AdapterState], weights: Sequence[float]) -> list[float]:
+        norms = [update_norm(s) for s in states]
+        scaled = [w * n for w, n in zip(weights, norms, strict=True)]
+        total = sum(scaled)
+        if total == 0:
+            return list(weights)
+        return [s * sum(weights) / total for s in scaled]
+
+
+def update_norm(state: AdapterState) -> float:
+    """‖ΔW‖_F over all modules, from the r×r Gram matrices: ‖BA‖² = tr((BᵀB)(AAᵀ))."""
+    squared = 0.0
+    for factors in state.lora.values():
+        b = effective_b(factors).double()
+        a = factors.A.double()
+        squared += float(torch.trace((b.T @ b) @ (a @ a.T)))
+    return max(squared, 0.0) ** 0.5

@@ -29,9 +29,8 @@ def stacked_svd(
         raise ValueError("weighted_sum_factors needs as many Bs, As and weights, at least one")
     stacked_b = torch.cat([b.double() for b in Bs], dim=1)  # out × R
     stacked_a = torch.cat([a.double() for a in As], dim=0)  # R × in
-    scale = torch.cat(
-        [torch.full((a.shape[0],), float(w), dtype=torch.float64) for a, w in zip(As, weights)]
-    )
+    ranks = torch.tensor([a.shape[0] for a in As])
+    scale = torch.repeat_interleave(torch.tensor(weights, dtype=torch.float64), ranks)
     q_b, r_b = torch.linalg.qr(stacked_b)  # out × m, m × R   (m = min(out, R))
     q_a, r_a = torch.linalg.qr(stacked_a.T)  # in × n, n × R  (n = min(in, R))
     core = (r_b * scale) @ r_a.T  # m × n

@@ -78,12 +78,14 @@ def peft_config(lora: LoraConfig, rank: int, alpha: float, base_model: str) -> P
 class ResidentModel:
     """One backbone in memory; :meth:`load` activates an adapter, :meth:`state` reads it back."""
 
-    def __init__(self, backbone: PreTrainedModel, lora: LoraConfig, base_model: str) -> None:
+    def __init__(
+        self, backbone: PreTrainedModel, lora: LoraConfig, base_model: str, rank: int
+    ) -> None:
         self.lora = lora
         self.base_model = base_model
-        first = self._slot_name(lora.r, lora.alpha)
+        first = self._slot_name(rank, lora.alpha)
         self.model: PeftModel = get_peft_model(
-            backbone, peft_config(lora, lora.r, lora.alpha, base_model), adapter_name=first
+            backbone, peft_config(lora, rank, lora.alpha, base_model), adapter_name=first
         )
         self._active = first
 
@@ -124,13 +126,15 @@ class ResidentModel:
 
 
 def build_resident_model(
-    config: ModelConfig, lora: LoraConfig, num_labels: int, seed: int
+    config: ModelConfig, lora: LoraConfig, num_labels: int, seed: int, rank: int | None = None
 ) -> tuple[ResidentModel, PreTrainedTokenizerBase]:
-    """Tokenizer plus backbone with a LoRA slot; ``seed`` fixes the head and LoRA init."""
+    """Tokenizer plus backbone with a LoRA slot of ``rank`` (default ``lora.r``), whose initial
+    state is the starting global adapter; ``seed`` fixes the head and LoRA init."""
     tokenizer = load_tokenizer(config)
     torch.manual_seed(seed)
     backbone = load_backbone(config, num_labels, tokenizer.pad_token_id)
-    return ResidentModel(backbone, lora, model_path(config.name)), tokenizer
+    resident = ResidentModel(backbone, lora, model_path(config.name), rank or lora.r)
+    return resident, tokenizer
 
 
 def write_adapter_folder(

@@ -103,6 +103,24 @@ class Policy(ABC):
     def on_lost(self, job: int, client: int) -> list[Decision]:
         """A job will never deliver (rejected update, failed or offline client)."""
 
+    def mean_of(self, weighted_jobs: Sequence[tuple[int, float]]) -> list[Term]:
+        """Terms for the weighted mean of these jobs' results, per ``server.update``.
+
+        ``model``: the mean of the client adapters. ``delta``: the current global plus
+        ``server_lr`` times the mean of (client adapter − the adapter it was sent), which keeps
+        what the global holds above a client's rank instead of replacing it.
+        """
+        if self.server.update == "model":
+            return [Term(Source.UPDATE, weight, job) for job, weight in weighted_jobs]
+        step = self.server.server_lr
+        terms = [Term(Source.GLOBAL, 1.0)]
+        for job, weight in weighted_jobs:
+            terms += [
+                Term(Source.UPDATE, step * weight, job),
+                Term(Source.SENT, -step * weight, job),
+            ]
+        return terms
+
     def merge(self, terms: Sequence[Term], release: Sequence[int]) -> Merge:
         """Emit a merge and advance the version, so staleness is measured in merges."""
         self.version += 1

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from fedlora.policies.base import (
-    Arrival,
-    Decision,
-    Dispatch,
-    Policy,
-    Source,
-    Term,
-    registry,
-)
+from fedlora.policies.base import Arrival, Decision, Dispatch, Policy, registry
 
 
 @registry.register("fedavg")
@@ -42,8 +34,6 @@ class FedAvgPolicy(Policy):
         decisions: list[Decision] = []
         if self._arrived:
             total = sum(self.sizes[a.client] for a in self._arrived)
-            terms = [
-                Term(Source.UPDATE, self.sizes[a.client] / total, a.job) for a in self._arrived
-            ]
-            decisions.append(self.merge(terms, release=[a.job for a in self._arrived]))
+            weighted = [(a.job, self.sizes[a.client] / total) for a in self._arrived]
+            decisions.append(self.merge(self.mean_of(weighted), [a.job for a in self._arrived]))
         return decisions + self._new_round()

@@ -60,11 +60,41 @@ def draw_slowness(clients: ClientsConfig, seed: int) -> np.ndarray:
     return np.minimum(values, cap) if cap is not None else values
 
 
-def draw_profiles(clients: ClientsConfig, rank: int, seed: int) -> list[ClientProfile]:
+def assign_ranks(
+    clients: ClientsConfig, default: int, slowness: np.ndarray, seed: int
+) -> np.ndarray:
+    """Each client's LoRA rank: as listed, or tiers dealt by share (largest remainder).
+
+    ``rank_by: speed`` hands the largest ranks to the fastest clients, as a client with more
+    compute can afford a larger adapter; ``random`` deals them in a seeded random order.
+    """
+    if clients.ranks is None:
+        return np.full(clients.num, default)
+    if isinstance(clients.ranks, list):
+        return np.asarray(clients.ranks)
+    tiers = sorted(clients.ranks)
+    quotas = np.array([clients.ranks[r] for r in tiers]) * clients.num
+    counts = np.floor(quotas).astype(int)
+    leftover = clients.num - counts.sum()
+    counts[np.argsort(-(quotas - counts), kind="stable")[:leftover]] += 1
+    dealt = np.repeat(tiers, counts)[::-1]  # largest rank first
+    if clients.rank_by == "speed":
+        order = np.argsort(slowness, kind="stable")  # fastest first
+    else:
+        order = np.random.default_rng([seed, 0x52]).permutation(clients.num)
+    ranks = np.empty(clients.num, dtype=int)
+    ranks[order] = dealt
+    return ranks
+
+
+def draw_profiles(clients: ClientsConfig, default_rank: int, seed: int) -> list[ClientProfile]:
     slowness = draw_slowness(clients, seed)
+    ranks = assign_ranks(clients, default_rank, slowness, seed)
     return [
-        ClientProfile(client=c, slowness=float(s), bandwidth_mbps=clients.bandwidth_mbps, rank=rank)
-        for c, s in enumerate(slowness)
+        ClientProfile(
+            client=c, slowness=float(s), bandwidth_mbps=clients.bandwidth_mbps, rank=int(r)
+        )
+        for c, (s, r) in enumerate(zip(slowness, ranks, strict=True))
     ]
 
 

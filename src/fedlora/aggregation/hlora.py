@@ -1,0 +1,56 @@
+"""HLoRA: merge the true products Σ_k w_k s_k B_k A_k, keep the best global-rank factors.
+
+No cross-terms: the merge is the weighted sum of the clients' actual updates ΔW_k, truncated
+to the global rank by :func:`~fedlora.aggregation.lowrank.weighted_sum_factors` (never forming
+the dense matrix). The factors come out SVD-ordered, so a client of rank r_c receives the best
+rank-r_c approximation of the global update by taking the leading r_c components.
+FlexLoRA (Bai et al., 2024) is the same math and is registered as ``flexlora``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from fedlora.adapters import AdapterState
+from fedlora.aggregation.base import (
+    Aggregator,
+    average_extra,
+    effective_b,
+    from_effective,
+    registry,
+)
+from fedlora.aggregation.lowrank import weighted_sum_factors
+
+
+class HLoRAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # How the singular values are shared between the factors: B = U·Σ, A = Vᵀ ("us"), or
+    # B = U·√Σ, A = √Σ·Vᵀ ("sqrt"). The product, and so the merge, is the same either way.
+    split: Literal["us", "sqrt"] = "us"
+
+
+@registry.register("hlora")
+@registry.register("flexlora")
+class HLoRA(Aggregator):
+    name = "hlora"
+    Options = HLoRAOptions
+
+    def combine(self, states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
+        if not states:
+            raise ValueError("combine needs at least one state")
+        assert isinstance(self.options, HLoRAOptions)
+        lora = {}
+        for module in states[0].lora:
+            factors = [s.lora[module] for s in states]
+            b, a = weighted_sum_factors(
+                [effective_b(f) for f in factors],
+                [f.A for f in factors],
+                weights,
+                self.global_rank,
+                split=self.options.split,
+            )
+            lora[module] = from_effective(b, a, self.lora.alpha)
+        return AdapterState(lora=lora, extra=average_extra(states, weights))
