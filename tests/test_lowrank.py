@@ -66,7 +66,7 @@ def test_singular_values_by_hand() -> None:
     Bs = [torch.tensor([[1.0], [0.0]]), torch.tensor([[0.0], [1.0]])]
     As = [torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 1.0]])]
     _, s, _ = stacked_svd(Bs, As, [0.5, 0.5])
-    assert torch.allclose(s, torch.tensor([1.5, 0.5], dtype=torch.float64))
+    assert torch.allclose(s, torch.tensor([1.5, 0.5]))
     B, A = weighted_sum_factors(Bs, As, [0.5, 0.5], rank=1)
     assert torch.allclose(B @ A, torch.tensor([[1.5, 0.0], [0.0, 0.0]]))
     assert torch.allclose(A.abs(), torch.tensor([[1.0, 0.0]]))  # "us" split: A = Vᵀ

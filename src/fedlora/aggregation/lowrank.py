@@ -22,15 +22,17 @@ def stacked_svd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(U, S, Vh) with Σ_k w_k B_k A_k = U diag(S) Vh; at most R = Σ r_k components.
 
-    Computed in float64: the core's small singular values are what truncation discards, and
-    their error bounds the error of the merge.
+    Computed in the factors' own precision (at least float32): float32 adapters merge in
+    float32, about twice as fast as float64 at 4096 wide, with errors far below the
+    truncation's; float64 inputs get float64 throughout.
     """
     if not (len(Bs) == len(As) == len(weights)) or not Bs:
         raise ValueError("weighted_sum_factors needs as many Bs, As and weights, at least one")
-    stacked_b = torch.cat([b.double() for b in Bs], dim=1)  # out × R
-    stacked_a = torch.cat([a.double() for a in As], dim=0)  # R × in
+    dtype = torch.promote_types(Bs[0].dtype, torch.float32)
+    stacked_b = torch.cat([b.to(dtype) for b in Bs], dim=1)  # out × R
+    stacked_a = torch.cat([a.to(dtype) for a in As], dim=0)  # R × in
     ranks = torch.tensor([a.shape[0] for a in As])
-    scale = torch.repeat_interleave(torch.tensor(weights, dtype=torch.float64), ranks)
+    scale = torch.repeat_interleave(torch.tensor(weights, dtype=dtype), ranks)
     q_b, r_b = torch.linalg.qr(stacked_b)  # out × m, m × R   (m = min(out, R))
     q_a, r_a = torch.linalg.qr(stacked_a.T)  # in × n, n × R  (n = min(in, R))
     core = (r_b * scale) @ r_a.T  # m × n
