@@ -149,3 +149,21 @@ def test_zero_padding_truncates_on_the_way_out() -> None:
     merged = agg.combine([CLIENT_1, CLIENT_2], [0.5, 0.5])
     one = agg.project(merged, 1)
     assert torch.equal(one.lora["q"].A, merged.lora["q"].A[:1])
+
+
+def test_fedsa_shares_a_and_keeps_each_clients_b() -> None:
+    agg = make("fedsa", rank=1, alpha=1.0)
+    start = one_module([[1.0, 1.0]], [[0.0], [0.0]], alpha=1.0)
+    assert agg.personalize(start, client=3) is start  # no B of its own yet: the global's
+    trained = one_module([[2.0, 0.0]], [[5.0], [6.0]], alpha=1.0)
+    agg.remember(3, trained)
+    merged = agg.combine([trained, start], [0.5, 0.5])
+    assert torch.equal(merged.lora["q"].A, torch.tensor([[1.5, 0.5]]))
+    mine = agg.personalize(agg.project(merged, 1), client=3)
+    assert torch.equal(mine.lora["q"].A, merged.lora["q"].A)  # the shared A ...
+    assert torch.equal(mine.lora["q"].B, torch.tensor([[5.0], [6.0]]))  # ... and its own B
+    other = agg.personalize(agg.project(merged, 1), client=4)
+    assert torch.equal(other.lora["q"].B, merged.lora["q"].B)
+    # B never crosses the network: only A (1×2) and the head (1) are charged
+    assert agg.transmitted_bytes(mine) == 4 * (2 + 1)
+    assert make("zeropad", rank=1).transmitted_bytes(mine) == 4 * (2 + 2 + 1)

@@ -164,7 +164,7 @@ def test_list_shows_registries() -> None:
     assert "aggregators: fedavg" in result.output and "mrpc" in result.output
 
 
-@pytest.mark.parametrize("aggregator", ["hlora", "zeropad", "hetlora"])
+@pytest.mark.parametrize("aggregator", ["hlora", "zeropad", "hetlora", "fedsa"])
 def test_heterogeneous_ranks_run_and_export(
     tmp_path: Path, tiny_config: dict, aggregator: str
 ) -> None:

@@ -130,6 +130,60 @@ def export(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def study(
+    study_file: Annotated[
+        str, typer.Argument(help="A study YAML file, or a name: configs/<name>/study.yaml.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Run folders (results/studies/<name>).")] = None,
+    docs: Annotated[
+        Path | None, typer.Option(help="Where to write table.md and accuracy.png.")
+    ] = None,
+    arms: Annotated[str | None, typer.Option(help="Only these arms, comma-separated.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Only these seeds, comma-separated.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key in every cell.")
+    ] = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="List the cells, run nothing.")] = False,
+) -> None:
+    """Run a study's sweep (finished cells are skipped), then write its table and plot."""
+    from fedlora.experiment import run_experiment
+    from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
+    from fedlora.studies.table import plot_study, study_table
+
+    path = Path(study_file)
+    if not path.suffix:
+        path = Path("configs") / study_file / "study.yaml"
+    try:
+        spec = load_study(path)
+        cells = plan(spec, out or Path("results/studies") / spec.name, set_ or [])
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    if arms:
+        cells = [c for c in cells if c.arm in arms.split(",")]
+    if seeds:
+        cells = [c for c in cells if str(c.seed) in seeds.split(",")]
+    if plan_only:
+        for cell in cells:
+            typer.echo(f"{'done' if cell.done else 'todo'}  {cell.folder}")
+        return
+
+    def announce(cell: Cell, status: str) -> None:
+        console.print(f"{status}: {cell.folder}", highlight=False)
+
+    try:
+        run_sweep(cells, run_experiment, announce)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    docs = docs or Path("docs/results") / spec.name
+    docs.mkdir(parents=True, exist_ok=True)
+    table = study_table(cells)
+    (docs / "table.md").write_text(table + "\n", encoding="utf-8")
+    plot_study(cells, docs / "accuracy.png")
+    typer.echo(table)
+    typer.echo(f"wrote {docs / 'table.md'} and {docs / 'accuracy.png'}")
+
+
 @app.command(name="list")
 def list_components() -> None:
     """Show the registered aggregators, policies and tasks."""

@@ -338,7 +338,7 @@ def _describe(error: ValidationError, source: str | None, lines: dict[tuple[str,
             message = text
         else:
             message = f"{key}: {text}"
-        where = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
+        where = lines.get(path)  # keys set by --set overrides have no line
         if source is not None and where is not None:
             message = f"{source}:{where}: {message}"
         messages.append(message)

@@ -96,6 +96,20 @@ class Aggregator(ABC):
                 lora[module] = from_effective(b, factors.A[:rank], self.lora.alpha)
         return AdapterState(lora=lora, extra=global_state.extra)
 
+    def personalize(self, sent: AdapterState, client: int) -> AdapterState:
+        """The adapter ``client`` starts from, given its projection of the global adapter.
+
+        Personalised aggregators (FedSA) put back the parts a client keeps to itself.
+        """
+        return sent
+
+    def remember(self, client: int, update: AdapterState) -> None:  # noqa: B027 (optional hook)
+        """Told every accepted update, so personalised aggregators can keep a client's parts."""
+
+    def transmitted_bytes(self, state: AdapterState) -> int:
+        """Bytes of ``state`` that cross the network (all of it, unless parts stay local)."""
+        return state.num_bytes()
+
 
 registry: Registry[Aggregator] = Registry("server.aggregator")
 

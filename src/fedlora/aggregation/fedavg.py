@@ -1,4 +1,4 @@
-"""Average A and B separately: FedAvg (FedIT) for same-rank LoRA, and zero-padding for mixed.
+"""Average A and B separately: FedAvg (FedIT), zero-padding, HetLoRA, and FedSA (A only).
 
 Averaging the factors separately is what FedIT does. With different ranks, padding every
 client to the global rank with zeros (HetLoRA-style) makes the shapes agree, but the product of
@@ -9,8 +9,10 @@ kept here as the baseline that ``hlora`` corrects.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
+from pydantic import BaseModel
 
 from fedlora.adapters import AdapterState
 from fedlora.aggregation.base import (
@@ -21,6 +23,7 @@ from fedlora.aggregation.base import (
     registry,
     weighted_sum,
 )
+from fedlora.config import LoraConfig
 
 
 def _pad_rows(tensor: torch.Tensor, rank: int) -> torch.Tensor:
@@ -77,6 +80,37 @@ class HetLoRA(ZeroPad):
         if total == 0:
             return list(weights)
         return [s * sum(weights) / total for s in scaled]
+
+
+@registry.register("fedsa")
+class FedSA(ZeroPad):
+    """FedSA: only the A matrices are shared; each client keeps its own B between rounds.
+
+    A (and the head) are averaged with zero-padding across ranks; a client starts every job
+    from the global A and the B it trained last (the global B on its first job). The server's
+    B is the mean of the clients' B's, used only to evaluate a global model: in a deployment B
+    never leaves the client, so it is not charged to the network.
+    """
+
+    name = "fedsa"
+
+    def __init__(self, lora: LoraConfig, global_rank: int, options: BaseModel) -> None:
+        super().__init__(lora, global_rank, options)
+        self._own_b: dict[int, dict[str, torch.Tensor]] = {}
+
+    def personalize(self, sent: AdapterState, client: int) -> AdapterState:
+        own = self._own_b.get(client)
+        if own is None:
+            return sent
+        lora = {m: replace(f, B=own[m]) for m, f in sent.lora.items()}
+        return AdapterState(lora=lora, extra=sent.extra)
+
+    def remember(self, client: int, update: AdapterState) -> None:
+        self._own_b[client] = {m: f.B for m, f in update.lora.items()}
+
+    def transmitted_bytes(self, state: AdapterState) -> int:
+        local = sum(f.B.numel() * f.B.element_size() for f in state.lora.values())
+        return state.num_bytes() - local
 
 
 def update_norm(state: AdapterState) -> float:

@@ -19,7 +19,8 @@ class EventLog:
 
     def __init__(self, path: Path | None = None) -> None:
         self.records: list[dict[str, Any]] = []
-        self._file: TextIO | None = path.open("w", encoding="utf-8") if path else None
+        # line-buffered, so `tail -f events.jsonl` follows a run as it goes
+        self._file: TextIO | None = path.open("w", encoding="utf-8", buffering=1) if path else None
 
     def emit(self, kind: str, **fields: Any) -> None:
         record = {"type": kind, **fields}

@@ -145,10 +145,11 @@ class Simulation:
         job_id = self._next_job
         self._next_job += 1
         profile = self.profiles[client]
-        sent = self.aggregator.project(self.outcome.global_state, profile.rank)
+        projected = self.aggregator.project(self.outcome.global_state, profile.rank)
+        sent = self.aggregator.personalize(projected, client)
         batches = self.learner.plan(client, np.random.default_rng([self.config.seed, 1, job_id]))
         tokens = self.learner.tokens(batches)
-        size = sent.num_bytes()  # the update comes back at the same rank and shape
+        size = self.aggregator.transmitted_bytes(sent)  # the update returns at the same shape
         duration = job_seconds(profile, tokens, self.config.clients.seconds_per_token, size, size)
         seed = int(np.random.SeedSequence([self.config.seed, 2, job_id]).generate_state(1)[0])
         job = Job(job_id, client, self.policy.version, sent, batches, seed)
@@ -167,7 +168,7 @@ class Simulation:
 
     def _receive(self, job: Job) -> list[Decision]:
         result = self.learner.train(job.sent, job.batches, job.seed)
-        size = result.state.num_bytes()
+        size = self.aggregator.transmitted_bytes(result.state)
         self.outcome.bytes_up += size
         staleness = self.policy.version - job.version
         self._emit(
@@ -188,6 +189,7 @@ class Simulation:
             self._emit("reject", job=job.id, client=job.client, reason=str(error))
             return self.policy.on_lost(job.id, job.client)
         self.outcome.accepted += 1
+        self.aggregator.remember(job.client, result.state)
         self._updates[job.id] = result.state
         self._sent[job.id] = job.sent
         arrival = Arrival(job.id, job.client, job.version, self.clock.now)

@@ -1,0 +1,109 @@
+"""A sweep: every (task, arm, seed) cell of a study is one ``fedlora run`` in its own folder.
+
+A study file names a base experiment config and the arms as ``--set``-style overrides. Every
+cell's config is built and validated before the first one runs, so a typo in the last arm
+costs nothing. A finished cell (its ``summary.json`` exists) is skipped when the sweep runs
+again, so a long study can be completed over several sittings; a cell interrupted mid-run
+leaves only a ``.partial`` folder, which the next sweep replaces.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.results.store import SUMMARY_FILE
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    base: Path  # the experiment config every cell starts from (relative to the study file)
+    tasks: list[str] = Field(default_factory=list)  # empty: the base config's task
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    arms: dict[str, dict[str, Any]]  # arm name -> {dotted.key: value} overrides
+    task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    arm: str
+    seed: int
+    config: ExperimentConfig
+    folder: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / SUMMARY_FILE).is_file()
+
+
+def load_study(path: Path) -> StudyConfig:
+    if not path.is_file():
+        raise ConfigError(f"study file {str(path)!r} does not exist")
+    try:
+        study = StudyConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (ValidationError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return study.model_copy(update={"base": (path.parent / study.base).resolve()})
+
+
+def _overrides(values: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+        for key, value in values.items()
+    ]
+
+
+def _cell_config(
+    study: StudyConfig, task: str | None, arm: str, seed: int, extra: list[str]
+) -> ExperimentConfig:
+    sets = [*extra]
+    if task is not None:
+        sets += [f"data.task={task}", *_overrides(study.task_overrides.get(task, {}))]
+    sets += [*_overrides(study.arms[arm]), f"seed={seed}", f"name={study.name}-{arm}"]
+    try:
+        return load_config(study.base, sets)
+    except ConfigError as error:
+        where = f"arm {arm!r}, seed {seed}" + (f", task {task}" if task else "")
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def plan(study: StudyConfig, root: Path, extra: list[str] | None = None) -> list[Cell]:
+    """Every cell, seeds outermost (a first seed of every arm finishes before a second starts)."""
+    tasks: list[str | None] = [*study.tasks] or [None]
+    cells = []
+    for seed, task, arm in itertools.product(study.seeds, tasks, study.arms):
+        config = _cell_config(study, task, arm, seed, extra or [])
+        label = task or config.data.task
+        cells.append(Cell(label, arm, seed, config, root / label / arm / f"seed{seed}"))
+    return cells
+
+
+def run_sweep(
+    cells: list[Cell],
+    run: Callable[[ExperimentConfig, Path], object],
+    announce: Callable[[Cell, str], None] | None = None,
+) -> None:
+    """Run each unfinished cell into ``<folder>.partial``, then move it into place."""
+    for cell in cells:
+        if cell.done:
+            if announce:
+                announce(cell, "done already")
+            continue
+        partial = cell.folder.with_name(cell.folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        if announce:
+            announce(cell, "running")
+        run(cell.config, partial)
+        shutil.rmtree(cell.folder, ignore_errors=True)
+        partial.rename(cell.folder)

@@ -1,0 +1,64 @@
+"""The sweep: every cell validated up front, finished cells skipped, a table at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedlora.cli import app
+from fedlora.config import ConfigError
+from fedlora.studies.sweep import load_study, plan
+
+runner = CliRunner()
+
+
+def write_study(tmp_path: Path, tiny_config: dict, arms: dict) -> Path:
+    tiny_config["server"]["rounds"] = 2
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_config))
+    study = {"name": "mini", "base": "base.yaml", "seeds": [0, 1], "arms": arms}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_plan_orders_seeds_outermost_and_names_bad_arms(tmp_path: Path, tiny_config: dict) -> None:
+    path = write_study(
+        tmp_path,
+        tiny_config,
+        {"avg": {}, "pad": {"server.aggregator": "zeropad", "clients.ranks": [2, 2, 4, 4]}},
+    )
+    cells = plan(load_study(path), tmp_path / "out")
+    assert [(c.arm, c.seed) for c in cells] == [("avg", 0), ("pad", 0), ("avg", 1), ("pad", 1)]
+    assert cells[1].config.clients.ranks == [2, 2, 4, 4] and cells[1].config.seed == 0
+    assert cells[3].folder == tmp_path / "out" / "csv" / "pad" / "seed1"
+    bad = write_study(tmp_path, tiny_config, {"ok": {}, "typo": {"server.aggregatr": "hlora"}})
+    with pytest.raises(ConfigError, match=r"(?s)arm 'typo', seed 0: .*server\.aggregatr: Extra"):
+        plan(load_study(bad), tmp_path / "out")
+
+
+def test_sweep_runs_skips_finished_cells_and_writes_the_table(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}, "hl": {"server.aggregator": "hlora"}})
+    out, docs = tmp_path / "runs", tmp_path / "docs"
+    args = ["study", str(path), "--out", str(out), "--docs", str(docs), "--seeds", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "csv" / "hl" / "seed0" / "summary.json").is_file()
+    assert not (out / "csv" / "hl" / "seed1").exists()  # --seeds 0 only
+    table = (docs / "table.md").read_text()
+    assert "| avg | 1 |" in table and "| hl | 1 |" in table and "### CSV" in table
+    assert (docs / "accuracy.png").stat().st_size > 10_000
+
+    (out / "csv" / "avg" / "seed1.partial").mkdir(parents=True)  # an interrupted cell
+    result = runner.invoke(
+        app, ["study", str(path), "--out", str(out), "--docs", str(docs), "--arms", "avg"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "done already: " in result.output and "running: " in result.output
+    assert (out / "csv" / "avg" / "seed1" / "summary.json").is_file()
+    assert not (out / "csv" / "avg" / "seed1.partial").exists()
+    assert "| avg | 2 |" in (docs / "table.md").read_text()  # mean ± sd over both seeds
