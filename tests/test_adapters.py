@@ -164,3 +164,16 @@ def test_validation_names_the_problem(mutate, reason: str) -> None:  # type: ign
     spec.validate(state, rank=2)  # the reference itself is fine
     with pytest.raises(InvalidUpdate, match=reason):
         spec.validate(mutate(state), rank=2)
+
+
+def test_frozen_factors_travel_in_bytes_but_not_in_peft_keys() -> None:
+    state = make_state()
+    frozen = make_state(rank=5, alpha=10.0, seed=1).lora
+    with_frozen = AdapterState(state.lora, state.extra, frozen=frozen)
+    assert with_frozen.to_peft_state_dict() == state.to_peft_state_dict()
+    assert with_frozen.num_bytes() == state.num_bytes() + sum(
+        (f.A.numel() + f.B.numel()) * 4 for f in frozen.values()
+    )
+    restored = AdapterState.from_bytes(with_frozen.to_bytes())
+    assert_same(restored, state)
+    assert_same(AdapterState(restored.frozen, {}), AdapterState(frozen, {}))

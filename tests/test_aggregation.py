@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from fedlora import aggregation
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation.fedavg import update_norm
-from fedlora.config import LoraConfig
+from fedlora.config import LoraConfig, ServerConfig
 
 
 def one_module(
@@ -31,7 +31,15 @@ def make(name: str, rank: int, alpha: float = 2.0, **options: object) -> aggrega
 
 
 def test_registry() -> None:
-    assert {"fedavg", "zeropad", "hetlora", "hlora", "flexlora"} <= set(aggregation.available())
+    assert set(aggregation.available()) == {
+        "fedavg",
+        "fedsa",
+        "flexlora",
+        "flora",
+        "hetlora",
+        "hlora",
+        "zeropad",
+    }
     with pytest.raises(ValueError, match=r"server\.aggregator: unknown name 'nope'"):
         aggregation.create("nope", LoraConfig(), 8)
     with pytest.raises(ValueError, match=r"server\.aggregator_options\.spilt: Extra inputs"):
@@ -60,12 +68,13 @@ def test_alpha_is_folded_into_b() -> None:
 
 
 def test_fedavg_is_same_rank_only() -> None:
-    make("fedavg", rank=2).check_ranks([2, 2, 2])
+    server = ServerConfig()
+    make("fedavg", rank=2).check_setup([2, 2, 2], server)
     with pytest.raises(
         ValueError, match=r"fedavg merges same-rank LoRA only, client ranks are \[2, 4\]"
     ):
-        make("fedavg", rank=4).check_ranks([2, 4])
-    make("zeropad", rank=4).check_ranks([2, 4])
+        make("fedavg", rank=4).check_setup([2, 4], server)
+    make("zeropad", rank=4).check_setup([2, 4], server)
 
 
 # Two clients on a 2×2 layer: client 1 of rank 1 updates ΔW_1 = e1·[1, 0] (top-left),
@@ -167,3 +176,23 @@ def test_fedsa_shares_a_and_keeps_each_clients_b() -> None:
     # B never crosses the network: only A (1×2) and the head (1) are charged
     assert agg.transmitted_bytes(mine) == 4 * (2 + 1)
     assert make("zeropad", rank=1).transmitted_bytes(mine) == 4 * (2 + 2 + 1)
+
+
+def test_flora_stacks_exactly_and_restarts_clients_fresh() -> None:
+    agg = make("flora", rank=2, alpha=2.0)
+    with pytest.raises(ValueError, match=r"server\.update: flora adds"):
+        agg.check_setup([1, 2], ServerConfig())
+    agg.check_setup([1, 2], ServerConfig(update="delta"))
+    start = one_module([[0.1, 0.2], [0.3, 0.4]], [[0.0, 0.0], [0.0, 0.0]], alpha=2.0)
+    sent_1, sent_2 = agg.project(start, 1), agg.project(start, 2)
+    for sent, rank in ((sent_1, 1), (sent_2, 2)):
+        factors = sent.lora["q"]
+        assert factors.rank == rank and torch.equal(factors.B, torch.zeros(2, rank))
+        assert factors.A.abs().max() <= 2**-0.5  # PEFT's bound 1/√in
+        assert sent.frozen == start.lora
+    # the round as the fedavg policy sends it in delta mode: G + Σ w (U − S)
+    merged = agg.combine([start, CLIENT_1, sent_1, CLIENT_2, sent_2], [1.0, 0.5, -0.5, 0.5, -0.5])
+    assert torch.allclose(delta(merged), TRUE_MEAN, atol=1e-6)  # exact, no truncation
+    assert merged.lora["q"].rank == 2  # the numerical rank of the sum
+    nxt = agg.combine([merged, CLIENT_1, agg.project(merged, 1)], [1.0, 1.0, -1.0])
+    assert torch.allclose(delta(nxt), TRUE_MEAN + delta(CLIENT_1), atol=1e-6)

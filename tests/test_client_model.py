@@ -92,3 +92,40 @@ def test_plan_batches_steps_and_epochs() -> None:
     assert [len(b) for b in small] == [3, 3]  # a client smaller than a batch trains on all it has
     with pytest.raises(ValueError, match="without examples"):
         plan_batches(np.arange(0), TrainConfig(), rng)
+
+
+def test_frozen_update_is_merged_into_the_base_and_taken_out_again(
+    resident: ResidentModel,
+) -> None:
+    """A frozen update under a zero LoRA predicts like the same update as a trained LoRA."""
+    like = resident.state()
+    update = random_state(like, rank=3, alpha=6.0, seed=11)
+    zero = AdapterState(
+        {m: LoraFactors(f.A, torch.zeros_like(f.B), f.alpha) for m, f in like.lora.items()},
+        update.extra,
+        frozen=update.lora,
+    )
+    batch = {
+        "input_ids": torch.tensor([[101, 2000, 2001, 102]]),
+        "attention_mask": torch.ones(1, 4),
+    }
+    resident.model.eval()
+    with torch.no_grad():
+        resident.load(update)
+        as_lora = resident.model(**batch).logits
+        resident.load(zero)
+        as_frozen = resident.model(**batch).logits
+        resident.load(like)
+        plain = resident.model(**batch).logits
+        resident.load(AdapterState(like.lora, like.extra))
+        assert torch.equal(resident.model(**batch).logits, plain)  # base restored exactly
+    assert torch.allclose(as_lora, as_frozen, atol=1e-5)
+    assert not torch.allclose(as_frozen, plain, atol=1e-3)
+
+
+def test_old_slots_are_evicted(resident: ResidentModel) -> None:
+    like = resident.state()
+    for rank in range(1, 12):
+        resident.load(random_state(like, rank, 16.0, seed=rank))
+    assert len(resident.model.peft_config) <= ResidentModel.max_slots
+    assert resident.state().rank == 11

@@ -2,9 +2,11 @@
 
 Per target module the LoRA factors (A: r×in, B: out×r) and the LoRA alpha (PEFT applies
 ΔW = (alpha/r)·B·A), plus the extra trainable tensors (the classification head, PEFT's
-``modules_to_save``). Converts to and from PEFT state dicts (the keys PEFT saves in
-``adapter_model.safetensors``) and to and from safetensors bytes for the wire, and validates
-what a client sends before the server touches it.
+``modules_to_save``), plus optionally ``frozen`` factors: an update already merged into the
+base weights that the client trains on top of (FLoRA), never trained itself. Converts to and
+from PEFT state dicts (the keys PEFT saves in ``adapter_model.safetensors``) and to and from
+safetensors bytes for the wire, and validates what a client sends before the server touches
+it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,7 @@ PEFT_PREFIX = "base_model.model."
 _A_SUFFIX = ".lora_A.weight"
 _B_SUFFIX = ".lora_B.weight"
 _ALPHAS_KEY = "fedlora.alphas"
+_FROZEN_PREFIX = "frozen."
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
@@ -62,6 +65,7 @@ class AdapterState:
 
     lora: Mapping[str, LoraFactors]
     extra: Mapping[str, torch.Tensor]
+    frozen: Mapping[str, LoraFactors] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -73,7 +77,8 @@ class AdapterState:
         return float(_only_value("alphas", {f.alpha for f in self.lora.values()}))
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for f in self.lora.values() for t in (f.A, f.B)] + list(self.extra.values())
+        factors = [*self.lora.values(), *self.frozen.values()]
+        return [t for f in factors for t in (f.A, f.B)] + list(self.extra.values())
 
     def num_bytes(self) -> int:
         """Bytes on the wire: every tensor's payload (headers are negligible)."""
@@ -115,10 +120,21 @@ class AdapterState:
         return cls(lora=lora, extra=extra)
 
     def to_bytes(self) -> bytes:
-        """safetensors bytes with the PEFT keys; alphas travel in the metadata."""
-        alphas = {module: f.alpha for module, f in self.lora.items()}
-        tensors = {k: v.contiguous() for k, v in self.to_peft_state_dict().items()}
-        return save_safetensors(tensors, metadata={_ALPHAS_KEY: json.dumps(alphas)})
+        """safetensors bytes with the PEFT keys (frozen factors under ``frozen.``); alphas
+        travel in the metadata."""
+        frozen = AdapterState(lora=self.frozen, extra={}).to_peft_state_dict()
+        tensors = {
+            **self.to_peft_state_dict(),
+            **{f"{_FROZEN_PREFIX}{key}": value for key, value in frozen.items()},
+        }
+        alphas = {
+            **{module: f.alpha for module, f in self.lora.items()},
+            **{f"{_FROZEN_PREFIX}{module}": f.alpha for module, f in self.frozen.items()},
+        }
+        return save_safetensors(
+            {k: v.contiguous() for k, v in tensors.items()},
+            metadata={_ALPHAS_KEY: json.dumps(alphas)},
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AdapterState:
@@ -129,7 +145,19 @@ class AdapterState:
             tensors = load_safetensors(data)
         except (ValueError, KeyError, json.JSONDecodeError, RuntimeError) as error:
             raise InvalidUpdate(f"unreadable adapter bytes: {error}") from None
-        return cls.from_peft_state_dict(tensors, alphas)
+        frozen = {
+            k.removeprefix(_FROZEN_PREFIX): v
+            for k, v in tensors.items()
+            if k.startswith(_FROZEN_PREFIX)
+        }
+        trained = {k: v for k, v in tensors.items() if not k.startswith(_FROZEN_PREFIX)}
+        frozen_alphas = {
+            k.removeprefix(_FROZEN_PREFIX): a
+            for k, a in alphas.items()
+            if k.startswith(_FROZEN_PREFIX)
+        }
+        state = cls.from_peft_state_dict(trained, alphas)
+        return replace(state, frozen=cls.from_peft_state_dict(frozen, frozen_alphas).lora)
 
     def save_peft_folder(self, folder: Path, peft_config: PeftLoraConfig) -> None:
         """Write a folder that ``PeftModel.from_pretrained(base, folder)`` loads."""

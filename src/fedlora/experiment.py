@@ -110,7 +110,7 @@ def simulate(
             config.global_rank,
             config.server.aggregator_options,
         )
-        aggregator.check_ranks([p.rank for p in profiles])
+        aggregator.check_setup([p.rank for p in profiles], config.server)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     clients = [

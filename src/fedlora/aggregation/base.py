@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.config import LoraConfig
+from fedlora.config import LoraConfig, ServerConfig
 from fedlora.registry import Registry
 
 
@@ -67,8 +67,8 @@ class Aggregator(ABC):
         self.global_rank = global_rank
         self.options = options
 
-    def check_ranks(self, ranks: Sequence[int]) -> None:
-        """Raise ``ValueError`` naming the key if this aggregator cannot serve these ranks."""
+    def check_setup(self, ranks: Sequence[int], server: ServerConfig) -> None:
+        """Raise ``ValueError`` naming the key if this aggregator cannot serve this setup."""
         if self.same_rank_only and len(set(ranks)) > 1:
             raise ValueError(
                 f"server.aggregator: {self.name} merges same-rank LoRA only, client ranks are"

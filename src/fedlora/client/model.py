@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from fedlora.adapters import AdapterState
+from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.config import LoraConfig, ModelConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,7 +77,13 @@ def peft_config(lora: LoraConfig, rank: int, alpha: float, base_model: str) -> P
 
 
 class ResidentModel:
-    """One backbone in memory; :meth:`load` activates an adapter, :meth:`state` reads it back."""
+    """One backbone in memory; :meth:`load` activates an adapter, :meth:`state` reads it back.
+
+    A slot (PEFT adapter) exists per (rank, alpha) in use; the least recently used slots are
+    deleted beyond ``max_slots``, since a stacking global (FLoRA) changes rank every round.
+    """
+
+    max_slots = 6
 
     def __init__(
         self, backbone: PreTrainedModel, lora: LoraConfig, base_model: str, rank: int
@@ -88,6 +95,9 @@ class ResidentModel:
             backbone, peft_config(lora, rank, lora.alpha, base_model), adapter_name=first
         )
         self._active = first
+        self._recent = [first]  # slots, least recently used first
+        self._pristine: dict[str, torch.Tensor] = {}  # base weights before any frozen update
+        self._shifted: set[str] = set()
 
     @staticmethod
     def _slot_name(rank: int, alpha: float) -> str:
@@ -96,11 +106,34 @@ class ResidentModel:
     def _ensure_slot(self, rank: int, alpha: float) -> str:
         name = self._slot_name(rank, alpha)
         if name not in self.model.peft_config:
+            while len(self._recent) >= self.max_slots:
+                oldest = next(slot for slot in self._recent if slot != self._active)
+                self.model.delete_adapter(oldest)
+                self._recent.remove(oldest)
             self.model.add_adapter(name, peft_config(self.lora, rank, alpha, self.base_model))
+            self.model.train(self.model.training)  # new dropout modules join the current mode
+        if name in self._recent:
+            self._recent.remove(name)
+        self._recent.append(name)
         return name
 
+    def _shift_base(self, frozen: Mapping[str, LoraFactors]) -> None:
+        """Base weight = pristine weight + the frozen update, on every layer that has one."""
+        for module in set(frozen) | self._shifted:
+            wrapped = self.model.get_base_model().get_submodule(module)
+            weight = wrapped.get_submodule("base_layer").get_parameter("weight")
+            if module not in self._pristine:
+                self._pristine[module] = weight.detach().clone()
+            target = self._pristine[module]
+            if module in frozen:
+                target = target + frozen[module].delta().to(target.dtype)
+            weight.data.copy_(target)
+        self._shifted = set(frozen)
+
     def load(self, state: AdapterState) -> None:
-        """Make ``state`` the active adapter (creating a slot of its rank on first use)."""
+        """Make ``state`` the active adapter (creating a slot of its rank on first use), with
+        its frozen update, if any, merged into the base weights."""
+        self._shift_base(state.frozen)
         slot = self._ensure_slot(state.rank, state.alpha)
         result = set_peft_model_state_dict(self.model, state.to_peft_state_dict(), slot)
         unexpected = list(getattr(result, "unexpected_keys", []))
