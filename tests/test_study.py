@@ -62,3 +62,13 @@ def test_sweep_runs_skips_finished_cells_and_writes_the_table(
     assert (out / "csv" / "avg" / "seed1" / "summary.json").is_file()
     assert not (out / "csv" / "avg" / "seed1.partial").exists()
     assert "| avg | 2 |" in (docs / "table.md").read_text()  # mean ± sd over both seeds
+
+
+def test_a_changed_config_runs_again(tmp_path: Path, tiny_config: dict) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}})
+    out = tmp_path / "runs"
+    args = ["study", str(path), "--out", str(out), "--docs", str(tmp_path / "d"), "--seeds", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert "done already" in runner.invoke(app, args).output
+    result = runner.invoke(app, [*args, "--set", "train.lr=0.02"])
+    assert "running: " in result.output and "done already" not in result.output

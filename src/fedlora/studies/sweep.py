@@ -2,9 +2,10 @@
 
 A study file names a base experiment config and the arms as ``--set``-style overrides. Every
 cell's config is built and validated before the first one runs, so a typo in the last arm
-costs nothing. A finished cell (its ``summary.json`` exists) is skipped when the sweep runs
-again, so a long study can be completed over several sittings; a cell interrupted mid-run
-leaves only a ``.partial`` folder, which the next sweep replaces.
+costs nothing. A finished cell (its ``summary.json`` exists and its config is the one planned)
+is skipped when the sweep runs again, so a long study can be completed over several sittings;
+a cell interrupted mid-run leaves only a ``.partial`` folder, which the next sweep replaces,
+and a cell whose config changed is run again.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedlora.config import ConfigError, ExperimentConfig, load_config
-from fedlora.results.store import SUMMARY_FILE
+from fedlora.config import ConfigError, ExperimentConfig, dump_config, load_config
+from fedlora.results.store import CONFIG_FILE, SUMMARY_FILE
 
 
 class StudyConfig(BaseModel):
@@ -44,7 +45,10 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        return (self.folder / SUMMARY_FILE).is_file()
+        """Finished with this very config; a cell whose config has changed since runs again."""
+        if not (self.folder / SUMMARY_FILE).is_file():
+            return False
+        return (self.folder / CONFIG_FILE).read_text(encoding="utf-8") == dump_config(self.config)
 
 
 def load_study(path: Path) -> StudyConfig:
