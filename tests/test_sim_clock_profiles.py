@@ -113,3 +113,15 @@ def test_rank_config_errors() -> None:
     ):
         build_config({"clients": {"num": 2, "ranks": [8, 2]}, "server": {"global_rank": 4}})
     assert build_config({"clients": {"num": 2, "ranks": [8, 2]}}).global_rank == 8
+
+
+def test_clock_advances_only_forward_and_never_past_a_pending_completion() -> None:
+    clock: EventClock[str] = EventClock()
+    clock.schedule(5.0, "a")
+    clock.advance(3.0)
+    assert clock.now == 3.0 and clock.next_finish == 5.0
+    with pytest.raises(ValueError, match="cannot move the clock"):
+        clock.advance(2.0)
+    with pytest.raises(ValueError, match="cannot move the clock"):
+        clock.advance(6.0)
+    assert clock.pop() == "a" and clock.now == 5.0

@@ -36,6 +36,16 @@ class EventClock(Generic[T]):
         self._seq += 1
         return finish
 
+    @property
+    def next_finish(self) -> float:
+        return self._heap[0].finish
+
+    def advance(self, to: float) -> None:
+        """Move the clock forward to ``to`` without a completion (e.g. a time limit)."""
+        if to < self.now or (self._heap and to > self._heap[0].finish):
+            raise ValueError(f"cannot move the clock from {self.now} to {to}")
+        self.now = to
+
     def pop(self) -> T:
         """The next completion; advances ``now`` to its finish time."""
         entry = heapq.heappop(self._heap)

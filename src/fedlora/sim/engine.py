@@ -118,17 +118,15 @@ class Simulation:
         self._apply(self.policy.start())
         max_time = self.config.server.max_virtual_time
         while self._stopped is None and len(self.clock):
-            job = self.clock.pop()
-            if max_time is not None and self.clock.now > max_time:
-                self.clock.now = max_time
+            if max_time is not None and self.clock.next_finish > max_time:
+                self.clock.advance(max_time)
                 self._stopped = f"virtual time {max_time:g}s reached"
-                self.outcome.in_flight += 1
                 break
-            self._apply(self._receive(job))
+            self._apply(self._receive(self.clock.pop()))
         out = self.outcome
         if self._stopped is not None:
             out.stop_reason = self._stopped
-        out.in_flight += len(self.clock)
+        out.in_flight = len(self.clock)
         if not out.evaluations or out.evaluations[-1].step != out.steps:
             self._evaluate()
         out.virtual_time = self.clock.now
