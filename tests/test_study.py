@@ -72,3 +72,17 @@ def test_a_changed_config_runs_again(tmp_path: Path, tiny_config: dict) -> None:
     assert "done already" in runner.invoke(app, args).output
     result = runner.invoke(app, [*args, "--set", "train.lr=0.02"])
     assert "running: " in result.output and "done already" not in result.output
+
+
+def test_a_key_added_with_its_default_keeps_a_finished_cell(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}})
+    out = tmp_path / "runs"
+    args = ["study", str(path), "--out", str(out), "--docs", str(tmp_path / "d"), "--seeds", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    stored = out / "csv" / "avg" / "seed0" / "config.yaml"
+    raw = yaml.safe_load(stored.read_text())
+    del raw["train"]["weight_decay"]  # as written before the key existed: its default applies
+    stored.write_text(yaml.safe_dump(raw))
+    assert "done already" in runner.invoke(app, args).output

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedlora.config import ConfigError, ExperimentConfig, dump_config, load_config
-from fedlora.results.store import CONFIG_FILE, SUMMARY_FILE
+from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.results.store import SUMMARY_FILE, read_config
 
 
 class StudyConfig(BaseModel):
@@ -45,10 +45,17 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        """Finished with this very config; a cell whose config has changed since runs again."""
+        """Finished with this very config; a cell whose config has changed since runs again.
+
+        The stored config is read back through the current schema, so a key added later with
+        a default (which changes nothing the cell ran) does not make a finished cell stale.
+        """
         if not (self.folder / SUMMARY_FILE).is_file():
             return False
-        return (self.folder / CONFIG_FILE).read_text(encoding="utf-8") == dump_config(self.config)
+        try:
+            return read_config(self.folder) == self.config
+        except ConfigError:  # written by a schema that no longer validates: run it again
+            return False
 
 
 def load_study(path: Path) -> StudyConfig:
