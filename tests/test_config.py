@@ -64,7 +64,10 @@ def test_malformed_override(bad: str) -> None:
             "server:\n  rounds: many\n",
             r"exp.yaml:2: server.rounds: Input should be a valid integer",
         ),
-        ("server:\n  policy: nope\n", r"server.policy: unknown policy 'nope'; available: fedavg"),
+        (
+            "server:\n  policy: nope\n",
+            r"server.policy: unknown policy 'nope'; available: fedasync, fedavg, fedbuff, fedfa",
+        ),
         ("server:\n  aggregator: nope\n", r"server.aggregator: unknown aggregator 'nope'"),
         (
             "clients:\n  speed: {distribution: pareto, alpah: 1}\n",

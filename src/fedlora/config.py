@@ -127,6 +127,27 @@ Rank = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(gt=0)]
 
 
+class AvailabilityConfig(_Section):
+    """When a client's job never delivers: it fails, or the client is offline during it.
+
+    A client alternates online and offline stretches of exponentially distributed lengths
+    (means in virtual seconds; both null: always online). A job fails when its client is
+    offline at any moment of it, or with probability ``failure_prob``.
+    """
+
+    failure_prob: Annotated[float, Field(ge=0, le=1)] = 0.0
+    mean_online_s: Annotated[float | None, Field(gt=0)] = None
+    mean_offline_s: Annotated[float | None, Field(gt=0)] = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> AvailabilityConfig:
+        if (self.mean_online_s is None) != (self.mean_offline_s is None):
+            raise ValueError(
+                "clients.availability: set both mean_online_s and mean_offline_s, or neither"
+            )
+        return self
+
+
 class ClientsConfig(_Section):
     num: Annotated[int, Field(ge=1)] = 10
     # LoRA rank per client: one per client, tiers with shares ({2: 0.5, 8: 0.5}), or null for
@@ -137,6 +158,7 @@ class ClientsConfig(_Section):
     bandwidth_mbps: Annotated[float, Field(gt=0)] = 100.0
     # Virtual seconds one token costs a client of slowness 1 (forward + backward).
     seconds_per_token: Annotated[float, Field(gt=0)] = 1.0e-3
+    availability: AvailabilityConfig = AvailabilityConfig()
 
     @model_validator(mode="after")
     def _ranks_fit(self) -> ClientsConfig:
@@ -167,12 +189,29 @@ class TrainConfig(_Section):
         return self
 
 
+class StalenessConfig(_Section):
+    """s(τ): constant (1), polynomial (τ+1)^(−a), or hinge (1 if τ ≤ b, else 1/(a(τ−b)+1))."""
+
+    function: Literal["constant", "polynomial", "hinge"] = "constant"
+    a: Annotated[float, Field(ge=0)] = 0.5
+    b: Annotated[float, Field(ge=0)] = 4.0
+
+
 class ServerConfig(_Section):
     policy: str = "fedavg"
     aggregator: str = "fedavg"
     per_round: Annotated[int | None, Field(ge=1)] = None
+    # Asynchronous policies: clients training at once, and K (FedBuff's buffer, FedFa's window).
     concurrency: Annotated[int, Field(ge=1)] = 10
     window: Annotated[int, Field(ge=1)] = 5
+    # How results are weighted in a merge: by sample count, or equally; null: the policy's own
+    # default (samples for fedavg, uniform for the asynchronous policies).
+    weights: Literal["samples", "uniform"] | None = None
+    staleness: StalenessConfig = StalenessConfig()
+    staleness_bound: Annotated[int | None, Field(ge=0)] = None  # older results are dropped
+    mixing: Annotated[float, Field(gt=0, le=1)] = 0.6  # FedAsync's alpha
+    # Virtual seconds a job may take from dispatch; a later result is lost. null: no deadline.
+    job_timeout: Annotated[float | None, Field(gt=0)] = None
     rounds: Annotated[int, Field(ge=1)] = 50
     max_steps: Annotated[int | None, Field(ge=1)] = None
     max_virtual_time: Annotated[float | None, Field(gt=0)] = None
@@ -198,6 +237,9 @@ class TargetConfig(_Section):
 
 class EvalConfig(_Section):
     every: Annotated[int, Field(ge=1)] = 1
+    # Instead of every n steps: the first merge once this many virtual seconds have passed
+    # since the last evaluation (asynchronous policies merge far more often than rounds).
+    every_seconds: Annotated[float | None, Field(gt=0)] = None
     split: str = "dev"
     batch_size: Annotated[int, Field(ge=1)] = 64
     target: TargetConfig | None = None
@@ -238,6 +280,7 @@ class ExperimentConfig(_Section):
                 f"server.global_rank: {self.global_rank} is below the largest client"
                 f" rank {self.max_client_rank}"
             )
+        policies.check_setup(self.server, self.clients.num)
         if self.cohort_size > self.clients.num:
             raise ValueError(
                 f"server.per_round: {self.cohort_size} clients per round but clients.num"

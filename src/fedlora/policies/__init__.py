@@ -1,6 +1,9 @@
 """Server policies, registered by name: ``available()`` lists what ``server.policy`` accepts."""
 
+from fedlora.policies import fedasync as _fedasync  # noqa: F401  (registers "fedasync")
 from fedlora.policies import fedavg as _fedavg  # noqa: F401  (registers "fedavg")
+from fedlora.policies import fedbuff as _fedbuff  # noqa: F401  (registers "fedbuff")
+from fedlora.policies import fedfa as _fedfa  # noqa: F401  (registers "fedfa")
 from fedlora.policies.base import (
     Arrival,
     ClientInfo,
@@ -12,6 +15,7 @@ from fedlora.policies.base import (
     Source,
     Term,
     available,
+    check_setup,
     create,
 )
 
@@ -26,5 +30,6 @@ __all__ = [
     "Source",
     "Term",
     "available",
+    "check_setup",
     "create",
 ]

@@ -78,10 +78,16 @@ class Policy(ABC):
     """Template: subclasses answer :meth:`start`, :meth:`on_arrival` and :meth:`on_lost`.
 
     ``version`` counts merges (server steps); ``rounds`` is the policy's own progress unit,
-    which the runtime compares with ``server.rounds``.
+    which the runtime compares with ``server.rounds``. ``default_weights`` is how results are
+    weighted when ``server.weights`` is not set.
     """
 
     name: ClassVar[str]
+    default_weights: ClassVar[str] = "samples"
+
+    @classmethod  # noqa: B027 (an optional hook)
+    def check_setup(cls, server: ServerConfig, num_clients: int) -> None:
+        """Raise ``ValueError`` naming the key if this policy cannot serve this setup."""
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         self.server = server
@@ -103,16 +109,25 @@ class Policy(ABC):
     def on_lost(self, job: int, client: int) -> list[Decision]:
         """A job will never deliver (rejected update, failed or offline client)."""
 
-    def mean_of(self, weighted_jobs: Sequence[tuple[int, float]]) -> list[Term]:
-        """Terms for the weighted mean of these jobs' results, per ``server.update``.
+    def weight_of(self, client: int) -> float:
+        """A result's weight before normalisation: its sample count, or 1 (``server.weights``)."""
+        if (self.server.weights or self.default_weights) == "uniform":
+            return 1.0
+        return float(self.sizes[client])
 
-        ``model``: the mean of the client adapters. ``delta``: the current global plus
-        ``server_lr`` times the mean of (client adapter − the adapter it was sent), which keeps
-        what the global holds above a client's rank instead of replacing it.
+    def mean_of(self, weighted_jobs: Sequence[tuple[int, float]], scale: float = 1.0) -> list[Term]:
+        """Terms moving the global by ``scale`` towards the weighted mean of these jobs' results
+        (weights summing to 1), per ``server.update``.
+
+        ``model``: (1 − scale)·global + scale·the mean of the client adapters (scale 1: the
+        mean alone). ``delta``: the global plus scale·``server_lr`` times the mean of (client
+        adapter − the adapter it was sent), which keeps what the global holds above a client's
+        rank instead of replacing it.
         """
         if self.server.update == "model":
-            return [Term(Source.UPDATE, weight, job) for job, weight in weighted_jobs]
-        step = self.server.server_lr
+            mixed = [Term(Source.UPDATE, scale * weight, job) for job, weight in weighted_jobs]
+            return ([Term(Source.GLOBAL, 1.0 - scale)] if scale != 1.0 else []) + mixed
+        step = scale * self.server.server_lr
         terms = [Term(Source.GLOBAL, 1.0)]
         for job, weight in weighted_jobs:
             terms += [
@@ -137,3 +152,8 @@ def available() -> list[str]:
 
 def create(name: str, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> Policy:
     return registry.get(name)(server, clients, seed)
+
+
+def check_setup(server: ServerConfig, num_clients: int) -> None:
+    """Raise ``ValueError`` naming the key if ``server.policy`` cannot run this setup."""
+    registry.get(server.policy).check_setup(server, num_clients)

@@ -1,0 +1,92 @@
+"""What the asynchronous policies share: ``concurrency`` clients always at work, no barrier.
+
+A finished (or lost) job frees its slot, which goes at once to an idle client picked at random
+(seeded); with ``concurrency`` equal to the number of clients, that is the client that just
+finished, so no finished client is ever held idle. A result more than ``staleness_bound``
+merges behind the global is dropped and counted. Every ``concurrency`` finished jobs count as
+one round, so ``server.rounds`` buys every policy the same number of client updates as
+FedAvg with ``per_round`` equal to ``concurrency``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+
+from fedlora.config import ServerConfig
+from fedlora.policies.base import Arrival, ClientInfo, Decision, Dispatch, Drop, Merge, Policy
+from fedlora.policies.staleness import staleness_factor
+
+
+class AsyncPolicy(Policy):
+    default_weights = "uniform"
+
+    def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
+        super().__init__(server, clients, seed)
+        self._busy: set[int] = set()
+        self._finished_jobs = 0
+
+    @classmethod
+    def check_setup(cls, server: ServerConfig, num_clients: int) -> None:
+        if server.concurrency > num_clients:
+            raise ValueError(
+                f"server.concurrency: {server.concurrency} clients training at once but"
+                f" clients.num is {num_clients}"
+            )
+
+    def start(self) -> list[Decision]:
+        everyone = [c.client for c in self.clients]
+        return self._dispatch(sorted(self.rng.sample(everyone, self.server.concurrency)))
+
+    def on_arrival(self, arrival: Arrival) -> list[Decision]:
+        self._finish(arrival.client)
+        staleness = self.version - arrival.dispatched_version
+        bound = self.server.staleness_bound
+        if bound is not None and staleness > bound:
+            decisions: list[Decision] = [
+                Drop(arrival.job, f"staleness {staleness} exceeds staleness_bound {bound}")
+            ]
+        else:
+            decisions = self.accept(arrival, staleness)
+        return decisions + self._refill()
+
+    def on_lost(self, job: int, client: int) -> list[Decision]:
+        self._finish(client)
+        return self._refill()
+
+    @abstractmethod
+    def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
+        """A fresh-enough result arrived: merge it, hold it, or both."""
+
+    def staleness_weight(self, client: int, staleness: int) -> float:
+        """The result's weight before normalisation, times s(τ)."""
+        return self.weight_of(client) * staleness_factor(staleness, self.server.staleness)
+
+    def step_towards(
+        self, results: Sequence[tuple[Arrival, int]], release: Sequence[int], rate: float = 1.0
+    ) -> Merge:
+        """A merge moving the global ``rate`` of the way to the weighted mean of ``results``
+        (each with its staleness at arrival).
+
+        The weights are normalised by the plain weights, not the staleness-scaled ones, so
+        fresh results make a full step and stale ones a shorter one (the rest of the global
+        stays).
+        """
+        plain = sum(self.weight_of(a.client) for a, _ in results)
+        scaled = [(a.job, self.staleness_weight(a.client, s)) for a, s in results]
+        total = sum(w for _, w in scaled)
+        terms = self.mean_of([(job, w / total) for job, w in scaled], scale=rate * total / plain)
+        return self.merge(terms, release)
+
+    def _finish(self, client: int) -> None:
+        self._busy.discard(client)
+        self._finished_jobs += 1
+        self.rounds = self._finished_jobs // self.server.concurrency
+
+    def _refill(self) -> list[Decision]:
+        idle = [c.client for c in self.clients if c.client not in self._busy]
+        return self._dispatch([self.rng.choice(idle)])
+
+    def _dispatch(self, chosen: list[int]) -> list[Decision]:
+        self._busy.update(chosen)
+        return [Dispatch(client) for client in chosen]

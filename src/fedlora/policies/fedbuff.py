@@ -1,0 +1,31 @@
+"""FedBuff (Nguyen et al., 2022): buffer K results, then apply their mean in one step.
+
+Clients train concurrently with no barrier; each result waits in the buffer, and after K
+(``server.window``) of them the server applies their (staleness-weighted) mean: with
+``server.update: delta`` the paper's x ← x + η·mean of the deltas, with ``model`` the mean of
+the client adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedlora.config import ServerConfig
+from fedlora.policies.asynchronous import AsyncPolicy
+from fedlora.policies.base import Arrival, ClientInfo, Decision, registry
+
+
+@registry.register("fedbuff")
+class FedBuffPolicy(AsyncPolicy):
+    name = "fedbuff"
+
+    def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
+        super().__init__(server, clients, seed)
+        self._buffer: list[tuple[Arrival, int]] = []
+
+    def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
+        self._buffer.append((arrival, staleness))
+        if len(self._buffer) < self.server.window:
+            return []
+        buffered, self._buffer = self._buffer, []
+        return [self.step_towards(buffered, release=[a.job for a, _ in buffered])]

@@ -1,0 +1,36 @@
+"""FedFa (Xu et al., 2024): fully asynchronous, a sliding window of the K latest results.
+
+Until the window first fills the server waits, as one FedBuff step would. From then on
+**every** arrival makes a new global version from the K most recent results, and the client
+that sent it gets new work at once: no barrier, no buffer to wait for. With ``server.update:
+model`` the global is the (staleness-weighted) mean of the K windowed client adapters; with
+``delta`` it moves by η times the mean of their deltas on every arrival, so each delta counts
+η·weight in all over its K steps in the window. Adapters of any rank fit the window: the
+aggregator (``hlora``: the low-rank core over the K·r stacked factors) keeps a merge per
+arrival cheap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from fedlora.config import ServerConfig
+from fedlora.policies.asynchronous import AsyncPolicy
+from fedlora.policies.base import Arrival, ClientInfo, Decision, registry
+
+
+@registry.register("fedfa")
+class FedFaPolicy(AsyncPolicy):
+    name = "fedfa"
+
+    def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
+        super().__init__(server, clients, seed)
+        self._window: deque[tuple[Arrival, int]] = deque()
+
+    def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
+        self._window.append((arrival, staleness))
+        if len(self._window) < self.server.window:
+            return []
+        evicted = [self._window.popleft()[0].job] if len(self._window) > self.server.window else []
+        return [self.step_towards(list(self._window), release=evicted)]
