@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from fedlora.cli import app
 from fedlora.client.model import model_path
 from fedlora.results.events import read_events, without_wall_clock
+from fedlora.results.report import speedup, time_to_target
 
 runner = CliRunner()
 
@@ -98,6 +99,38 @@ def test_report_compares_runs(tmp_path: Path, tiny_config: dict) -> None:
     assert (tmp_path / "rep" / "comparison.png").stat().st_size > 10_000
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no summary.json" in result.output
+
+
+def test_fedfa_over_heterogeneous_ranks_reports_staleness_and_idling(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    tiny_config["clients"]["ranks"] = [2, 2, 4, 4]
+    tiny_config["server"] = {
+        "policy": "fedfa", "aggregator": "hlora", "concurrency": 4, "window": 2, "rounds": 2,
+    }  # fmt: skip
+    tiny_config["eval"]["every_seconds"] = 1.0e9  # only at the start and the end
+    run_cli(tmp_path, tiny_config, tmp_path / "fa")
+    summary = json.loads((tmp_path / "fa" / "summary.json").read_text())
+    events = read_events(tmp_path / "fa" / "events.jsonl")
+    arrivals = [e for e in events if e["type"] == "arrival"]
+    assert len(arrivals) == 8 and summary["server_steps"] == 8 - 1  # a step once K = 2 arrived
+    assert summary["updates_applied"] == summary["updates_accepted"] == 8
+    histogram = summary["staleness"]["histogram"]
+    assert sum(histogram.values()) == 8 and summary["staleness"]["max"] == max(map(int, histogram))
+    assert len(summary["client_idle_fraction"]) == 4
+    assert all(0 <= f < 1 for f in summary["client_idle_fraction"])
+    assert [e["version"] for e in events if e["type"] == "eval"] == [0, 7]
+    assert {e["rank"] for e in events if e["type"] == "dispatch"} == {2, 4}
+
+
+def test_speedup_is_the_ratio_of_times_to_target() -> None:
+    def run(seconds: float | None) -> dict:
+        reached = seconds is not None
+        return {"target": {"reached": reached, **({"virtual_time_s": seconds} if reached else {})}}
+
+    assert time_to_target(run(120.0)) == 120.0 and time_to_target({}) is None
+    assert speedup(run(600.0), run(100.0)) == 6.0
+    assert speedup(run(600.0), run(None)) is None and speedup(run(None), run(5.0)) is None
 
 
 def test_export_loads_in_stock_peft_with_identical_predictions(

@@ -25,18 +25,34 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.1f}"
 
 
+def time_to_target(summary: dict[str, Any]) -> float | None:
+    """Virtual seconds until the global model first reached ``eval.target`` (None: never)."""
+    target = summary.get("target") or {}
+    return float(target["virtual_time_s"]) if target.get("reached") else None
+
+
+def speedup(baseline: dict[str, Any], run: dict[str, Any]) -> float | None:
+    """How many times sooner ``run`` reached the target than ``baseline`` (None: either never)."""
+    base, this = time_to_target(baseline), time_to_target(run)
+    if base is None or this is None or this == 0:
+        return None
+    return base / this
+
+
 def comparison_table(folders: list[Path]) -> Table:
-    table = Table(title="fedlora runs")
+    """One row per run; speedups are time-to-target ratios against the first run."""
+    table = Table(title=f"fedlora runs (speedup: time to target against {folders[0].name})")
     for column in (
         "run", "policy", "aggregator", "final acc", "final f1", "best acc", "steps", "rounds",
-        "virtual s", "wall s", "MB down", "MB up", "to target (s)",
+        "virtual s", "wall s", "MB down", "MB up", "to target (s)", "speedup",
     ):  # fmt: skip
         table.add_column(
             column, justify="left" if column in ("run", "policy", "aggregator") else "right"
         )
+    baseline = read_summary(folders[0])
     for folder in folders:
         s = read_summary(folder)
-        target = s.get("target") or {}
+        ratio = speedup(baseline, s)
         table.add_row(
             folder.name,
             s["policy"],
@@ -50,7 +66,8 @@ def comparison_table(folders: list[Path]) -> Table:
             _fmt(s["wall_time_s"], 1),
             _megabytes(s["bytes_down"]),
             _megabytes(s["bytes_up"]),
-            _fmt(target.get("virtual_time_s"), 1) if target.get("reached") else "—",
+            _fmt(time_to_target(s), 1),
+            "—" if ratio is None else f"{ratio:.2f}×",
         )
     return table
 

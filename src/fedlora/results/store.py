@@ -62,9 +62,13 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
         "bytes_down": outcome.bytes_down,
         "bytes_up": outcome.bytes_up,
         "updates_accepted": outcome.accepted,
+        "updates_applied": outcome.applied,
         "updates_rejected": outcome.rejected,
         "updates_dropped": outcome.dropped,
+        "jobs_lost": outcome.lost,
         "jobs_in_flight": outcome.in_flight,
+        "staleness": _staleness_summary(outcome),
+        "client_idle_fraction": _idle_fractions(config, outcome),
     }
     target = config.eval.target
     if target is not None:
@@ -75,6 +79,26 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
             **({} if reached is None else _evaluation_row(reached)),
         }
     return summary
+
+
+def _staleness_summary(outcome: Outcome) -> dict[str, Any]:
+    """Histogram of accepted results by staleness (merges behind the global), mean and max."""
+    counts = outcome.staleness
+    total = sum(counts.values())
+    return {
+        "histogram": {str(k): counts[k] for k in sorted(counts)},
+        "mean": sum(k * n for k, n in counts.items()) / total if total else None,
+        "max": max(counts, default=None),
+    }
+
+
+def _idle_fractions(config: ExperimentConfig, outcome: Outcome) -> list[float]:
+    """Per client, the share of the run's virtual time it had no job (waiting or unused)."""
+    span = outcome.virtual_time
+    return [
+        round(1.0 - outcome.busy_time.get(c, 0.0) / span, 6) if span > 0 else 1.0
+        for c in range(config.clients.num)
+    ]
 
 
 def write_run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,6 +23,7 @@ from fedlora.client.trainer import LocalResult
 from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
 from fedlora.results.events import EventLog
+from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
 from fedlora.sim.profiles import ClientProfile, job_seconds
 
@@ -50,6 +52,8 @@ class Job:
     sent: AdapterState
     batches: list[np.ndarray]
     seed: int
+    dispatched: float
+    lost: str | None  # why it never delivers (fixed at dispatch), or None
 
 
 @dataclass
@@ -77,8 +81,12 @@ class Outcome:
     accepted: int = 0
     rejected: int = 0
     dropped: int = 0
+    lost: int = 0
+    applied: int = 0  # accepted results that went into at least one merge
     in_flight: int = 0
     target: Evaluation | None = None
+    staleness: Counter[int] = field(default_factory=Counter)  # accepted results by staleness
+    busy_time: dict[int, float] = field(default_factory=dict)  # per client: time with a job
 
 
 ProgressCallback = Callable[[Outcome], None]
@@ -108,6 +116,10 @@ class Simulation:
         self._next_job = 0
         self._updates: dict[int, AdapterState] = {}
         self._sent: dict[int, AdapterState] = {}
+        self._applied: set[int] = set()
+        self._running: dict[int, Job] = {}  # in flight, by job id
+        self._last_eval_time = 0.0
+        self.availability = Availability(config.clients.availability, len(profiles), config.seed)
         self._stopped: str | None = None
         self._started = time.perf_counter()
         self.outcome = Outcome(global_state=learner.initial_state())
@@ -130,6 +142,8 @@ class Simulation:
         if not out.evaluations or out.evaluations[-1].step != out.steps:
             self._evaluate()
         out.virtual_time = self.clock.now
+        for job in self._running.values():  # still at work when the run stopped
+            self._count_busy(job)
         out.wall_time = self._wall()
         return out
 
@@ -150,8 +164,15 @@ class Simulation:
         size = self.aggregator.transmitted_bytes(sent)  # the update returns at the same shape
         duration = job_seconds(profile, tokens, self.config.clients.seconds_per_token, size, size)
         seed = int(np.random.SeedSequence([self.config.seed, 2, job_id]).generate_state(1)[0])
-        job = Job(job_id, client, self.policy.version, sent, batches, seed)
+        now = self.clock.now
+        lost = self.availability.failure(client, now, now + duration)
+        timeout = self.config.server.job_timeout
+        if timeout is not None and (lost or duration > timeout):
+            # the server learns of a missing result at the deadline
+            lost, duration = lost or f"no result within job_timeout {timeout:g}s", timeout
+        job = Job(job_id, client, self.policy.version, sent, batches, seed, now, lost)
         self.clock.schedule(duration, job)
+        self._running[job_id] = job
         self.outcome.bytes_down += size
         self._emit(
             "dispatch",
@@ -164,7 +185,17 @@ class Simulation:
             bytes=size,
         )
 
+    def _count_busy(self, job: Job) -> None:
+        busy = self.outcome.busy_time
+        busy[job.client] = busy.get(job.client, 0.0) + self.clock.now - job.dispatched
+
     def _receive(self, job: Job) -> list[Decision]:
+        del self._running[job.id]
+        self._count_busy(job)
+        if job.lost is not None:  # never trained: its result would never have arrived
+            self.outcome.lost += 1
+            self._emit("lost", job=job.id, client=job.client, reason=job.lost)
+            return self.policy.on_lost(job.id, job.client)
         result = self.learner.train(job.sent, job.batches, job.seed)
         size = self.aggregator.transmitted_bytes(result.state)
         self.outcome.bytes_up += size
@@ -187,6 +218,7 @@ class Simulation:
             self._emit("reject", job=job.id, client=job.client, reason=str(error))
             return self.policy.on_lost(job.id, job.client)
         self.outcome.accepted += 1
+        self.outcome.staleness[staleness] += 1
         self.aggregator.remember(job.client, result.state)
         self._updates[job.id] = result.state
         self._sent[job.id] = job.sent
@@ -220,14 +252,17 @@ class Simulation:
         self._release(merge.release)
         self.outcome.steps = self.policy.version
         self.outcome.rounds = self.policy.rounds
+        jobs = [t.job for t in merge.terms if t.source is Source.UPDATE]
+        self._applied.update(j for j in jobs if j is not None)
+        self.outcome.applied = len(self._applied)
         self._emit(
             "merge",
             version=self.policy.version,
             round=self.policy.rounds,
-            jobs=[t.job for t in merge.terms if t.source is Source.UPDATE],
+            jobs=jobs,
             weights=weights,
         )
-        if self.policy.version % self.config.eval.every == 0:
+        if self._evaluation_due():
             self._evaluate()
         max_steps = self.config.server.max_steps
         if max_steps is not None and self.policy.version >= max_steps:
@@ -244,7 +279,14 @@ class Simulation:
             self._updates.pop(job, None)
             self._sent.pop(job, None)
 
+    def _evaluation_due(self) -> bool:
+        every_seconds = self.config.eval.every_seconds
+        if every_seconds is not None:
+            return self.clock.now - self._last_eval_time >= every_seconds
+        return self.policy.version % self.config.eval.every == 0
+
     def _evaluate(self) -> None:
+        self._last_eval_time = self.clock.now
         metrics = self.learner.evaluate(self.outcome.global_state)
         evaluation = Evaluation(
             step=self.policy.version,

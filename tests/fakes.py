@@ -1,0 +1,90 @@
+"""A fake learner and helpers for simulator tests: cheap, deterministic, checkable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlora import aggregation, policies
+from fedlora.adapters import AdapterState, LoraFactors
+from fedlora.client.trainer import LocalResult
+from fedlora.config import ExperimentConfig, build_config
+from fedlora.policies import Policy
+from fedlora.results.events import EventLog
+from fedlora.sim.engine import Outcome, Simulation
+from fedlora.sim.profiles import ClientProfile, draw_profiles
+
+
+class FakeLearner:
+    """Each job adds its seed-derived value to A: cheap, deterministic, checkable."""
+
+    def __init__(self, sizes: Sequence[int], poison: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.indices = []
+        start = 0
+        for n in sizes:
+            self.indices.append(np.arange(start, start + n))
+            start += n
+        self.poison = poison
+        self.trained: list[int] = []
+
+    def initial_state(self) -> AdapterState:
+        return AdapterState(
+            {"m": LoraFactors(torch.zeros(2, 3), torch.ones(4, 2), 4.0)}, {"h": torch.zeros(2)}
+        )
+
+    def plan(self, client: int, rng: np.random.Generator) -> list[np.ndarray]:
+        return [rng.permutation(self.indices[client])[:2]]
+
+    def tokens(self, batches: Sequence[np.ndarray]) -> int:
+        return int(sum(10 * (b + 1).sum() for b in batches))
+
+    def train(self, start: AdapterState, batches: Sequence[np.ndarray], seed: int) -> LocalResult:
+        client = next(c for c, idx in enumerate(self.indices) if batches[0][0] in idx)
+        self.trained.append(client)
+        bump = float(seed % 97) / 97 if client not in self.poison else float("nan")
+        f = start.lora["m"]
+        state = AdapterState(
+            {"m": LoraFactors(f.A + bump, f.B, f.alpha)}, {"h": start.extra["h"] + 1}
+        )
+        return LocalResult(state=state, loss=bump, examples=2, steps=1)
+
+    def evaluate(self, state: AdapterState) -> dict[str, float]:
+        return {"accuracy": float(state.lora["m"].A.mean()), "loss": 0.0}
+
+
+def config(**sections: Any) -> ExperimentConfig:
+    raw: dict[str, Any] = {
+        "lora": {"r": 2, "alpha": 4.0},
+        "clients": {"num": 4, "speed": {"distribution": "pareto", "alpha": 1.0, "cap": 20}},
+        "server": {"rounds": 3},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return build_config(raw)
+
+
+def simulate(
+    cfg: ExperimentConfig,
+    learner: FakeLearner,
+    policy: Policy | None = None,
+    profiles: Sequence[ClientProfile] | None = None,
+) -> tuple[Outcome, list[dict]]:
+    log = EventLog()
+    clients = [policies.ClientInfo(c, len(i)) for c, i in enumerate(learner.indices)]
+    policy = policy or policies.create(cfg.server.policy, cfg.server, clients, cfg.seed)
+    sim = Simulation(
+        cfg,
+        learner,
+        aggregation.create(cfg.server.aggregator, cfg.lora, cfg.global_rank),
+        policy,
+        profiles or draw_profiles(cfg.clients, cfg.lora.r, cfg.seed),
+        log,
+    )
+    return sim.run(), log.records
+
+
+def deterministic(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "wall"} for e in events]
