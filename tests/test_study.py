@@ -51,6 +51,7 @@ def test_sweep_runs_skips_finished_cells_and_writes_the_table(
     assert not (out / "csv" / "hl" / "seed1").exists()  # --seeds 0 only
     table = (docs / "table.md").read_text()
     assert "| avg | 1 |" in table and "| hl | 1 |" in table and "### CSV" in table
+    assert "| virtual s to target |" in table and "speedup" not in table
     assert (docs / "accuracy.png").stat().st_size > 10_000
 
     (out / "csv" / "avg" / "seed1.partial").mkdir(parents=True)  # an interrupted cell
@@ -86,3 +87,40 @@ def test_a_key_added_with_its_default_keeps_a_finished_cell(
     del raw["train"]["weight_decay"]  # as written before the key existed: its default applies
     stored.write_text(yaml.safe_dump(raw))
     assert "done already" in runner.invoke(app, args).output
+
+
+def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_config: dict) -> None:
+    path = write_study(
+        tmp_path,
+        tiny_config,
+        {"sync": {}, "fa": {"server.policy": "fedfa", "server.concurrency": 4}},
+    )
+    study = yaml.safe_load(path.read_text())
+    study |= {
+        "settings": {
+            "iid": {"data.partition.method": "iid"},
+            "skew": {"data.partition.alpha": 0.3},
+        },
+        "baselines": ["sync"],
+    }
+    study["arms"] = {"sync": study["arms"]["sync"], "fa": study["arms"]["fa"]}
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    cells = plan(load_study(path), tmp_path / "out")
+    assert [(c.setting, c.arm) for c in cells[:4]] == [
+        ("iid", "sync"), ("iid", "fa"), ("skew", "sync"), ("skew", "fa"),
+    ]  # fmt: skip
+    assert cells[1].folder == tmp_path / "out" / "csv" / "iid" / "fa" / "seed0"
+    assert cells[1].config.name == "mini-iid-fa" and cells[2].config.data.partition.alpha == 0.3
+    docs = tmp_path / "docs"
+    args = ["study", str(path), "--out", str(tmp_path / "out"), "--docs", str(docs)]
+    result = runner.invoke(app, [*args, "--seeds", "0", "--set", "eval.target.value=0.0"])
+    assert result.exit_code == 0, result.output
+    table = (docs / "table.md").read_text()
+    assert "### CSV, iid" in table and "### CSV, skew" in table
+    # target 0 is reached at the start, time 0: no ratio to take
+    assert "| speedup vs sync |" in table and table.count("| — |") >= 4
+
+    study["baselines"] = ["nope"]
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="baselines: nope not among the arms"):
+        load_study(path)

@@ -177,7 +177,7 @@ def study(
         raise _fail(error) from None
     docs = docs or Path("docs/results") / spec.name
     docs.mkdir(parents=True, exist_ok=True)
-    table = study_table(cells)
+    table = study_table(cells, spec.baselines)
     (docs / "table.md").write_text(table + "\n", encoding="utf-8")
     plot_study(cells, docs / "accuracy.png")
     typer.echo(table)

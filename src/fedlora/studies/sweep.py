@@ -1,6 +1,9 @@
-"""A sweep: every (task, arm, seed) cell of a study is one ``fedlora run`` in its own folder.
+"""A sweep: every (task, setting, arm, seed) cell of a study is one ``fedlora run`` in its own
+folder.
 
-A study file names a base experiment config and the arms as ``--set``-style overrides. Every
+A study file names a base experiment config, the arms as ``--set``-style overrides, and
+optionally settings (another axis of overrides, e.g. IID against non-IID data) that every arm
+runs under. Every
 cell's config is built and validated before the first one runs, so a typo in the last arm
 costs nothing. A finished cell (its ``summary.json`` exists and its config is the one planned)
 is skipped when the sweep runs again, so a long study can be completed over several sittings;
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedlora.config import ConfigError, ExperimentConfig, load_config
 from fedlora.results.store import SUMMARY_FILE, read_config
@@ -33,15 +36,32 @@ class StudyConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     arms: dict[str, dict[str, Any]]  # arm name -> {dotted.key: value} overrides
     task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # setting name -> overrides; every arm runs under every setting (none: the base as is)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # arms the table states speedups against (time-to-target ratios, per seed)
+    baselines: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _baselines_are_arms(self) -> StudyConfig:
+        unknown = [b for b in self.baselines if b not in self.arms]
+        if unknown:
+            raise ValueError(f"baselines: {', '.join(unknown)} not among the arms")
+        return self
 
 
 @dataclass(frozen=True)
 class Cell:
     task: str
+    setting: str | None
     arm: str
     seed: int
     config: ExperimentConfig
     folder: Path
+
+    @property
+    def group(self) -> str:
+        """The table this cell belongs to: its task, and its setting if the study has any."""
+        return self.task.upper() + (f", {self.setting}" if self.setting else "")
 
     @property
     def done(self) -> bool:
@@ -76,27 +96,38 @@ def _overrides(values: dict[str, Any]) -> list[str]:
 
 
 def _cell_config(
-    study: StudyConfig, task: str | None, arm: str, seed: int, extra: list[str]
+    study: StudyConfig,
+    task: str | None,
+    setting: str | None,
+    arm: str,
+    seed: int,
+    extra: list[str],
 ) -> ExperimentConfig:
     sets = [*extra]
     if task is not None:
         sets += [f"data.task={task}", *_overrides(study.task_overrides.get(task, {}))]
-    sets += [*_overrides(study.arms[arm]), f"seed={seed}", f"name={study.name}-{arm}"]
+    if setting is not None:
+        sets += _overrides(study.settings[setting])
+    name = "-".join([study.name, *([setting] if setting else []), arm])
+    sets += [*_overrides(study.arms[arm]), f"seed={seed}", f"name={name}"]
     try:
         return load_config(study.base, sets)
     except ConfigError as error:
         where = f"arm {arm!r}, seed {seed}" + (f", task {task}" if task else "")
+        where += f", setting {setting!r}" if setting else ""
         raise ConfigError(f"{where}: {error}") from None
 
 
 def plan(study: StudyConfig, root: Path, extra: list[str] | None = None) -> list[Cell]:
     """Every cell, seeds outermost (a first seed of every arm finishes before a second starts)."""
     tasks: list[str | None] = [*study.tasks] or [None]
+    settings: list[str | None] = [*study.settings] or [None]
     cells = []
-    for seed, task, arm in itertools.product(study.seeds, tasks, study.arms):
-        config = _cell_config(study, task, arm, seed, extra or [])
+    for seed, task, setting, arm in itertools.product(study.seeds, tasks, settings, study.arms):
+        config = _cell_config(study, task, setting, arm, seed, extra or [])
         label = task or config.data.task
-        cells.append(Cell(label, arm, seed, config, root / label / arm / f"seed{seed}"))
+        folder = root / label / (setting or "") / arm / f"seed{seed}"
+        cells.append(Cell(label, setting, arm, seed, config, folder))
     return cells
 
 

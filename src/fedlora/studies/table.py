@@ -1,4 +1,4 @@
-"""A study's results across seeds: a markdown table per task and accuracy-vs-round curves."""
+"""A study's results across seeds: a markdown table per task (and setting), and curves."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fedlora.results.report import speedup
 from fedlora.results.store import read_metrics, read_summary
 from fedlora.studies.sweep import Cell
 
@@ -27,60 +28,99 @@ def _spread(values: Sequence[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _by_task_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
+def _reached(values: Sequence[float], runs: int, digits: int) -> str:
+    """The spread of what was reached, and in how many of the runs."""
+    return f"{_spread(values, digits)} ({len(values)}/{runs})"
+
+
+def _by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
     grouped: dict[str, dict[str, list[Cell]]] = defaultdict(lambda: defaultdict(list))
     for cell in cells:
         if cell.done:
-            grouped[cell.task][cell.arm].append(cell)
+            grouped[cell.group][cell.arm].append(cell)
     return grouped
 
 
-def study_table(cells: Sequence[Cell]) -> str:
-    """One markdown table per task: final and best dev metrics, rounds to target, traffic."""
+_COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "rounds to target",
+            "virtual s to target", "MB sent")  # fmt: skip
+
+
+def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
+    """One markdown table per task (and setting): final and best dev metrics, rounds and
+    virtual seconds to the target, speedups against the ``baselines`` arms, traffic.
+
+    A speedup is the baseline's time to target over the arm's, taken per seed (the same
+    seed gives both the same clients and speeds) and then averaged over the seeds where both
+    reached the target.
+    """
     lines: list[str] = []
-    for task, arms in _by_task_arm(cells).items():
+    for group, arms in _by_group_arm(cells).items():
+        summaries = {
+            arm: {c.seed: read_summary(c.folder) for c in done} for arm, done in arms.items()
+        }
+        present = [b for b in baselines if b in summaries]
+        header = [*_COLUMNS[:-1], *(f"speedup vs {b}" for b in present), _COLUMNS[-1]]
         lines += [
-            f"### {task.upper()}",
+            f"### {group}",
             "",
-            "| arm | seeds | final acc | final F1 | best acc | rounds to target | MB sent |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header),
         ]
-        for arm, done in arms.items():
-            summaries: list[dict[str, Any]] = [read_summary(c.folder) for c in done]
-            final_f1 = [s["final"]["f1"] for s in summaries if "f1" in s["final"]]
-            targets = [s.get("target") or {} for s in summaries]
-            reached = [t["round"] for t in targets if t.get("reached")]
-            to_target = f"{_spread(reached, 1)} ({len(reached)}/{len(done)} reached)"
-            megabytes = [(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in summaries]
-            lines.append(
-                f"| {arm} | {len(done)} | {_spread([s['final']['accuracy'] for s in summaries])}"
-                f" | {_spread(final_f1)} | {_spread([s['best']['accuracy'] for s in summaries])}"
-                f" | {to_target if targets[0] else '—'} | {_spread(megabytes, 1)} |"
-            )
+        for arm, by_seed in summaries.items():
+            runs: list[dict[str, Any]] = list(by_seed.values())
+            targets = [s.get("target") or {} for s in runs]
+            hits = [t for t in targets if t.get("reached")]
+            row = [
+                arm,
+                str(len(runs)),
+                _spread([s["final"]["accuracy"] for s in runs]),
+                _spread([s["final"]["f1"] for s in runs if "f1" in s["final"]]),
+                _spread([s["best"]["accuracy"] for s in runs]),
+                _reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—",
+                _reached([t["virtual_time_s"] for t in hits], len(runs), 0) if targets[0] else "—",
+            ]
+            for baseline in present:
+                ratios = [
+                    ratio
+                    for seed, s in by_seed.items()
+                    if seed in summaries[baseline]
+                    and (ratio := speedup(summaries[baseline][seed], s)) is not None
+                ]
+                row.append(_spread(ratios, 2) + "×" if ratios else "—")
+            row.append(_spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1))
+            lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> None:
-    """Per task, the seed-mean of ``metric`` against the round, one line per arm."""
-    grouped = _by_task_arm(cells)
-    figure, axes = plt.subplots(
-        1, max(1, len(grouped)), figsize=(6.5 * max(1, len(grouped)), 4.5), squeeze=False
-    )
-    for ax, (task, arms) in zip(axes[0], grouped.items(), strict=False):
+    """Per task (and setting), the seed-mean of ``metric`` against the round and against
+    virtual time, one line per arm."""
+    grouped = _by_group_arm(cells)
+    rows = max(1, len(grouped))
+    figure, axes = plt.subplots(rows, 2, figsize=(13, 4.5 * rows), squeeze=False)
+    for ax_row, (group, arms) in zip(axes, grouped.items(), strict=False):
         for arm, done in arms.items():
             runs = [read_metrics(c.folder) for c in done]
-            rounds = sorted({row["round"] for rows in runs for row in rows})
-            means = [
-                statistics.fmean(row[metric] for rows in runs for row in rows if row["round"] == r)
-                for r in rounds
-            ]
-            ax.plot(rounds, means, marker="o", markersize=3, label=arm)
-        ax.set_title(f"{task.upper()} (mean over seeds)")
-        ax.set_xlabel("round")
-        ax.set_ylabel(f"dev {metric}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            for ax, x_key in zip(ax_row, ("round", "virtual_time_s"), strict=True):
+                ax.plot(*_seed_mean(runs, x_key, metric), marker="o", markersize=3, label=arm)
+        for ax, x_label in zip(ax_row, ("round", "virtual time (s)"), strict=True):
+            ax.set_title(f"{group} (mean over seeds)")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(f"dev {metric}")
+            ax.grid(alpha=0.3)
+        ax_row[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _seed_mean(
+    runs: Sequence[Sequence[dict[str, float]]], x_key: str, metric: str
+) -> tuple[list[float], list[float]]:
+    """Mean of ``metric`` over the seeds at each evaluation index (seeds evaluate at the same
+    rounds; in virtual time each seed's own times are averaged too)."""
+    length = min(len(rows) for rows in runs)
+    xs = [statistics.fmean(rows[i][x_key] for rows in runs) for i in range(length)]
+    ys = [statistics.fmean(rows[i][metric] for rows in runs) for i in range(length)]
+    return xs, ys
