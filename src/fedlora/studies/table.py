@@ -42,12 +42,13 @@ def _by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
 
 
 _COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "rounds to target",
-            "virtual s to target", "MB sent")  # fmt: skip
+            "virtual s to target", "mean staleness", "idle share", "MB sent")  # fmt: skip
 
 
 def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
     """One markdown table per task (and setting): final and best dev metrics, rounds and
-    virtual seconds to the target, speedups against the ``baselines`` arms, traffic.
+    virtual seconds to the target, speedups against the ``baselines`` arms, the mean
+    staleness of accepted results, the mean share of time clients had no job, traffic.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
     seed gives both the same clients and speeds) and then averaged over the seeds where both
@@ -59,7 +60,7 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
             arm: {c.seed: read_summary(c.folder) for c in done} for arm, done in arms.items()
         }
         present = [b for b in baselines if b in summaries]
-        header = [*_COLUMNS[:-1], *(f"speedup vs {b}" for b in present), _COLUMNS[-1]]
+        header = [*_COLUMNS[:7], *(f"speedup vs {b}" for b in present), *_COLUMNS[7:]]
         lines += [
             f"### {group}",
             "",
@@ -87,7 +88,15 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
                     and (ratio := speedup(summaries[baseline][seed], s)) is not None
                 ]
                 row.append(_spread(ratios, 2) + "×" if ratios else "—")
-            row.append(_spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1))
+            # summaries written before these fields existed show "—"
+            row += [
+                _spread([s["staleness"]["mean"] for s in runs if "staleness" in s], 2),
+                _spread(
+                    [statistics.fmean(s["client_idle_fraction"]) for s in runs if "staleness" in s],
+                    2,
+                ),
+                _spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1),
+            ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
