@@ -62,7 +62,13 @@ def test_sweep_runs_skips_finished_cells_and_writes_the_table(
     assert "done already: " in result.output and "running: " in result.output
     assert (out / "csv" / "avg" / "seed1" / "summary.json").is_file()
     assert not (out / "csv" / "avg" / "seed1.partial").exists()
-    assert "| avg | 2 |" in (docs / "table.md").read_text()  # mean ± sd over both seeds
+    table = (docs / "table.md").read_text()
+    assert "| avg | 2 |" in table  # mean ± sd over both seeds
+    assert "| hl | 1 |" in table  # the table covers every finished cell, not just those run
+    plan_rte = runner.invoke(
+        app, ["study", str(path), "--out", str(out), "--plan", "--tasks", "rte"]
+    )
+    assert plan_rte.exit_code == 0 and plan_rte.output == ""  # this study's task is csv
 
 
 def test_a_changed_config_runs_again(tmp_path: Path, tiny_config: dict) -> None:

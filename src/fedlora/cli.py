@@ -139,14 +139,23 @@ def study(
     docs: Annotated[
         Path | None, typer.Option(help="Where to write table.md and accuracy.png.")
     ] = None,
-    arms: Annotated[str | None, typer.Option(help="Only these arms, comma-separated.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Only these seeds, comma-separated.")] = None,
+    arms: Annotated[str | None, typer.Option(help="Run only these arms, comma-separated.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Run only these seeds, comma-separated.")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Run only these tasks, comma-separated.")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key in every cell.")
     ] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="List the cells, run nothing.")] = False,
 ) -> None:
-    """Run a study's sweep (finished cells are skipped), then write its table and plot."""
+    """Run a study's sweep (finished cells are skipped), then write its table and plot.
+
+    ``--arms``, ``--seeds`` and ``--tasks`` narrow what runs; the table and the plot cover
+    every finished cell of the study.
+    """
     from fedlora.experiment import run_experiment
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
     from fedlora.studies.table import plot_study, study_table
@@ -156,13 +165,16 @@ def study(
         path = Path("configs") / study_file / "study.yaml"
     try:
         spec = load_study(path)
-        cells = plan(spec, out or Path("results/studies") / spec.name, set_ or [])
+        planned = plan(spec, out or Path("results/studies") / spec.name, set_ or [])
     except _USER_ERRORS as error:
         raise _fail(error) from None
-    if arms:
-        cells = [c for c in cells if c.arm in arms.split(",")]
-    if seeds:
-        cells = [c for c in cells if str(c.seed) in seeds.split(",")]
+    cells = [
+        c
+        for c in planned
+        if (arms is None or c.arm in arms.split(","))
+        and (seeds is None or str(c.seed) in seeds.split(","))
+        and (tasks is None or c.task in tasks.split(","))
+    ]
     if plan_only:
         for cell in cells:
             typer.echo(f"{'done' if cell.done else 'todo'}  {cell.folder}")
@@ -177,9 +189,9 @@ def study(
         raise _fail(error) from None
     docs = docs or Path("docs/results") / spec.name
     docs.mkdir(parents=True, exist_ok=True)
-    table = study_table(cells, spec.baselines)
+    table = study_table(planned, spec.baselines)
     (docs / "table.md").write_text(table + "\n", encoding="utf-8")
-    plot_study(cells, docs / "accuracy.png")
+    plot_study(planned, docs / "accuracy.png")
     typer.echo(table)
     typer.echo(f"wrote {docs / 'table.md'} and {docs / 'accuracy.png'}")
 

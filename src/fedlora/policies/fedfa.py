@@ -6,9 +6,9 @@ that sent it gets new work at once: no barrier, no buffer to wait for. With ``se
 model`` the global is the (staleness-weighted) mean of the K windowed client adapters; with
 ``delta`` it moves by η times the mean of their deltas on every arrival, so each delta counts
 η in all over its K steps in the window: η = 1/K gives every delta the weight one FedBuff step
-gives it (η = 1 is K times bolder, and drove MRPC to the majority class in our study). Adapters of any rank fit the window: the
-aggregator (``hlora``: the low-rank core over the K·r stacked factors) keeps a merge per
-arrival cheap.
+gives it (η = 1 is K times bolder, and kept MRPC at the majority class in our study).
+Adapters of any rank fit the window: the aggregator (``hlora``: the low-rank core over the
+K·r stacked factors) keeps a merge per arrival cheap.
 """
 
 from __future__ import annotations
