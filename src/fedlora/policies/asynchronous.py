@@ -14,8 +14,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 
 from fedlora.config import ServerConfig
-from fedlora.policies.base import Arrival, ClientInfo, Decision, Dispatch, Drop, Merge, Policy
-from fedlora.policies.staleness import staleness_factor
+from fedlora.policies.base import Arrival, ClientInfo, Decision, Dispatch, Drop, Policy
 
 
 class AsyncPolicy(Policy):
@@ -57,26 +56,6 @@ class AsyncPolicy(Policy):
     @abstractmethod
     def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
         """A fresh-enough result arrived: merge it, hold it, or both."""
-
-    def staleness_weight(self, client: int, staleness: int) -> float:
-        """The result's weight before normalisation, times s(τ)."""
-        return self.weight_of(client) * staleness_factor(staleness, self.server.staleness)
-
-    def step_towards(
-        self, results: Sequence[tuple[Arrival, int]], release: Sequence[int], rate: float = 1.0
-    ) -> Merge:
-        """A merge moving the global ``rate`` of the way to the weighted mean of ``results``
-        (each with its staleness at arrival).
-
-        The weights are normalised by the plain weights, not the staleness-scaled ones, so
-        fresh results make a full step and stale ones a shorter one (the rest of the global
-        stays).
-        """
-        plain = sum(self.weight_of(a.client) for a, _ in results)
-        scaled = [(a.job, self.staleness_weight(a.client, s)) for a, s in results]
-        total = sum(w for _, w in scaled)
-        terms = self.mean_of([(job, w / total) for job, w in scaled], scale=rate * total / plain)
-        return self.merge(terms, release)
 
     def _finish(self, client: int) -> None:
         self._busy.discard(client)

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import ClassVar
 
 from fedlora.config import ServerConfig
+from fedlora.policies.staleness import staleness_factor
 from fedlora.registry import Registry
 
 
@@ -135,6 +136,26 @@ class Policy(ABC):
                 Term(Source.SENT, -step * weight, job),
             ]
         return terms
+
+    def staleness_weight(self, client: int, staleness: int) -> float:
+        """The result's weight before normalisation, times s(τ)."""
+        return self.weight_of(client) * staleness_factor(staleness, self.server.staleness)
+
+    def step_towards(
+        self, results: Sequence[tuple[Arrival, int]], release: Sequence[int], rate: float = 1.0
+    ) -> Merge:
+        """A merge moving the global ``rate`` of the way to the weighted mean of ``results``
+        (each with its staleness at arrival).
+
+        The weights are normalised by the plain weights, not the staleness-scaled ones, so
+        fresh results make a full step and stale ones a shorter one (the rest of the global
+        stays).
+        """
+        plain = sum(self.weight_of(a.client) for a, _ in results)
+        scaled = [(a.job, self.staleness_weight(a.client, s)) for a, s in results]
+        total = sum(w for _, w in scaled)
+        terms = self.mean_of([(job, w / total) for job, w in scaled], scale=rate * total / plain)
+        return self.merge(terms, release)
 
     def merge(self, terms: Sequence[Term], release: Sequence[int]) -> Merge:
         """Emit a merge and advance the version, so staleness is measured in merges."""

@@ -33,7 +33,6 @@ class FedAvgPolicy(Policy):
         self.rounds += 1
         decisions: list[Decision] = []
         if self._arrived:
-            total = sum(self.weight_of(a.client) for a in self._arrived)
-            weighted = [(a.job, self.weight_of(a.client) / total) for a in self._arrived]
-            decisions.append(self.merge(self.mean_of(weighted), [a.job for a in self._arrived]))
+            fresh = [(a, 0) for a in self._arrived]  # a synchronous round has no staleness
+            decisions.append(self.step_towards(fresh, release=[a.job for a in self._arrived]))
         return decisions + self._new_round()

@@ -92,7 +92,11 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
             row += [
                 _spread([s["staleness"]["mean"] for s in runs if "staleness" in s], 2),
                 _spread(
-                    [statistics.fmean(s["client_idle_fraction"]) for s in runs if "staleness" in s],
+                    [
+                        statistics.fmean(s["client_idle_fraction"])
+                        for s in runs
+                        if "client_idle_fraction" in s
+                    ],
                     2,
                 ),
                 _spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1),
