@@ -10,7 +10,7 @@ import torch
 
 from fedlora import aggregation, policies
 from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.client.trainer import LocalResult
+from fedlora.client.trainer import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.policies import Policy
 from fedlora.results.events import EventLog
@@ -21,7 +21,13 @@ from fedlora.sim.profiles import ClientProfile, draw_profiles
 class FakeLearner:
     """Each job adds its seed-derived value to A: cheap, deterministic, checkable."""
 
-    def __init__(self, sizes: Sequence[int], poison: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        poison: set[int] = frozenset(),  # type: ignore[assignment]
+        local: bool = False,
+    ) -> None:
+        self.local = local
         self.indices = []
         start = 0
         for n in sizes:
@@ -53,6 +59,12 @@ class FakeLearner:
 
     def evaluate(self, state: AdapterState) -> dict[str, float]:
         return {"accuracy": float(state.lora["m"].A.mean()), "loss": 0.0}
+
+    def evaluate_client(self, client: int, state: AdapterState) -> ClientEvaluation | None:
+        """With ``local`` set: the client's own score is its id, its dev score the global's."""
+        if not self.local:
+            return None
+        return ClientEvaluation(own={"accuracy": float(client)}, dev=self.evaluate(state))
 
 
 def config(**sections: Any) -> ExperimentConfig:

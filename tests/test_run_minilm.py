@@ -17,7 +17,7 @@ from fedlora.cli import app
 from fedlora.client.model import model_path
 from fedlora.config import load_config
 from fedlora.data.sources import load_split
-from fedlora.experiment import _subset
+from fedlora.data.federated import _subset
 
 pytestmark = pytest.mark.slow
 

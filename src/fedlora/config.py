@@ -26,10 +26,33 @@ class _Section(BaseModel):
 
 
 class PartitionConfig(_Section):
-    method: Literal["iid", "dirichlet"] = "iid"
-    by: Literal["label"] = "label"
+    """How training examples are split among clients.
+
+    ``dirichlet`` gives each client a Dir(alpha) share of every group: a label, or with
+    ``by`` a context score, a quantile bucket of it (``buckets``). ``sorted`` orders the
+    examples by ``by`` and deals out contiguous bands; ``strictness`` 1 is a strict order,
+    0 a random one (IID).
+    """
+
+    method: Literal["iid", "dirichlet", "sorted"] = "iid"
+    by: Literal["label", "length", "sentences", "lexical", "column"] = "label"
     alpha: Annotated[float, Field(gt=0)] = 0.5
+    buckets: Annotated[int, Field(ge=1)] = 5
+    strictness: Annotated[float, Field(ge=0, le=1)] = 1.0
     min_size: Annotated[int, Field(ge=1)] = 2
+
+
+class DegradeConfig(_Section):
+    """Lower the text quality of a random ``share`` of clients' training examples.
+
+    ``dropout`` deletes each word with probability ``rate``; ``shuffle`` permutes the
+    sentences of each text segment (a one-sentence segment is left as is); ``truncate``
+    cuts the last ``rate`` share of each segment's words. At least one word always stays.
+    """
+
+    share: Annotated[float, Field(gt=0, le=1)]
+    kind: Literal["dropout", "shuffle", "truncate"] = "dropout"
+    rate: Annotated[float, Field(gt=0, le=1)] = 0.3
 
 
 class DataConfig(_Section):
@@ -44,7 +67,17 @@ class DataConfig(_Section):
     files: dict[str, Path] | None = None
     text_columns: list[str] | None = None
     label_column: str = "label"
+    score_column: str | None = None  # a numeric column: the context score ``by: column``
     partition: PartitionConfig = PartitionConfig()
+    degrade: DegradeConfig | None = None
+
+    @model_validator(mode="after")
+    def _column_named(self) -> DataConfig:
+        if self.partition.by == "column" and self.score_column is None:
+            raise ValueError(
+                "data.partition.by: 'column' needs data.score_column, the file's score column"
+            )
+        return self
 
 
 class RandomInitConfig(_Section):
@@ -58,6 +91,7 @@ class RandomInitConfig(_Section):
 
 class ModelConfig(_Section):
     name: str | None = None
+    gguf_file: str | None = None  # a GGUF checkpoint inside ``name`` (a folder or hub id)
     bf16: bool = False
     init: Literal["pretrained", "random"] = "pretrained"
     random: RandomInitConfig = RandomInitConfig()
@@ -242,6 +276,9 @@ class EvalConfig(_Section):
     every_seconds: Annotated[float | None, Field(gt=0)] = None
     split: str = "dev"
     batch_size: Annotated[int, Field(ge=1)] = 64
+    # Share of each client's examples held out as its local test split; > 0 also evaluates
+    # every trained client model on it and on the global eval split (local vs global effects).
+    local_share: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target: TargetConfig | None = None
 
 

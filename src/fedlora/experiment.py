@@ -11,16 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fedlora import aggregation, policies
 from fedlora.client.learner import ModelLearner
-from fedlora.client.model import build_resident_model, model_path, write_adapter_folder
+from fedlora.client.model import (
+    build_resident_model,
+    load_tokenizer,
+    model_path,
+    write_adapter_folder,
+)
 from fedlora.config import ConfigError, ExperimentConfig, resolve_data_dir
-from fedlora.data.encoding import EncodedSplit, encode_split
-from fedlora.data.partition import partition
-from fedlora.data.sources import LabelledSplit, load_split
+from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
 from fedlora.results.events import EventLog
 from fedlora.results.plots import plot_curves
@@ -35,66 +37,50 @@ from fedlora.sim.engine import Outcome, Simulation
 from fedlora.sim.profiles import draw_profiles
 
 
-def _subset(split: LabelledSplit, limit: int | None, seed: int) -> LabelledSplit:
-    """A seeded random subset (in file order) for quick runs; the whole split when no limit."""
-    if limit is None or limit >= len(split.examples):
-        return split
-    keep = np.sort(np.random.default_rng([seed, 3]).choice(len(split.examples), limit, False))
-    examples = [split.examples[i] for i in keep]
-    return LabelledSplit(
-        split.task, split.split, examples, split.origin, f"{split.fingerprint}:{limit}:{seed}"
-    )
-
-
 @dataclass(frozen=True)
 class Prepared:
     """Everything a runtime needs, built and checked before any training."""
 
     config: ExperimentConfig
-    task: TaskSpec
+    data: FederatedData
     learner: ModelLearner
-    client_indices: list[np.ndarray]
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.data.task
 
 
 def prepare(config: ExperimentConfig) -> Prepared:
-    data_dir = resolve_data_dir(config)
-    seed = config.seed
-    train_split = _subset(
-        load_split(config.data, data_dir, "train"), config.data.max_train_examples, seed
-    )
-    eval_split = _subset(
-        load_split(config.data, data_dir, config.eval.split), config.data.max_eval_examples, seed
-    )
-    task = train_split.task
-    known = [*task.metrics, "loss"]
+    resolve_data_dir(config)  # a missing data folder fails before the model loads
+    if config.runtime.threads is not None:
+        torch.set_num_threads(config.runtime.threads)
+    tokenizer = load_tokenizer(config.model)
+    data = prepare_data(config, tokenizer)
+    known = [*data.task.metrics, "loss"]
     if config.eval.target is not None and config.eval.target.metric not in known:
         raise ConfigError(
             f"eval.target.metric: {config.eval.target.metric!r} is not reported for task"
-            f" {task.name!r}; choose one of {', '.join(known)}"
+            f" {data.task.name!r}; choose one of {', '.join(known)}"
         )
-    if config.runtime.threads is not None:
-        torch.set_num_threads(config.runtime.threads)
-    model, tokenizer = build_resident_model(
-        config.model, config.lora, task.num_labels, seed, rank=config.global_rank
-    )
-
-    def encode(split: LabelledSplit) -> EncodedSplit:
-        return encode_split(split, tokenizer, config.data.max_length, config.data.cache_dir)
-
-    train_data, eval_data = encode(train_split), encode(eval_split)
-    client_indices = partition(
-        train_data.labels.numpy(), config.clients.num, config.data.partition, seed
+    model, _ = build_resident_model(
+        config.model,
+        config.lora,
+        data.task.num_labels,
+        config.seed,
+        rank=config.global_rank,
+        tokenizer=tokenizer,
     )
     learner = ModelLearner(
         model,
-        train_data,
-        eval_data,
-        client_indices,
-        task.metrics,
+        data.train,
+        data.eval,
+        data.client_train,
+        data.task.metrics,
         config,
         int(tokenizer.pad_token_id),
+        data.client_test,
     )
-    return Prepared(config, task, learner, client_indices)
+    return Prepared(config, data, learner)
 
 
 def simulate(
@@ -114,7 +100,7 @@ def simulate(
     except ValueError as error:
         raise ConfigError(str(error)) from None
     clients = [
-        policies.ClientInfo(c, len(indices)) for c, indices in enumerate(prepared.client_indices)
+        policies.ClientInfo(c, len(indices)) for c, indices in enumerate(prepared.data.client_train)
     ]
     policy = policies.create(config.server.policy, config.server, clients, config.seed)
     return Simulation(config, prepared.learner, aggregator, policy, profiles, log, progress).run()

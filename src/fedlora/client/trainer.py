@@ -52,6 +52,15 @@ class LocalResult:
     steps: int
 
 
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """A client's locally trained model, scored on its own held-out data and on the global
+    eval split: the local and the global effect of its data."""
+
+    own: dict[str, float]
+    dev: dict[str, float]
+
+
 def train_local(
     model: ResidentModel,
     start: AdapterState,
@@ -72,7 +81,7 @@ def train_local(
     for batch_indices in batches:
         batch = collate(data, batch_indices, pad_token_id)
         with _autocast(bf16):
-            loss = model.model(**batch).loss
+            loss = model.forward(batch).loss
         loss.backward()
         if train.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
@@ -87,11 +96,15 @@ def train_local(
     )
 
 
-def _length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """Evaluation batches of similar lengths, so dynamic padding wastes little compute."""
-    order = np.argsort(lengths, kind="stable")
+def _length_sorted_batches(
+    indices: np.ndarray, lengths: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Evaluation batches of similar lengths, so dynamic padding wastes little compute: each
+    batch's positions in ``indices`` and its example indices."""
+    order = np.argsort(lengths[indices], kind="stable")
     for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
+        positions = order[i : i + batch_size]
+        yield positions, indices[positions]
 
 
 @torch.no_grad()
@@ -99,22 +112,23 @@ def predict(
     model: ResidentModel,
     state: AdapterState,
     data: EncodedSplit,
+    indices: np.ndarray,
     batch_size: int,
     bf16: bool,
     pad_token_id: int,
 ) -> tuple[np.ndarray, float]:
-    """Logits for every example (in data order) and the mean cross-entropy loss."""
+    """Logits for the examples ``indices`` (in that order) and their mean cross-entropy loss."""
     model.load(state)
     model.model.eval()
-    logits = torch.empty(len(data), model.model.config.num_labels)
+    logits = torch.empty(len(indices), model.model.config.num_labels)
     loss_sum = 0.0
-    for batch_indices in _length_sorted_batches(data.lengths, batch_size):
+    for positions, batch_indices in _length_sorted_batches(indices, data.lengths, batch_size):
         batch = collate(data, batch_indices, pad_token_id)
         with _autocast(bf16):
-            out = model.model(**batch)
-        logits[torch.as_tensor(batch_indices)] = out.logits.float()
+            out = model.forward(batch)
+        logits[torch.as_tensor(positions)] = out.logits.float()
         loss_sum += float(out.loss) * len(batch_indices)
-    return logits.numpy(), loss_sum / len(data)
+    return logits.numpy(), loss_sum / len(indices)
 
 
 def evaluate(
@@ -125,8 +139,13 @@ def evaluate(
     batch_size: int,
     bf16: bool,
     pad_token_id: int,
+    indices: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The task's metrics (e.g. accuracy and F1) and the loss of ``state`` on ``data``."""
-    logits, loss = predict(model, state, data, batch_size, bf16, pad_token_id)
-    scores = compute_metrics(metrics, logits.argmax(axis=1), data.labels.numpy())
-    return {**scores, "loss": loss}
+    """The task's metrics (e.g. accuracy and F1) and the loss of ``state`` on ``data`` (only
+    its examples ``indices`` when given: a client's local test split)."""
+    chosen = np.arange(len(data)) if indices is None else np.asarray(indices)
+    if len(chosen) == 0:
+        raise ValueError("evaluate: no examples to evaluate")
+    logits, loss = predict(model, state, data, chosen, batch_size, bf16, pad_token_id)
+    labels = data.labels.numpy()[chosen]
+    return {**compute_metrics(metrics, logits.argmax(axis=1), labels), "loss": loss}

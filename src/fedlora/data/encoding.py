@@ -14,7 +14,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,27 +24,31 @@ import numpy.typing as npt
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from fedlora.data.context import text_scores
 from fedlora.data.sources import LabelledSplit
 
 if TYPE_CHECKING:  # transformers is slow to import and only needed for the annotation
     from transformers import PreTrainedTokenizerBase
 
 CACHE_ENV = "FEDLORA_CACHE"
-_FORMAT = 1  # part of the cache key: bump it when the file layout changes
+_FORMAT = 2  # part of the cache key: bump it when the file layout changes
 _CHUNK = 2048  # examples per tokenizer call: batched speed without one huge output
 _log = logging.getLogger(__name__)
 _memo: dict[str, EncodedSplit] = {}
+_SCORE = "score_"  # payload fields holding a context score
 
 Payload = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare by identity
 class EncodedSplit:
-    """Token ids of each example, unpadded, and the labels aligned with them."""
+    """Token ids of each example, unpadded, the labels and the context scores aligned with
+    them (:mod:`fedlora.data.context`)."""
 
     input_ids: list[torch.Tensor]
     token_type_ids: list[torch.Tensor] | None
     labels: torch.Tensor
+    scores: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -125,17 +129,21 @@ def _tokenize(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_leng
     ids: list[int] = []
     types: list[int] = []
     lengths = [0]
+    context_lengths: list[int] = []  # before truncation: the ``length`` context score
     for start in range(0, len(split.examples), _CHUNK):
         chunk = split.examples[start : start + _CHUNK]
+        texts = [example.text_a for example in chunk]
         pairs = [example.text_b for example in chunk] if split.task.pair else None
-        out = tokenizer(
-            [example.text_a for example in chunk], pairs, truncation=True, max_length=max_length
-        )
+        out = tokenizer(texts, pairs, truncation=True, max_length=max_length)
         for row in out["input_ids"]:
             ids.extend(row)
             lengths.append(len(row))
         for row in out.get("token_type_ids", []):
             types.extend(row)
+        full = tokenizer(texts, pairs, truncation=False, return_attention_mask=False)
+        context_lengths.extend(len(row) for row in full["input_ids"])
+    scores = {"length": np.array(context_lengths, dtype=np.float64)}
+    scores |= text_scores(split.examples)
     payload = {
         "input_ids": torch.tensor(ids, dtype=torch.int32),
         "offsets": torch.tensor(np.cumsum(lengths), dtype=torch.long),
@@ -143,6 +151,7 @@ def _tokenize(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_leng
     }
     if types:
         payload["token_type_ids"] = torch.tensor(types, dtype=torch.uint8)
+    payload |= {_SCORE + name: torch.from_numpy(values) for name, values in scores.items()}
     return payload
 
 
@@ -153,6 +162,11 @@ def _unpack(payload: Payload) -> EncodedSplit:
         input_ids=list(torch.split(payload["input_ids"].long(), sizes)),
         token_type_ids=None if types is None else list(torch.split(types.long(), sizes)),
         labels=payload["labels"],
+        scores={
+            key.removeprefix(_SCORE): value.numpy()
+            for key, value in payload.items()
+            if key.startswith(_SCORE)
+        },
     )
 
 
@@ -184,6 +198,8 @@ def _check(payload: object, count: int) -> None:
         raise ValueError("offsets do not match the token ids")
     if types is not None and types.shape != flat.shape:
         raise ValueError("token type ids do not match the token ids")
+    if any(v.shape != (count,) for k, v in payload.items() if k.startswith(_SCORE)):
+        raise ValueError("context scores do not match the examples")
 
 
 def _write_cache(path: Path, payload: Payload) -> None:

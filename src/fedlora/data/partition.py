@@ -1,8 +1,10 @@
-"""Split a dataset's example indices among clients: evenly (IID) or skewed by a grouping key.
+"""Split a dataset's example indices among clients: evenly (IID) or skewed by a key.
 
-The skew is a Dirichlet draw per group, so one ``alpha`` dials from near-IID (large) to nearly
-one group per client (small). The group of an example is a label today; any per-example key
-(e.g. a bucket of context length or quality) partitions the same way.
+The key is the label or a context score (:mod:`fedlora.data.context`). ``dirichlet`` draws
+each client's share of every group (a label, or a quantile bucket of the score), so one
+``alpha`` dials from near-IID (large) to nearly one group per client (small). ``sorted`` deals
+out contiguous bands of the examples ordered by the key, blurred towards random by
+``1 - strictness``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedlora.config import PartitionConfig
+from fedlora.data.context import quantile_buckets
 
 MAX_ATTEMPTS = 100  # Dirichlet redraws before giving up on min_size
 
@@ -24,15 +27,16 @@ class PartitionError(ValueError):
 
 
 def partition(
-    labels: npt.ArrayLike, num_clients: int, config: PartitionConfig, seed: int
+    keys: npt.ArrayLike, num_clients: int, config: PartitionConfig, seed: int
 ) -> list[Indices]:
     """One sorted index array per client; every example goes to exactly one client.
 
+    ``keys`` are the examples' labels, or their scores when ``config.by`` names a score.
     Deterministic in its arguments: the same seed gives the same clients on every machine.
     """
-    groups = np.asarray(labels)
+    groups = np.asarray(keys)
     if groups.ndim != 1:
-        raise PartitionError(f"labels: expected a 1-D array, got shape {groups.shape}")
+        raise PartitionError(f"partition keys: expected a 1-D array, got shape {groups.shape}")
     if num_clients < 1:
         raise PartitionError(f"clients.num: need at least one client, got {num_clients}")
     if num_clients * config.min_size > len(groups):
@@ -57,6 +61,8 @@ def dirichlet(
     groups: np.ndarray, num_clients: int, config: PartitionConfig, rng: np.random.Generator
 ) -> list[Indices]:
     """Give each client a Dir(alpha) share of every group, redrawn until all have min_size."""
+    if config.by != "label":
+        groups = quantile_buckets(groups.astype(np.float64), config.buckets, rng)
     members = [np.flatnonzero(groups == group).astype(np.int64) for group in np.unique(groups)]
     for _ in range(MAX_ATTEMPTS):
         shares: list[list[Indices]] = [[] for _ in range(num_clients)]
@@ -76,5 +82,21 @@ def dirichlet(
     )
 
 
+def sorted_bands(
+    keys: np.ndarray, num_clients: int, config: PartitionConfig, rng: np.random.Generator
+) -> list[Indices]:
+    """Contiguous bands of the examples ordered by a blend of key rank and noise.
+
+    The sort key is ``strictness · rank + (1 − strictness) · uniform`` on [0, 1], so bands
+    are strict at 1 and random (IID) at 0; ties in the key fall in random order.
+    """
+    tie_break = rng.random(len(keys))
+    rank = np.empty(len(keys))
+    rank[np.lexsort((tie_break, keys))] = np.arange(len(keys)) / max(1, len(keys) - 1)
+    blended = config.strictness * rank + (1 - config.strictness) * rng.random(len(keys))
+    order = np.argsort(blended, kind="stable").astype(np.int64)
+    return [np.sort(band) for band in np.array_split(order, num_clients)]
+
+
 Method = Callable[[np.ndarray, int, PartitionConfig, np.random.Generator], list[Indices]]
-_METHODS: dict[str, Method] = {"iid": iid, "dirichlet": dirichlet}
+_METHODS: dict[str, Method] = {"iid": iid, "dirichlet": dirichlet, "sorted": sorted_bands}

@@ -6,9 +6,11 @@ and the 1-based line as an editor shows it (the header is line 1), or the config
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ class Example:
     text_a: str
     text_b: str | None
     label: int
+    score: float | None = None  # the data file's ``data.score_column``, when one is named
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class _Columns:
 
     text: tuple[str, ...]
     label: str
+    score: str | None = None
 
 
 Row = Mapping[str, Any]
@@ -75,7 +79,11 @@ def load_split(data: DataConfig, data_dir: Path | None, split: str) -> LabelledS
     if glue is not None:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r} for task {glue.name}; use {_names(SPLITS)}")
-        return _load_hub(glue, split) if data.source == "hub" else _load_glue(glue, data_dir, split)
+        if data.source == "hub":
+            if data.score_column is not None:
+                raise DataError("data.score_column: the hub's GLUE tables have no extra columns")
+            return _load_hub(glue, split)
+        return _load_glue(glue, data_dir, split, data.score_column)
     if data.task in _READERS:
         if data.source == "hub":
             raise DataError(f"data.source: the hub serves GLUE tasks, not {data.task!r} files")
@@ -85,11 +93,13 @@ def load_split(data: DataConfig, data_dir: Path | None, split: str) -> LabelledS
     )
 
 
-def _load_glue(task: GlueTask, data_dir: Path | None, split: str) -> LabelledSplit:
+def _load_glue(
+    task: GlueTask, data_dir: Path | None, split: str, score_column: str | None
+) -> LabelledSplit:
     path = _task_folder(task, data_dir) / task.files[split]
     if not path.is_file():
         raise DataError(f"{path}: no such file; {_WHERE}")
-    columns = _Columns(task.text_columns, task.label_column)
+    columns = _Columns(task.text_columns, task.label_column, score_column)
     records = _read_delimited(path, columns, split, dialect=_GlueTsv)
     return _labelled(task, split, path, columns, records, task.raw_labels)
 
@@ -124,7 +134,7 @@ def _load_generic(data: DataConfig, data_dir: Path | None, split: str) -> Labell
             f"data.text_columns: task {data.task} needs 1 or 2 column names,"
             f" got {data.text_columns!r}"
         )
-    columns = _Columns(tuple(data.text_columns), data.label_column)
+    columns = _Columns(tuple(data.text_columns), data.label_column, data.score_column)
     read = _READERS[data.task]
     train = _generic_file(data, data_dir, "train")
     label_names = _label_names(train, columns, read(train, columns, "train"))
@@ -190,7 +200,8 @@ def _examples(
                 f" is not one of the task's labels ({_names(raw_labels)})"
             )
         text_a, *rest = (_text(path, line, column, row[column]) for column in columns.text)
-        examples.append(Example(text_a, rest[0] if rest else None, ids[label]))
+        score = None if columns.score is None else _score(path, line, columns.score, row)
+        examples.append(Example(text_a, rest[0] if rest else None, ids[label], score))
     return examples
 
 
@@ -210,13 +221,29 @@ def _text(path: Path, line: int, column: str, value: object) -> str:
     return value
 
 
+def _score(path: Path, line: int, column: str, row: Row) -> float:
+    """A finite number from ``data.score_column`` (text in CSV/TSV, a number in JSON)."""
+    value = row[column]
+    number = math.nan
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(value)
+    if not math.isfinite(number):
+        raise DataError(
+            f"{path}:{line}: column {column!r} (data.score_column) holds {value!r},"
+            " not a finite number"
+        )
+    return number
+
+
 def _fingerprint(path: Path, columns: _Columns, raw_labels: Sequence[str]) -> str:
     """sha256 of the file bytes and of how they were read (columns, label ids)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    digest.update(json.dumps([columns.text, columns.label, list(raw_labels)]).encode())
+    read = [columns.text, columns.label, list(raw_labels)]
+    digest.update(json.dumps([*read, columns.score] if columns.score else read).encode())
     return digest.hexdigest()
 
 
@@ -224,7 +251,8 @@ def _require(
     path: Path, line: int, present: Collection[str], columns: _Columns, split: str
 ) -> None:
     """Fail unless a header (or JSON object) has every column the task reads."""
-    missing = [column for column in (*columns.text, columns.label) if column not in present]
+    wanted = (*columns.text, columns.label, *([columns.score] if columns.score else []))
+    missing = [column for column in wanted if column not in present]
     if missing == [columns.label]:
         raise DataError(
             f"{path}:{line}: the {split} split has no labels:"

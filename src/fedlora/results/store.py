@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
         "staleness": _staleness_summary(outcome),
         "client_idle_fraction": _idle_fractions(config, outcome),
     }
+    if outcome.local_evaluations:
+        summary["local"] = _local_summary(outcome, metrics[0])
     target = config.eval.target
     if target is not None:
         reached = outcome.target
@@ -79,6 +82,35 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
             **({} if reached is None else _evaluation_row(reached)),
         }
     return summary
+
+
+def _local_summary(outcome: Outcome, metric: str) -> dict[str, Any]:
+    """Each client's latest trained model on its own test split and on the global eval split:
+    mean, spread across clients and range, against the final global model."""
+    latest = {e.client: e for e in outcome.local_evaluations}  # later evaluations win
+    clients = sorted(latest)
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {
+            "mean": statistics.fmean(values),
+            "std": statistics.pstdev(values),
+            "min": min(values),
+            "max": max(values),
+        }
+
+    own = [latest[c].own[metric] for c in clients]
+    dev = [latest[c].dev[metric] for c in clients]
+    return {
+        "metric": metric,
+        "evaluations": len(outcome.local_evaluations),
+        "own": spread(own),
+        "dev": spread(dev),
+        "global_dev": outcome.evaluations[-1].metrics[metric],
+        "clients": {
+            str(c): {"started_from": latest[c].started_from, "own": o, "dev": d}
+            for c, o, d in zip(clients, own, dev, strict=True)
+        },
+    }
 
 
 def _staleness_summary(outcome: Outcome) -> dict[str, Any]:

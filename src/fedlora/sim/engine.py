@@ -19,7 +19,7 @@ import numpy as np
 
 from fedlora.adapters import AdapterSpec, AdapterState, InvalidUpdate
 from fedlora.aggregation import Aggregator
-from fedlora.client.trainer import LocalResult
+from fedlora.client.trainer import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
 from fedlora.results.events import EventLog
@@ -43,6 +43,8 @@ class Learner(Protocol):
 
     def evaluate(self, state: AdapterState) -> dict[str, float]: ...
 
+    def evaluate_client(self, client: int, state: AdapterState) -> ClientEvaluation | None: ...
+
 
 @dataclass(frozen=True)
 class Job:
@@ -63,6 +65,17 @@ class Evaluation:
     time: float
     wall: float
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LocalEvaluation:
+    """One client's trained model: ``started_from`` is the global version it trained from."""
+
+    client: int
+    started_from: int
+    time: float
+    own: dict[str, float]
+    dev: dict[str, float]
 
 
 @dataclass
@@ -87,6 +100,7 @@ class Outcome:
     target: Evaluation | None = None
     staleness: Counter[int] = field(default_factory=Counter)  # accepted results by staleness
     busy_time: dict[int, float] = field(default_factory=dict)  # per client: time with a job
+    local_evaluations: list[LocalEvaluation] = field(default_factory=list)
 
 
 ProgressCallback = Callable[[Outcome], None]
@@ -219,11 +233,27 @@ class Simulation:
             return self.policy.on_lost(job.id, job.client)
         self.outcome.accepted += 1
         self.outcome.staleness[staleness] += 1
+        self._evaluate_client(job, result.state)
         self.aggregator.remember(job.client, result.state)
         self._updates[job.id] = result.state
         self._sent[job.id] = job.sent
         arrival = Arrival(job.id, job.client, job.version, self.clock.now)
         return self.policy.on_arrival(arrival)
+
+    def _evaluate_client(self, job: Job, state: AdapterState) -> None:
+        scores = self.learner.evaluate_client(job.client, state)
+        if scores is None:
+            return
+        local = LocalEvaluation(job.client, job.version, self.clock.now, scores.own, scores.dev)
+        self.outcome.local_evaluations.append(local)
+        self._emit(
+            "local_eval",
+            job=job.id,
+            client=job.client,
+            started_from=job.version,
+            own=scores.own,
+            dev=scores.dev,
+        )
 
     def _apply(self, decisions: Sequence[Decision]) -> None:
         for decision in decisions:

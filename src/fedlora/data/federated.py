@@ -1,0 +1,105 @@
+"""A task's data as the clients of one run see it: encoded, partitioned, degraded, held out.
+
+The order matters and is fixed: the partition is drawn on the clean examples (so the same seed
+gives the same clients with and without degradation), then the chosen clients' texts are
+degraded, then each client holds out its local test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedlora.config import ConfigError, ExperimentConfig, resolve_data_dir
+from fedlora.data.degrade import degrade
+from fedlora.data.encoding import EncodedSplit, encode_split
+from fedlora.data.partition import partition
+from fedlora.data.sources import LabelledSplit, load_split
+from fedlora.data.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    task: TaskSpec
+    train: EncodedSplit  # degraded where the config says so
+    clean_train: EncodedSplit  # before degradation: what the partition's scores came from
+    eval: EncodedSplit
+    client_train: list[np.ndarray]  # indices into ``train`` each client trains on
+    client_test: list[np.ndarray] | None  # its held-out local test split, if any
+    degraded_clients: list[int]
+
+
+def _subset(split: LabelledSplit, limit: int | None, seed: int) -> LabelledSplit:
+    """A seeded random subset (in file order) for quick runs; the whole split when no limit."""
+    if limit is None or limit >= len(split.examples):
+        return split
+    keep = np.sort(np.random.default_rng([seed, 3]).choice(len(split.examples), limit, False))
+    examples = [split.examples[i] for i in keep]
+    return LabelledSplit(
+        split.task, split.split, examples, split.origin, f"{split.fingerprint}:{limit}:{seed}"
+    )
+
+
+def partition_keys(data: EncodedSplit, by: str) -> np.ndarray:
+    """What the partition splits on: the labels, or one context score."""
+    if by == "label":
+        return data.labels.numpy()
+    if by not in data.scores:
+        raise ConfigError(f"data.partition.by: no {by!r} score for this data")
+    return data.scores[by]
+
+
+def hold_out(
+    clients: list[np.ndarray], share: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Each client's (train, local test) indices: a random ``share`` of its examples, at least
+    one, held out for testing; at least one always stays to train on."""
+    if share == 0:
+        return clients, None
+    train, test = [], []
+    for client, indices in enumerate(clients):
+        if len(indices) < 2:
+            raise ConfigError(
+                f"eval.local_share: client {client} has {len(indices)} example(s), too few to"
+                " hold out a local test split; raise data.partition.min_size"
+            )
+        count = min(len(indices) - 1, max(1, round(share * len(indices))))
+        shuffled = np.random.default_rng([seed, 7, client]).permutation(indices)
+        test.append(np.sort(shuffled[:count]))
+        train.append(np.sort(shuffled[count:]))
+    return train, test
+
+
+def prepare_data(config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> FederatedData:
+    data_dir = resolve_data_dir(config)
+    seed = config.seed
+    train_split = _subset(
+        load_split(config.data, data_dir, "train"), config.data.max_train_examples, seed
+    )
+    eval_split = _subset(
+        load_split(config.data, data_dir, config.eval.split), config.data.max_eval_examples, seed
+    )
+
+    def encode(split: LabelledSplit) -> EncodedSplit:
+        return encode_split(split, tokenizer, config.data.max_length, config.data.cache_dir)
+
+    clean = train = encode(train_split)
+    clients = partition(
+        partition_keys(clean, config.data.partition.by),
+        config.clients.num,
+        config.data.partition,
+        seed,
+    )
+    degraded: list[int] = []
+    if config.data.degrade is not None:
+        degraded_split, degraded = degrade(train_split, clients, config.data.degrade, seed)
+        train = encode(degraded_split)
+    client_train, client_test = hold_out(clients, config.eval.local_share, seed)
+    return FederatedData(
+        train_split.task, train, clean, encode(eval_split), client_train, client_test, degraded
+    )
