@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
@@ -22,20 +23,26 @@ def majority_share(labels: np.ndarray, clients: list[np.ndarray]) -> float:
 @given(
     labels=st.lists(st.integers(0, 4), min_size=1, max_size=300).map(np.array),
     num_clients=st.integers(1, 12),
-    method=st.sampled_from(["iid", "dirichlet"]),
+    method=st.sampled_from(["iid", "dirichlet", "sorted"]),
+    by=st.sampled_from(["label", "length"]),
     alpha=st.floats(0.05, 100.0),
+    strictness=st.floats(0.0, 1.0),
     min_size=st.integers(1, 5),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_every_example_goes_to_exactly_one_client(
     labels: np.ndarray,
     num_clients: int,
-    method: Literal["iid", "dirichlet"],
+    method: Literal["iid", "dirichlet", "sorted"],
+    by: Literal["label", "length"],
     alpha: float,
+    strictness: float,
     min_size: int,
     seed: int,
 ) -> None:
-    config = PartitionConfig(method=method, alpha=alpha, min_size=min_size)
+    config = PartitionConfig(
+        method=method, by=by, alpha=alpha, strictness=strictness, min_size=min_size
+    )
     try:
         clients = partition(labels, num_clients, config, seed)
     except PartitionError as error:
@@ -47,7 +54,7 @@ def test_every_example_goes_to_exactly_one_client(
     assert all(c.dtype == np.int64 and np.all(np.diff(c) > 0) for c in clients)
     assert np.array_equal(np.sort(np.concatenate(clients)), np.arange(len(labels)))
     assert min(len(c) for c in clients) >= min_size
-    if method == "iid":
+    if method != "dirichlet":
         sizes = [len(c) for c in clients]
         assert max(sizes) - min(sizes) <= 1
     again = partition(labels, num_clients, config, seed)
@@ -103,3 +110,36 @@ def test_any_grouping_key_partitions() -> None:
     buckets = np.array(["short", "long", "mid"] * 20)
     clients = partition(buckets, 3, PartitionConfig(method="dirichlet", alpha=1.0), 0)
     assert np.array_equal(np.sort(np.concatenate(clients)), np.arange(60))
+
+
+def within_client_spread(scores: np.ndarray, clients: list[np.ndarray]) -> float:
+    """Mean over clients of the standard deviation of their scores."""
+    return float(np.mean([scores[c].std() for c in clients]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), skewed=st.booleans())
+def test_score_spread_within_clients_shrinks_as_alpha_falls(seed: int, skewed: bool) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.lognormal(4, 0.6, 3000) if skewed else rng.integers(1, 9, 3000).astype(float)
+
+    def spread(alpha: float) -> float:
+        config = PartitionConfig(method="dirichlet", by="length", alpha=alpha, buckets=5)
+        return within_client_spread(scores, partition(scores, 10, config, seed))
+
+    assert spread(0.05) < spread(1.0) < spread(100.0) <= scores.std() * 1.05
+
+
+def test_sorted_bands_are_strict_at_one_and_blur_towards_iid() -> None:
+    scores = np.random.default_rng(0).normal(size=1000)
+
+    def bands(strictness: float) -> list[np.ndarray]:
+        config = PartitionConfig(method="sorted", by="length", strictness=strictness)
+        return partition(scores, 5, config, 0)
+
+    strict = bands(1.0)
+    for low, high in itertools.pairwise(strict):
+        assert scores[low].max() <= scores[high].min()
+    spreads = [within_client_spread(scores, bands(s)) for s in (1.0, 0.7, 0.3, 0.0)]
+    assert spreads == sorted(spreads)
+    assert spreads[-1] == pytest.approx(scores.std(), rel=0.1)

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from fedlora.cli import app
 from fedlora.client.model import model_path
 from fedlora.config import load_config
-from fedlora.data.sources import load_split
 from fedlora.data.federated import _subset
+from fedlora.data.sources import load_split
 
 pytestmark = pytest.mark.slow
 

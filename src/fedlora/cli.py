@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default run never needs a hub
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from fedlora import aggregation, policies
 from fedlora.config import ConfigError, load_config
 from fedlora.data.sources import DataError
 from fedlora.data.tasks import available_tasks
 from fedlora.results.store import RunFolderError
+
+if TYPE_CHECKING:  # matplotlib is slow to import; only `fedlora partition` needs it
+    from fedlora.data.describe import PartitionDescription
 
 app = typer.Typer(
     help="Federated LoRA fine-tuning across heterogeneous clients, simulated or deployed.",
@@ -194,6 +199,68 @@ def study(
     plot_study(planned, docs / "accuracy.png")
     typer.echo(table)
     typer.echo(f"wrote {docs / 'table.md'} and {docs / 'accuracy.png'}")
+
+
+@app.command()
+def partition(
+    config_file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, e.g. --set data.partition.alpha=1."),
+    ] = None,
+    score: Annotated[
+        str | None,
+        typer.Option(help="Context score to describe (default: the partition's, else length)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the PNG and JSON (results/partition/<name>).")
+    ] = None,
+) -> None:
+    """Show how a config divides the data among clients, without training anything."""
+    from fedlora.client.model import load_tokenizer
+    from fedlora.data.context import SCORES
+    from fedlora.data.describe import describe_partition, plot_partition
+    from fedlora.data.federated import prepare_data
+
+    try:
+        config = load_config(config_file, set_ or [])
+        by = config.data.partition.by
+        chosen = score or (by if by != "label" else "length")
+        if chosen not in SCORES:
+            raise ConfigError(f"--score: unknown score {chosen!r}; choose one of {SCORES}")
+        data = prepare_data(config, load_tokenizer(config.model))
+        if chosen not in data.train.scores:
+            raise ConfigError(f"--score: no {chosen!r} score (set data.score_column)")
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    description = describe_partition(data, chosen)
+    folder = out or Path("results") / "partition" / config.name
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_partition(data, description, folder / f"{chosen}.png")
+    (folder / f"{chosen}.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
+    _print_partition(description)
+    typer.echo(f"plot: {folder / f'{chosen}.png'}")
+
+
+def _print_partition(description: PartitionDescription) -> None:
+    table = Table(title=f"{description.score} by client", title_justify="left")
+    for column in ("client", "examples", "labels " + "/".join(description.label_names)):
+        table.add_column(column, justify="right")
+    for column in ("mean", "q1", "median", "q3", "JS div"):
+        table.add_column(column, justify="right")
+    for row in [*description.clients, description.overall]:
+        name = "all" if row.client < 0 else str(row.client) + ("*" if row.degraded else "")
+        table.add_row(
+            name,
+            str(row.examples),
+            "/".join(map(str, row.labels)),
+            *(f"{value:.2f}" for value in (row.mean, row.q1, row.median, row.q3)),
+            f"{row.divergence:.3f}",
+        )
+    out_console = Console() if Console().is_terminal else Console(width=200)
+    out_console.print(table)
+    note = " (* degraded)" if any(c.degraded for c in description.clients) else ""
+    typer.echo(f"mean JS divergence from all: {description.mean_divergence:.3f} bits{note}")
 
 
 @app.command(name="list")

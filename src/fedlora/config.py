@@ -45,8 +45,8 @@ class PartitionConfig(_Section):
 class DegradeConfig(_Section):
     """Lower the text quality of a random ``share`` of clients' training examples.
 
-    ``dropout`` deletes each word with probability ``rate``; ``shuffle`` permutes the
-    sentences of each text segment (a one-sentence segment is left as is); ``truncate``
+    ``dropout`` deletes each word with probability ``rate``; ``shuffle`` puts the sentences
+    of each text segment in a new order (a one-sentence segment is left as is); ``truncate``
     cuts the last ``rate`` share of each segment's words. At least one word always stays.
     """
 

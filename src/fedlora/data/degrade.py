@@ -31,7 +31,10 @@ def degrade_text(text: str, config: DegradeConfig, rng: np.random.Generator) -> 
     """One text segment after the configured degradation; never empty when the input is not."""
     if config.kind == "shuffle":
         sentences = _SENTENCE.split(text.strip())
-        return " ".join(sentences[i] for i in rng.permutation(len(sentences)))
+        order = rng.permutation(len(sentences))
+        if len(order) > 1 and (order == np.arange(len(order))).all():
+            order = np.roll(order, 1)  # a shuffle that changes nothing would spare the text
+        return " ".join(sentences[i] for i in order)
     words = text.split()
     if not words:
         return text

@@ -25,7 +25,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from fedlora.data.context import text_scores
-from fedlora.data.sources import LabelledSplit
+from fedlora.data.sources import Example, LabelledSplit
 
 if TYPE_CHECKING:  # transformers is slow to import and only needed for the annotation
     from transformers import PreTrainedTokenizerBase
@@ -132,8 +132,7 @@ def _tokenize(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_leng
     context_lengths: list[int] = []  # before truncation: the ``length`` context score
     for start in range(0, len(split.examples), _CHUNK):
         chunk = split.examples[start : start + _CHUNK]
-        texts = [example.text_a for example in chunk]
-        pairs = [example.text_b for example in chunk] if split.task.pair else None
+        texts, pairs = tokenizer_inputs(chunk, split.task.pair, tokenizer)
         out = tokenizer(texts, pairs, truncation=True, max_length=max_length)
         for row in out["input_ids"]:
             ids.extend(row)
@@ -153,6 +152,20 @@ def _tokenize(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_leng
         payload["token_type_ids"] = torch.tensor(types, dtype=torch.uint8)
     payload |= {_SCORE + name: torch.from_numpy(values) for name, values in scores.items()}
     return payload
+
+
+def tokenizer_inputs(
+    examples: Sequence[Example], pair: bool, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[str], list[str] | None]:
+    """The tokenizer's inputs: text pairs, or for a tokenizer with no separator token (a causal
+    LM's) each pair joined into one text by a newline, so the model sees where one ends."""
+    firsts = [example.text_a for example in examples]
+    if not pair:
+        return firsts, None
+    seconds = [example.text_b or "" for example in examples]
+    if tokenizer.sep_token is None:
+        return [f"{a}\n{b}" for a, b in zip(firsts, seconds, strict=True)], None
+    return firsts, seconds
 
 
 def _unpack(payload: Payload) -> EncodedSplit:

@@ -1,0 +1,133 @@
+"""What each client of a partition holds: sizes, label mix, a context score's distribution, and
+how far each client's distribution is from everyone's (``fedlora partition``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from fedlora.data.federated import FederatedData
+
+MAX_DISTINCT = 30  # a score with at most this many values is binned by value, else by decile
+
+
+@dataclass(frozen=True)
+class ClientDescription:
+    client: int
+    examples: int
+    labels: list[int]  # count per label id
+    mean: float
+    q1: float
+    median: float
+    q3: float
+    divergence: float  # Jensen-Shannon (bits) between its score histogram and everyone's
+    degraded: bool
+
+
+@dataclass(frozen=True)
+class PartitionDescription:
+    score: str
+    label_names: list[str]
+    clients: list[ClientDescription]
+    overall: ClientDescription
+
+    @property
+    def mean_divergence(self) -> float:
+        return float(np.mean([c.divergence for c in self.clients]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "mean_divergence": self.mean_divergence}
+
+
+def client_examples(data: FederatedData) -> list[np.ndarray]:
+    """Every example a client holds: what it trains on and its local test split."""
+    if data.client_test is None:
+        return data.client_train
+    pairs = zip(data.client_train, data.client_test, strict=True)
+    return [np.sort(np.concatenate(pair)) for pair in pairs]
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """JS divergence in bits of two histograms (normalised here): 0 equal, 1 disjoint."""
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        mask = a > 0
+        return float(np.sum(a[mask] * np.log2(a[mask] / m[mask])))
+
+    return (kl(p) + kl(q)) / 2
+
+
+def _bins(scores: np.ndarray) -> np.ndarray:
+    """Histogram edges: one bin per value for a few-valued score, else pooled deciles."""
+    values = np.unique(scores)
+    if len(values) <= MAX_DISTINCT:
+        return np.append(values, values[-1] + 1)
+    return np.unique(np.quantile(scores, np.linspace(0, 1, 11)))
+
+
+def describe_partition(data: FederatedData, score: str) -> PartitionDescription:
+    """Per client statistics of ``score`` over the data it actually holds (after any
+    degradation), and its divergence from the pooled distribution."""
+    scores = data.train.scores[score]
+    labels = data.train.labels.numpy()
+    edges = _bins(scores)
+    pooled = np.histogram(scores, edges)[0].astype(float)
+
+    def describe(client: int, indices: np.ndarray) -> ClientDescription:
+        values = scores[indices]
+        q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+        histogram = np.histogram(values, edges)[0].astype(float)
+        return ClientDescription(
+            client=client,
+            examples=len(indices),
+            labels=np.bincount(labels[indices], minlength=data.task.num_labels).tolist(),
+            mean=float(values.mean()),
+            q1=float(q1),
+            median=float(median),
+            q3=float(q3),
+            divergence=jensen_shannon(histogram, pooled),
+            degraded=client in data.degraded_clients,
+        )
+
+    clients = [describe(c, indices) for c, indices in enumerate(client_examples(data))]
+    overall = describe(-1, np.concatenate(client_examples(data)))
+    return PartitionDescription(score, list(data.task.label_names), clients, overall)
+
+
+def plot_partition(data: FederatedData, description: PartitionDescription, path: Path) -> None:
+    """Box plots of the score per client (and of everyone's), with client sizes underneath."""
+    scores = data.train.scores[description.score]
+    groups = [scores[indices] for indices in client_examples(data)]
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(max(7.0, 0.6 * len(groups) + 3), 6.5), height_ratios=[3, 1], sharex=True
+    )
+    positions = np.arange(len(groups) + 1)
+    top.boxplot([*groups, scores], positions=positions, showfliers=False)
+    top.set_ylabel(description.score)
+    top.set_title(
+        f"{description.score} per client (mean JS divergence from all:"
+        f" {description.mean_divergence:.3f} bits)"
+    )
+    top.grid(alpha=0.3, axis="y")
+    counts = np.array([c.labels for c in description.clients]).T
+    bottom_of = np.zeros(len(groups))
+    for label, row in zip(description.label_names, counts, strict=True):
+        bottom.bar(positions[:-1], row, bottom=bottom_of, label=label)
+        bottom_of += row
+    bottom.set_ylabel("examples")
+    bottom.legend(fontsize=8)
+    names = [f"{c}{'*' if c in data.degraded_clients else ''}" for c in range(len(groups))]
+    bottom.set_xticks(positions, [*names, "all"])
+    bottom.set_xlabel("client (* degraded)" if data.degraded_clients else "client")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,81 @@
+"""Quality degradation: exactly the chosen share of clients changes, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedlora.config import DegradeConfig, PartitionConfig
+from fedlora.data import Example, LabelledSplit, partition
+from fedlora.data.degrade import chosen_clients, degrade, degrade_text
+from fedlora.data.tasks import TASKS
+
+WORDS = ["red", "blue", "green", "cat", "dog", "bird", "runs", "sleeps", "eats", "fast"]
+
+
+def make_split(count: int, seed: int) -> LabelledSplit:
+    rng = np.random.default_rng(seed)
+
+    def sentence() -> str:
+        return " ".join(rng.choice(WORDS, rng.integers(3, 8))) + "."
+
+    examples = [
+        Example(f"{sentence()} {sentence()} {sentence()}", sentence(), int(rng.integers(2)))
+        for _ in range(count)
+    ]
+    return LabelledSplit(TASKS["mrpc"], "train", examples, "hand-made", f"degrade-{seed}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    num_clients=st.integers(1, 12),
+    share=st.floats(0.01, 1.0),
+    kind=st.sampled_from(["dropout", "shuffle", "truncate"]),
+    seed=st.integers(0, 2**16),
+)
+def test_exactly_the_chosen_share_of_clients_changes(
+    num_clients: int, share: float, kind: Literal["dropout", "shuffle", "truncate"], seed: int
+) -> None:
+    split = make_split(120, seed)
+    clients = partition(np.zeros(120), num_clients, PartitionConfig(method="iid"), seed)
+    config = DegradeConfig(share=share, kind=kind, rate=0.5)
+    degraded, chosen = degrade(split, clients, config, seed)
+    assert len(chosen) == max(1, round(share * num_clients)) == len(set(chosen))
+    for client, indices in enumerate(clients):
+        changed = [degraded.examples[i] != split.examples[i] for i in indices]
+        assert (client in chosen) == any(changed)
+        if client in chosen and kind != "dropout":  # dropout may spare a short text by chance
+            assert all(changed)
+    assert [e.label for e in degraded.examples] == [e.label for e in split.examples]
+    assert degraded.fingerprint != split.fingerprint
+    again, _ = degrade(split, clients, config, seed)
+    assert again.examples == degraded.examples
+
+
+@pytest.mark.parametrize("kind", ["dropout", "shuffle", "truncate"])
+def test_degraded_text_keeps_its_words_and_is_never_empty(
+    kind: Literal["dropout", "shuffle", "truncate"],
+) -> None:
+    rng = np.random.default_rng(0)
+    config = DegradeConfig(share=1.0, kind=kind, rate=1.0)
+    text = "The cat sat. The dog ran! Birds fly?"
+    out = degrade_text(text, config, rng)
+    assert out and set(out.split()) <= set(text.split())
+    if kind == "shuffle":
+        assert sorted(out.split()) == sorted(text.split())
+    assert degrade_text("", config, rng) == ""
+
+
+def test_truncation_keeps_the_leading_words() -> None:
+    config = DegradeConfig(share=1.0, kind="truncate", rate=0.5)
+    assert degrade_text("a b c d e f", config, np.random.default_rng(0)) == "a b c"
+
+
+def test_chosen_clients_depend_on_the_seed() -> None:
+    config = DegradeConfig(share=0.5)
+    draws = {tuple(chosen_clients(10, config, seed)) for seed in range(5)}
+    assert len(draws) > 1 and all(len(d) == 5 for d in draws)
