@@ -68,14 +68,17 @@ class Cell:
         """Finished with this very config; a cell whose config has changed since runs again.
 
         The stored config is read back through the current schema, so a key added later with
-        a default (which changes nothing the cell ran) does not make a finished cell stale.
+        a default (which changes nothing the cell ran) does not make a finished cell stale;
+        nor do ``runtime`` settings (threads), which change how fast a cell runs, not its
+        experiment.
         """
         if not (self.folder / SUMMARY_FILE).is_file():
             return False
         try:
-            return read_config(self.folder) == self.config
+            stored = read_config(self.folder)
         except ConfigError:  # written by a schema that no longer validates: run it again
             return False
+        return stored.model_copy(update={"runtime": self.config.runtime}) == self.config
 
 
 def load_study(path: Path) -> StudyConfig:

@@ -43,12 +43,15 @@ def _by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
 
 _COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "rounds to target",
             "virtual s to target", "mean staleness", "idle share", "MB sent")  # fmt: skip
+_LOCAL_COLUMNS = ("local acc, own split", "client sd, own split", "local acc, dev")
 
 
 def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
     """One markdown table per task (and setting): final and best dev metrics, rounds and
     virtual seconds to the target, speedups against the ``baselines`` arms, the mean
-    staleness of accepted results, the mean share of time clients had no job, traffic.
+    staleness of accepted results, the mean share of time clients had no job, traffic, and
+    where clients held local test splits, how their own trained models did on them and on
+    the dev set. A column with no value in any row is left out.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
     seed gives both the same clients and speeds) and then averaged over the seeds where both
@@ -60,50 +63,68 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
             arm: {c.seed: read_summary(c.folder) for c in done} for arm, done in arms.items()
         }
         present = [b for b in baselines if b in summaries]
-        header = [*_COLUMNS[:7], *(f"speedup vs {b}" for b in present), *_COLUMNS[7:]]
+        header = [
+            *_COLUMNS[:7],
+            *(f"speedup vs {b}" for b in present),
+            *_COLUMNS[7:],
+            *_LOCAL_COLUMNS,
+        ]
+        rows = [_row(by_seed, summaries, present) for by_seed in summaries.values()]
+        rows = [[arm, *row] for arm, row in zip(summaries, rows, strict=True)]
+        shown = [i for i in range(len(header)) if any(row[i] != "—" for row in rows)]
         lines += [
             f"### {group}",
             "",
-            "| " + " | ".join(header) + " |",
-            "|" + " --- |" * len(header),
+            "| " + " | ".join(header[i] for i in shown) + " |",
+            "|" + " --- |" * len(shown),
+            *("| " + " | ".join(row[i] for i in shown) + " |" for row in rows),
+            "",
         ]
-        for arm, by_seed in summaries.items():
-            runs: list[dict[str, Any]] = list(by_seed.values())
-            targets = [s.get("target") or {} for s in runs]
-            hits = [t for t in targets if t.get("reached")]
-            row = [
-                arm,
-                str(len(runs)),
-                _spread([s["final"]["accuracy"] for s in runs]),
-                _spread([s["final"]["f1"] for s in runs if "f1" in s["final"]]),
-                _spread([s["best"]["accuracy"] for s in runs]),
-                _reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—",
-                _reached([t["virtual_time_s"] for t in hits], len(runs), 0) if targets[0] else "—",
-            ]
-            for baseline in present:
-                ratios = [
-                    ratio
-                    for seed, s in by_seed.items()
-                    if seed in summaries[baseline]
-                    and (ratio := speedup(summaries[baseline][seed], s)) is not None
-                ]
-                row.append(_spread(ratios, 2) + "×" if ratios else "—")
-            # summaries written before these fields existed show "—"
-            row += [
-                _spread([s["staleness"]["mean"] for s in runs if "staleness" in s], 2),
-                _spread(
-                    [
-                        statistics.fmean(s["client_idle_fraction"])
-                        for s in runs
-                        if "client_idle_fraction" in s
-                    ],
-                    2,
-                ),
-                _spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1),
-            ]
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
     return "\n".join(lines)
+
+
+def _row(
+    by_seed: dict[int, dict[str, Any]],
+    summaries: dict[str, dict[int, dict[str, Any]]],
+    baselines: Sequence[str],
+) -> list[str]:
+    """One arm's cells after its name (summaries written before a field existed show "—")."""
+    runs: list[dict[str, Any]] = list(by_seed.values())
+    targets = [s.get("target") or {} for s in runs]
+    hits = [t for t in targets if t.get("reached")]
+    row = [
+        str(len(runs)),
+        _spread([s["final"]["accuracy"] for s in runs]),
+        _spread([s["final"]["f1"] for s in runs if "f1" in s["final"]]),
+        _spread([s["best"]["accuracy"] for s in runs]),
+        _reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—",
+        _reached([t["virtual_time_s"] for t in hits], len(runs), 0) if targets[0] else "—",
+    ]
+    for baseline in baselines:
+        ratios = [
+            ratio
+            for seed, s in by_seed.items()
+            if seed in summaries[baseline]
+            and (ratio := speedup(summaries[baseline][seed], s)) is not None
+        ]
+        row.append(_spread(ratios, 2) + "×" if ratios else "—")
+    local = [s["local"] for s in runs if "local" in s]
+    return [
+        *row,
+        _spread([s["staleness"]["mean"] for s in runs if "staleness" in s], 2),
+        _spread(
+            [
+                statistics.fmean(s["client_idle_fraction"])
+                for s in runs
+                if "client_idle_fraction" in s
+            ],
+            2,
+        ),
+        _spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1),
+        _spread([entry["own"]["mean"] for entry in local]),
+        _spread([entry["own"]["std"] for entry in local]),
+        _spread([entry["dev"]["mean"] for entry in local]),
+    ]
 
 
 def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> None:
