@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from typer.testing import CliRunner
 
 from fedlora import aggregation, policies
 from fedlora.adapters import AdapterState, LoraFactors
+from fedlora.cli import app
 from fedlora.client.trainer import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.policies import Policy
@@ -100,3 +104,13 @@ def simulate(
 
 def deterministic(events: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "wall"} for e in events]
+
+
+def run_cli(tmp_path: Path, raw: dict, out: Path, *extra: str) -> None:
+    """``fedlora run`` on ``raw`` written as a YAML file, into ``out``; it must succeed."""
+    config_file = tmp_path / f"{out.name}.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(
+        app, ["run", str(config_file), "--out", str(out), "--quiet", *extra]
+    )
+    assert result.exit_code == 0, result.output

@@ -6,17 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+from fakes import run_cli
 from transformers import AutoTokenizer, LlamaConfig
-from typer.testing import CliRunner
 
-from fedlora.cli import app
 from fedlora.client.model import PACKAGE_PREFIX, model_path
 from fedlora.config import ConfigError
 from fedlora.data import Example
 from fedlora.data.encoding import tokenizer_inputs
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -43,11 +39,8 @@ def test_a_causal_lm_runs_a_round_and_exports(
     tiny_config["model"]["name"] = str(tiny_llama)
     tiny_config["lora"]["target_modules"] = ["q_proj", "v_proj"]
     tiny_config["server"]["rounds"] = 1
-    config_file = tmp_path / "llama.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config))
     out = tmp_path / "run"
-    result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
+    run_cli(tmp_path, tiny_config, out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 1 and summary["updates_accepted"] == 3
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from fakes import FakeLearner, config, simulate
+from fakes import FakeLearner, config, run_cli, simulate
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -73,11 +73,8 @@ def test_run_with_context_skew_degradation_and_local_splits(
     }
     tiny_config["data"]["degrade"] = {"share": 0.5, "kind": "truncate", "rate": 0.5}
     tiny_config["eval"]["local_share"] = 0.25
-    config_file = tmp_path / "local.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config))
     out = tmp_path / "run"
-    result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
+    run_cli(tmp_path, tiny_config, out)
     summary = json.loads((out / "summary.json").read_text())
     events = read_events(out / "events.jsonl")
     local = [e for e in events if e["type"] == "local_eval"]

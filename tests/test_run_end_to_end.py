@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fakes import run_cli
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
@@ -19,13 +20,6 @@ from fedlora.results.events import read_events, without_wall_clock
 from fedlora.results.report import speedup, time_to_target
 
 runner = CliRunner()
-
-
-def run_cli(tmp_path: Path, raw: dict, out: Path, *extra: str) -> None:
-    config_file = tmp_path / f"{out.name}.yaml"
-    config_file.write_text(yaml.safe_dump(raw))
-    result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--quiet", *extra])
-    assert result.exit_code == 0, result.output
 
 
 def test_run_writes_a_complete_results_folder(tmp_path: Path, tiny_config: dict) -> None:

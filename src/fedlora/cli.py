@@ -34,6 +34,13 @@ console = Console(stderr=True)
 _USER_ERRORS = (ConfigError, DataError, RunFolderError)
 
 
+ConfigFile = Annotated[Path, typer.Argument(help="Experiment YAML file.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set server.rounds=3."),
+]
+
+
 def _fail(error: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
@@ -41,11 +48,8 @@ def _fail(error: Exception) -> typer.Exit:
 
 @app.command()
 def run(
-    config_file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key, e.g. --set server.rounds=3."),
-    ] = None,
+    config_file: ConfigFile,
+    set_: Overrides = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default results/<name>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -203,11 +207,8 @@ def study(
 
 @app.command()
 def partition(
-    config_file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key, e.g. --set data.partition.alpha=1."),
-    ] = None,
+    config_file: ConfigFile,
+    set_: Overrides = None,
     score: Annotated[
         str | None,
         typer.Option(help="Context score to describe (default: the partition's, else length)."),
