@@ -90,6 +90,7 @@ def test_a_key_added_with_its_default_keeps_a_finished_cell(
     args += ["--set", "eval.local_share=0.25"]
     assert runner.invoke(app, args).exit_code == 0
     assert "| local acc, own split |" in (tmp_path / "d" / "table.md").read_text()
+    assert (tmp_path / "d" / "local.png").stat().st_size > 0
     stored = out / "csv" / "avg" / "seed0" / "config.yaml"
     raw = yaml.safe_load(stored.read_text())
     del raw["train"]["weight_decay"]  # as written before the key existed: its default applies

@@ -167,7 +167,7 @@ def study(
     """
     from fedlora.experiment import run_experiment
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
-    from fedlora.studies.table import plot_study, study_table
+    from fedlora.studies.table import plot_local, plot_study, study_table
 
     path = Path(study_file)
     if not path.suffix:
@@ -201,8 +201,11 @@ def study(
     table = study_table(planned, spec.baselines)
     (docs / "table.md").write_text(table + "\n", encoding="utf-8")
     plot_study(planned, docs / "accuracy.png")
+    written = ["table.md", "accuracy.png"]
+    if plot_local(planned, docs / "local.png"):
+        written.append("local.png")
     typer.echo(table)
-    typer.echo(f"wrote {docs / 'table.md'} and {docs / 'accuracy.png'}")
+    typer.echo(f"wrote {', '.join(written)} in {docs}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -147,6 +148,54 @@ def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> N
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+_LOCAL_BARS = (
+    ("global model, dev", lambda s: s["final"]["accuracy"]),
+    ("client models, own split", lambda s: s["local"]["own"]["mean"]),
+    ("client models, dev", lambda s: s["local"]["dev"]["mean"]),
+)
+
+
+def plot_local(cells: Sequence[Cell], path: Path) -> bool:
+    """Per task (and setting), bars per arm: the final global model on the dev set against
+    the clients' own trained models on their local test splits and on the dev set (mean over
+    clients; error bars: sd over seeds). False, and no file, when no cell has local splits."""
+    grouped = {
+        group: {arm: [read_summary(c.folder) for c in done] for arm, done in arms.items()}
+        for group, arms in _by_group_arm(cells).items()
+    }
+    grouped = {
+        group: {arm: runs for arm, runs in arms.items() if all("local" in s for s in runs)}
+        for group, arms in grouped.items()
+    }
+    grouped = {group: arms for group, arms in grouped.items() if arms}
+    if not grouped:
+        return False
+    figure, axes = plt.subplots(len(grouped), 1, figsize=(11, 4 * len(grouped)), squeeze=False)
+    width = 0.8 / len(_LOCAL_BARS)
+    for ax, (group, arms) in zip(axes[:, 0], grouped.items(), strict=True):
+        positions = np.arange(len(arms))
+        for i, (label, value) in enumerate(_LOCAL_BARS):
+            values = [[value(s) for s in runs] for runs in arms.values()]
+            ax.bar(
+                positions + (i - 1) * width,
+                [statistics.fmean(v) for v in values],
+                width,
+                yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in values],
+                label=label,
+                capsize=3,
+            )
+        ax.set_xticks(positions, list(arms))
+        ax.set_ylim(0.3, 1.0)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{group}: global against local (mean over seeds)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
 def _seed_mean(
