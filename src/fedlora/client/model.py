@@ -35,6 +35,11 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 # PEFT still calls an API transformers 5 deprecated; the warning is not the user's to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# A GGUF model's folder has no config.json; PEFT looks for one only to detect resized
+# vocabularies, which fedlora never does.
+warnings.filterwarnings(
+    "ignore", message="Could not find a config file in .*", category=UserWarning
+)
 
 
 PACKAGE_PREFIX = "package:"
