@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -160,7 +161,7 @@ _LOCAL_BARS = (
 def plot_local(cells: Sequence[Cell], path: Path) -> bool:
     """Per task (and setting), bars per arm: the final global model on the dev set against
     the clients' own trained models on their local test splits and on the dev set (mean over
-    clients; error bars: sd over seeds). False, and no file, when no cell has local splits."""
+    clients; error bars: sd over seeds, none for one seed). False, and no file, when no cell has local splits."""
     grouped = {
         group: {arm: [read_summary(c.folder) for c in done] for arm, done in arms.items()}
         for group, arms in _by_group_arm(cells).items()
@@ -182,7 +183,7 @@ def plot_local(cells: Sequence[Cell], path: Path) -> bool:
                 positions + (i - 1) * width,
                 [statistics.fmean(v) for v in values],
                 width,
-                yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in values],
+                yerr=[statistics.stdev(v) if len(v) > 1 else math.nan for v in values],
                 label=label,
                 capsize=3,
             )
