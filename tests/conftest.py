@@ -21,9 +21,6 @@ def glue_dir() -> Path:
     return path
 
 
-# Other fixtures may be added by others below.
-
-
 def write_pair_csv(path: Path, rows: int, seed: int = 0) -> Path:
     """A small sentence-pair CSV whose label (same first word?) a model can learn."""
     import random
