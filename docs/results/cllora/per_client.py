@@ -5,7 +5,7 @@ For every finished cell of a skewed arm, rebuilds the cell's partition from its 
 (no training), takes each client's mean score over the examples it holds, and sets it against
 the client's latest local evaluation in ``summary.json``. Prints a markdown table.
 
-    FEDLORA_DATA=../shared/data/glue python docs/results/cllora/per_client.py
+    FEDLORA_DATA=../shared/data/glue python docs/results/cllora/per_client.py [STUDY_RUNS]
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from fedlora.data.federated import prepare_data
 from fedlora.results.store import read_config, read_summary
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "results/studies/cllora")
-ARMS = {"length-a0.1": "length", "quality-a0.1": "sentences", "degraded": None}
+ARMS = {
+    "length-a0.1": "length",
+    "quality-a0.1": "sentences",
+    "degraded": None,
+    "degraded-heavy": None,
+}
 
 
 def main() -> None:
