@@ -161,7 +161,8 @@ _LOCAL_BARS = (
 def plot_local(cells: Sequence[Cell], path: Path) -> bool:
     """Per task (and setting), bars per arm: the final global model on the dev set against
     the clients' own trained models on their local test splits and on the dev set (mean over
-    clients; error bars: sd over seeds, none for one seed). False, and no file, when no cell has local splits."""
+    clients; error bars: sd over seeds, none for one seed). False, and no file, when no cell
+    has local splits."""
     grouped = {
         group: {arm: [read_summary(c.folder) for c in done] for arm, done in arms.items()}
         for group, arms in _by_group_arm(cells).items()
