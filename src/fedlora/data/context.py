@@ -20,7 +20,6 @@ import numpy.typing as npt
 from fedlora.data.sources import Example
 
 SCORES = ("length", "sentences", "lexical", "column")
-TEXT_SCORES = ("sentences", "lexical")
 LEXICAL_WINDOW = 25  # words per window of the moving-average type-token ratio
 
 # A sentence ends at . ! or ? (runs of them, and closing quotes or brackets) before a space.

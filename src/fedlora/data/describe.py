@@ -98,8 +98,9 @@ def describe_partition(data: FederatedData, score: str) -> PartitionDescription:
             degraded=client in data.degraded_clients,
         )
 
-    clients = [describe(c, indices) for c, indices in enumerate(client_examples(data))]
-    overall = describe(-1, np.concatenate(client_examples(data)))
+    held = client_examples(data)
+    clients = [describe(c, indices) for c, indices in enumerate(held)]
+    overall = describe(-1, np.concatenate(held))
     return PartitionDescription(score, list(data.task.label_names), clients, overall)
 
 

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 class FederatedData:
     task: TaskSpec
     train: EncodedSplit  # degraded where the config says so
-    clean_train: EncodedSplit  # before degradation: what the partition's scores came from
     eval: EncodedSplit
     client_train: list[np.ndarray]  # indices into ``train`` each client trains on
     client_test: list[np.ndarray] | None  # its held-out local test split, if any
@@ -88,9 +87,9 @@ def prepare_data(config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -
     def encode(split: LabelledSplit) -> EncodedSplit:
         return encode_split(split, tokenizer, config.data.max_length, config.data.cache_dir)
 
-    clean = train = encode(train_split)
+    train = encode(train_split)
     clients = partition(
-        partition_keys(clean, config.data.partition.by),
+        partition_keys(train, config.data.partition.by),
         config.clients.num,
         config.data.partition,
         seed,
@@ -101,5 +100,5 @@ def prepare_data(config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -
         train = encode(degraded_split)
     client_train, client_test = hold_out(clients, config.eval.local_share, seed)
     return FederatedData(
-        train_split.task, train, clean, encode(eval_split), client_train, client_test, degraded
+        train_split.task, train, encode(eval_split), client_train, client_test, degraded
     )
