@@ -1,0 +1,85 @@
+"""The simulator's event logs, pinned: a refactor of the server core or the simulator must
+reproduce these logs exactly (wall times aside). Regenerate only for an intended change of
+behaviour: ``FEDLORA_REGEN_GOLDEN=1 pytest tests/test_golden_event_logs.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import FakeLearner, config, deterministic, simulate
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# name -> (config sections, FakeLearner options)
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "fedavg-failures-timeout-rejects": (
+        {
+            "clients": {"num": 5, "availability": {"failure_prob": 0.3}},
+            "server": {"per_round": 3, "rounds": 4, "job_timeout": 400.0},
+        },
+        {"poison": {1}},
+    ),
+    "fedbuff-hlora-delta-offline": (
+        {
+            "clients": {
+                "num": 5,
+                "availability": {"mean_online_s": 2000.0, "mean_offline_s": 300.0},
+            },
+            "server": {
+                "policy": "fedbuff",
+                "aggregator": "hlora",
+                "update": "delta",
+                "server_lr": 0.5,
+                "concurrency": 3,
+                "window": 2,
+                "rounds": 4,
+            },
+        },
+        {},
+    ),
+    "fedfa-zeropad-polynomial-local": (
+        {
+            "clients": {"num": 4},
+            "server": {
+                "policy": "fedfa",
+                "aggregator": "zeropad",
+                "concurrency": 3,
+                "window": 2,
+                "rounds": 4,
+                "staleness": {"function": "polynomial", "a": 0.5},
+            },
+            "eval": {"every": 2},
+        },
+        {"local": True},
+    ),
+    "fedasync-hetlora-bound": (
+        {
+            "clients": {"num": 4, "availability": {"failure_prob": 0.1}},
+            "server": {
+                "policy": "fedasync",
+                "aggregator": "hetlora",
+                "concurrency": 4,
+                "staleness_bound": 1,
+                "rounds": 3,
+            },
+            "eval": {"every_seconds": 200.0},
+        },
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_event_log_matches_the_pinned_log(name: str) -> None:
+    sections, options = CASES[name]
+    learner = FakeLearner([3, 4, 5, 6, 7][: sections["clients"]["num"]], **options)
+    events = deterministic(simulate(config(**sections), learner)[1])
+    path = GOLDEN / f"{name}.jsonl"
+    if os.environ.get("FEDLORA_REGEN_GOLDEN"):
+        path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    pinned = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert json.loads(json.dumps(events)) == pinned
