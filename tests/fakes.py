@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from fedlora import aggregation, policies
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.cli import app
-from fedlora.client.trainer import ClientEvaluation, LocalResult
+from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.policies import Policy
 from fedlora.results.events import EventLog
-from fedlora.sim.engine import Outcome, Simulation
+from fedlora.server import Outcome, ServerCore
+from fedlora.sim.engine import Simulation
 from fedlora.sim.profiles import ClientProfile, draw_profiles
 
 
@@ -91,15 +92,11 @@ def simulate(
     log = EventLog()
     clients = [policies.ClientInfo(c, len(i)) for c, i in enumerate(learner.indices)]
     policy = policy or policies.create(cfg.server.policy, cfg.server, clients, cfg.seed)
-    sim = Simulation(
-        cfg,
-        learner,
-        aggregation.create(cfg.server.aggregator, cfg.lora, cfg.global_rank),
-        policy,
-        profiles or draw_profiles(cfg.clients, cfg.lora.r, cfg.seed),
-        log,
-    )
-    return sim.run(), log.records
+    profiles = profiles or draw_profiles(cfg.clients, cfg.lora.r, cfg.seed)
+    aggregator = aggregation.create(cfg.server.aggregator, cfg.lora, cfg.global_rank)
+    ranks = [p.rank for p in profiles]
+    core = ServerCore(cfg, aggregator, policy, learner.initial_state(), ranks, learner, log)
+    return Simulation(cfg, learner, core, profiles).run(), log.records
 
 
 def deterministic(events: list[dict]) -> list[dict]:

@@ -48,35 +48,59 @@ def _fail(error: Exception) -> typer.Exit:
 
 @app.command()
 def run(
-    config_file: ConfigFile,
+    config_file: Annotated[
+        Path | None, typer.Argument(help="Experiment YAML file (not with --resume).")
+    ] = None,
     set_: Overrides = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default results/<name>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the killed or interrupted run in this folder."),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Simulate a federated LoRA fine-tuning run and write its results folder."""
-    from fedlora.experiment import run_experiment
-    from fedlora.sim.engine import Outcome
+    """Simulate a federated LoRA fine-tuning run and write its results folder.
+
+    The run checkpoints as it goes; Ctrl-C stops it at the next safe point, and
+    --resume DIR continues it exactly where it stopped.
+    """
+    from fedlora.experiment import Interrupted, run_experiment
+    from fedlora.interrupt import stop_requests
+    from fedlora.results.store import read_config
+    from fedlora.server import Outcome
 
     try:
-        config = load_config(config_file, set_ or [])
-    except ConfigError as error:
+        if resume is not None:
+            if config_file is not None or set_ or out is not None:
+                raise ConfigError(
+                    "--resume takes the run folder's own config: no file, --set or --out"
+                )
+            config, folder = read_config(resume), resume
+        elif config_file is None:
+            raise ConfigError("give an experiment YAML file, or --resume with a run folder")
+        else:
+            config = load_config(config_file, set_ or [])
+            folder = out or Path("results") / config.name
+    except _USER_ERRORS as error:
         raise _fail(error) from None
-    folder = out or Path("results") / config.name
-    if folder.exists() and any(folder.iterdir()):
+    if resume is None and folder.exists() and any(folder.iterdir()):
         if not overwrite:
             raise _fail(ConfigError(f"{folder} already holds a run; pass --overwrite or --out"))
         shutil.rmtree(folder)
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as bar:
+    with (
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        ) as bar,
+        stop_requests(console.print) as interrupted,
+    ):
         task = bar.add_task("round", total=config.server.rounds, status="preparing")
 
         def show(outcome: Outcome) -> None:
@@ -87,9 +111,12 @@ def run(
             bar.update(task, completed=outcome.rounds, status=status)
 
         try:
-            summary = run_experiment(config, folder, show)
+            summary = run_experiment(config, folder, show, resume is not None, interrupted)
         except _USER_ERRORS as error:
             raise _fail(error) from None
+        except Interrupted as stop:
+            console.print(str(stop), highlight=False, soft_wrap=True)
+            raise typer.Exit(code=130) from None
     final = summary["final"]
     metrics = "  ".join(f"{k}={final[k]:.4f}" for k in ("accuracy", "f1", "loss") if k in final)
     typer.echo(
@@ -165,7 +192,9 @@ def study(
     ``--arms``, ``--seeds`` and ``--tasks`` narrow what runs; the table and the plot cover
     every finished cell of the study.
     """
-    from fedlora.experiment import run_experiment
+    from fedlora.config import ExperimentConfig
+    from fedlora.experiment import Interrupted, run_experiment
+    from fedlora.interrupt import stop_requests
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
     from fedlora.studies.table import plot_local, plot_study, study_table
 
@@ -192,10 +221,18 @@ def study(
     def announce(cell: Cell, status: str) -> None:
         console.print(f"{status}: {cell.folder}", highlight=False)
 
-    try:
-        run_sweep(cells, run_experiment, announce)
-    except _USER_ERRORS as error:
-        raise _fail(error) from None
+    with stop_requests(console.print) as interrupted:
+
+        def run_cell(config: ExperimentConfig, folder: Path, resume: bool) -> object:
+            return run_experiment(config, folder, resume=resume, interrupted=interrupted)
+
+        try:
+            run_sweep(cells, run_cell, announce)
+        except _USER_ERRORS as error:
+            raise _fail(error) from None
+        except Interrupted as stop:
+            console.print(f"{stop}; or run the study again", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=130) from None
     docs = docs or Path("docs/results") / spec.name
     docs.mkdir(parents=True, exist_ok=True)
     table = study_table(planned, spec.baselines)

@@ -30,10 +30,14 @@ from fedlora.results.store import (
     ADAPTER_DIR,
     CURVES_FILE,
     EVENTS_FILE,
+    read_checkpoint,
+    remove_checkpoint,
+    write_checkpoint,
     write_config,
     write_run,
 )
-from fedlora.sim.engine import Outcome, Simulation
+from fedlora.server import Outcome, ServerCore, Snapshot
+from fedlora.sim.engine import Simulation
 from fedlora.sim.profiles import draw_profiles
 
 
@@ -83,10 +87,24 @@ def prepare(config: ExperimentConfig) -> Prepared:
     return Prepared(config, data, learner)
 
 
-def simulate(
-    prepared: Prepared, log: EventLog, progress: Callable[[Outcome], None] | None = None
-) -> Outcome:
-    """Run the prepared experiment in the simulator."""
+class Interrupted(Exception):
+    """The run stopped at a safe point on request and left a checkpoint to resume from."""
+
+    def __init__(self, folder: Path, steps: int) -> None:
+        super().__init__(
+            f"interrupted after {steps} server steps; resume with: fedlora run --resume {folder}"
+        )
+        self.folder = folder
+
+
+def build_simulation(
+    prepared: Prepared,
+    log: EventLog,
+    progress: Callable[[Outcome], None] | None = None,
+    checkpoint: Callable[[Snapshot], None] | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> Simulation:
+    """The prepared experiment as a simulation: a server core driven in virtual time."""
     config = prepared.config
     profiles = draw_profiles(config.clients, config.lora.r, config.seed)
     try:
@@ -103,21 +121,60 @@ def simulate(
         policies.ClientInfo(c, len(indices)) for c, indices in enumerate(prepared.data.client_train)
     ]
     policy = policies.create(config.server.policy, config.server, clients, config.seed)
-    return Simulation(config, prepared.learner, aggregator, policy, profiles, log, progress).run()
+    learner = prepared.learner
+    core = ServerCore(
+        config,
+        aggregator,
+        policy,
+        learner.initial_state(),
+        [p.rank for p in profiles],
+        learner,
+        log,
+        progress,
+    )
+    return Simulation(config, learner, core, profiles, checkpoint, interrupted)
 
 
 def run_experiment(
-    config: ExperimentConfig, folder: Path, progress: Callable[[Outcome], None] | None = None
+    config: ExperimentConfig,
+    folder: Path,
+    progress: Callable[[Outcome], None] | None = None,
+    resume: bool = False,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Prepare, simulate and write ``folder``; returns the summary."""
+    """Prepare, simulate and write ``folder``; returns the summary.
+
+    The whole run state is checkpointed into ``folder`` as it goes (``runtime.checkpoint_*``);
+    ``resume`` continues from that checkpoint, with the same events, metrics and adapter as an
+    uninterrupted run. ``interrupted`` is polled between completions: when it answers True the
+    run checkpoints and raises :class:`Interrupted`.
+    """
+    snapshot = read_checkpoint(folder) if resume else None
     prepared = prepare(config)
-    write_config(folder, config)
-    with EventLog(folder / EVENTS_FILE) as log:
-        outcome = simulate(prepared, log, progress)
+    if snapshot is None:
+        write_config(folder, config)
+    log = EventLog(
+        folder / EVENTS_FILE,
+        resume_at=None if snapshot is None else snapshot.meta["events_offset"],
+        wall_offset=0.0 if snapshot is None else snapshot.meta["wall"],
+    )
+
+    def save(snap: Snapshot) -> None:
+        snap.meta.update(events_offset=log.sync(), wall=log.wall())
+        write_checkpoint(folder, snap)
+
+    with log:
+        simulation = build_simulation(prepared, log, progress, save, interrupted)
+        if snapshot is not None:
+            simulation.load_state_dict(snapshot)
+        outcome = simulation.run()
+        if simulation.core.stopped == "interrupted":
+            raise Interrupted(folder, outcome.steps)
     summary = write_run(folder, config, outcome, prepared.task)
     write_adapter_folder(
         outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
     )
     curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
     plot_curves({config.name: curves}, list(prepared.task.metrics), folder / CURVES_FILE)
+    remove_checkpoint(folder)
     return summary

@@ -106,6 +106,13 @@ class Aggregator(ABC):
     def remember(self, client: int, update: AdapterState) -> None:  # noqa: B027 (optional hook)
         """Told every accepted update, so personalised aggregators can keep a client's parts."""
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the aggregator keeps between merges, for checkpoints (most keep nothing)."""
+        return {}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:  # noqa: B027
+        """Restore what :meth:`state_dict` returned."""
+
     def transmitted_bytes(self, state: AdapterState) -> int:
         """Bytes of ``state`` that cross the network (all of it, unless parts stay local)."""
         return state.num_bytes()

@@ -8,7 +8,7 @@ kept here as the baseline that ``hlora`` corrects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -107,6 +107,19 @@ class FedSA(ZeroPad):
 
     def remember(self, client: int, update: AdapterState) -> None:
         self._own_b[client] = {m: f.B for m, f in update.lora.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            f"own_b.{client}.{module}": b
+            for client, modules in self._own_b.items()
+            for module, b in modules.items()
+        }
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._own_b = {}
+        for key, b in tensors.items():
+            client, module = key.removeprefix("own_b.").split(".", 1)
+            self._own_b.setdefault(int(client), {})[module] = b
 
     def transmitted_bytes(self, state: AdapterState) -> int:
         local = sum(f.B.numel() * f.B.element_size() for f in state.lora.values())

@@ -14,7 +14,7 @@ in place of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from pydantic import BaseModel
@@ -40,6 +40,12 @@ class FLoRA(Aggregator):
     def __init__(self, lora: LoraConfig, global_rank: int, options: BaseModel) -> None:
         super().__init__(lora, global_rank, options)
         self._fresh = torch.Generator().manual_seed(0)  # dispatch order is deterministic
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"fresh_generator": self._fresh.get_state()}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._fresh.set_state(tensors["fresh_generator"])
 
     def check_setup(self, ranks: Sequence[int], server: ServerConfig) -> None:
         super().check_setup(ranks, server)

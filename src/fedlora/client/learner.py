@@ -8,13 +8,8 @@ import numpy as np
 
 from fedlora.adapters import AdapterState
 from fedlora.client.model import ResidentModel
-from fedlora.client.trainer import (
-    ClientEvaluation,
-    LocalResult,
-    evaluate,
-    plan_batches,
-    train_local,
-)
+from fedlora.client.protocol import ClientEvaluation, LocalResult
+from fedlora.client.trainer import evaluate, plan_batches, train_local
 from fedlora.config import ExperimentConfig
 from fedlora.data.encoding import EncodedSplit
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fedlora.adapters import AdapterState
 from fedlora.client.model import ResidentModel
+from fedlora.client.protocol import LocalResult
 from fedlora.config import TrainConfig
 from fedlora.data.encoding import EncodedSplit, collate
 from fedlora.metrics import compute_metrics
@@ -42,23 +42,6 @@ def _autocast(bf16: bool) -> contextlib.AbstractContextManager[object]:
     if bf16:
         return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    state: AdapterState
-    loss: float
-    examples: int
-    steps: int
-
-
-@dataclass(frozen=True)
-class ClientEvaluation:
-    """A client's locally trained model, scored on its own held-out data and on the global
-    eval split: the local and the global effect of its data."""
-
-    own: dict[str, float]
-    dev: dict[str, float]
 
 
 def train_local(

@@ -280,7 +280,13 @@ class EvalConfig(_Section):
 
 
 class RuntimeConfig(_Section):
+    """How a run executes, not what it computes: changing these never changes a result."""
+
     threads: Annotated[int | None, Field(ge=1)] = None
+    # A checkpoint (the whole run state, for --resume) after this many merges, and/or after
+    # this many wall seconds since the last one; both null: none.
+    checkpoint_every: Annotated[int | None, Field(ge=1)] = None
+    checkpoint_seconds: Annotated[float | None, Field(gt=0)] = 60.0
 
 
 class ExperimentConfig(_Section):

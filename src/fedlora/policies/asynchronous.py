@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 from fedlora.config import ServerConfig
 from fedlora.policies.base import Arrival, ClientInfo, Decision, Dispatch, Drop, Policy
@@ -32,6 +33,18 @@ class AsyncPolicy(Policy):
                 f"server.concurrency: {server.concurrency} clients training at once but"
                 f" clients.num is {num_clients}"
             )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "busy": sorted(self._busy),
+            "finished_jobs": self._finished_jobs,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._busy = set(state["busy"])
+        self._finished_jobs = state["finished_jobs"]
 
     def start(self) -> list[Decision]:
         everyone = [c.client for c in self.clients]

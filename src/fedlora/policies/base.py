@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from enum import Enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fedlora.config import ServerConfig
 from fedlora.policies.staleness import staleness_factor
@@ -34,6 +34,13 @@ class Arrival:
     client: int
     dispatched_version: int
     time: float
+
+    def to_json(self) -> list[Any]:
+        return list(astuple(self))
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Arrival:
+        return cls(*data)
 
 
 class Source(Enum):
@@ -97,6 +104,22 @@ class Policy(ABC):
         self.rng = random.Random(seed)
         self.version = 0
         self.rounds = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's whole state as JSON-ready data (for checkpoints); subclasses add
+        their own fields."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "rng": [version, list(internal), gauss],
+            "version": self.version,
+            "rounds": self.rounds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.version = state["version"]
+        self.rounds = state["rounds"]
 
     @abstractmethod
     def start(self) -> list[Decision]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedlora.policies.base import Arrival, Decision, Dispatch, Policy, registry
 
 
@@ -18,6 +20,15 @@ class FedAvgPolicy(Policy):
         self._waiting = len(cohort)
         self._arrived: list[Arrival] = []
         return [Dispatch(client) for client in cohort]
+
+    def state_dict(self) -> dict[str, Any]:
+        arrived = [a.to_json() for a in self._arrived]
+        return {**super().state_dict(), "waiting": self._waiting, "arrived": arrived}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._waiting = state["waiting"]
+        self._arrived = [Arrival.from_json(a) for a in state["arrived"]]
 
     def on_arrival(self, arrival: Arrival) -> list[Decision]:
         self._arrived.append(arrival)

@@ -9,6 +9,7 @@ the client adapters.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fedlora.config import ServerConfig
 from fedlora.policies.asynchronous import AsyncPolicy
@@ -22,6 +23,14 @@ class FedBuffPolicy(AsyncPolicy):
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
         self._buffer: list[tuple[Arrival, int]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        held = [[a.to_json(), staleness] for a, staleness in self._buffer]
+        return {**super().state_dict(), "buffer": held}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._buffer = [(Arrival.from_json(a), staleness) for a, staleness in state["buffer"]]
 
     def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
         self._buffer.append((arrival, staleness))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from fedlora.config import ServerConfig
 from fedlora.policies.asynchronous import AsyncPolicy
@@ -28,6 +29,14 @@ class FedFaPolicy(AsyncPolicy):
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
         self._window: deque[tuple[Arrival, int]] = deque()
+
+    def state_dict(self) -> dict[str, Any]:
+        held = [[a.to_json(), staleness] for a, staleness in self._window]
+        return {**super().state_dict(), "window": held}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._window = deque((Arrival.from_json(a), staleness) for a, staleness in state["window"])
 
     def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
         self._window.append((arrival, staleness))

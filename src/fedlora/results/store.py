@@ -15,7 +15,8 @@ from typing import Any
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
-from fedlora.sim.engine import Evaluation, Outcome
+from fedlora.server.outcome import Evaluation, Outcome
+from fedlora.server.snapshot import Snapshot, write_atomically
 
 CONFIG_FILE = "config.yaml"
 EVENTS_FILE = "events.jsonl"
@@ -24,6 +25,7 @@ SUMMARY_FILE = "summary.json"
 GLOBAL_FILE = "global.safetensors"
 ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 class RunFolderError(ValueError):
@@ -175,3 +177,24 @@ def read_config(folder: Path) -> ExperimentConfig:
 
 def read_global_state(folder: Path) -> AdapterState:
     return AdapterState.from_bytes(_require(folder, GLOBAL_FILE).read_bytes())
+
+
+def write_checkpoint(folder: Path, snapshot: Snapshot) -> None:
+    write_atomically(folder / CHECKPOINT_FILE, snapshot.to_bytes())
+
+
+def read_checkpoint(folder: Path) -> Snapshot:
+    path = folder / CHECKPOINT_FILE
+    if not path.is_file():
+        finished = (folder / SUMMARY_FILE).is_file()
+        raise RunFolderError(
+            f"{folder}: nothing to resume, the run finished"
+            if finished
+            else f"{folder}: no {CHECKPOINT_FILE}; is this a fedlora run folder?"
+        )
+    return Snapshot.from_bytes(path.read_bytes())
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """A finished run needs no checkpoint: its results say everything."""
+    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)

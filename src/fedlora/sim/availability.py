@@ -9,6 +9,7 @@ it is asked about. A job fails when its client is offline at any moment of it, o
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 import numpy as np
 
@@ -54,3 +55,19 @@ class Availability:
         if not self.online_throughout(client, start, end):
             return "client offline"
         return "client failed" if fails else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every stream's position and each client's timeline so far (JSON-ready)."""
+        return {
+            "streams": [rng.bit_generator.state for rng in self._streams],
+            "failures": self._failures.bit_generator.state,
+            "switches": self._switches,
+            "online_first": self._online_first,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for rng, stream in zip(self._streams, state["streams"], strict=True):
+            rng.bit_generator.state = stream
+        self._failures.bit_generator.state = state["failures"]
+        self._switches = [list(s) for s in state["switches"]]
+        self._online_first = list(state["online_first"])

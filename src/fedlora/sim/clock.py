@@ -7,8 +7,9 @@ same event order, however the jobs' real work was scheduled.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -54,3 +55,16 @@ class EventClock(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._heap)
+
+    def state_dict(self, item_to_json: Callable[[T], Any]) -> dict[str, Any]:
+        """The clock's state as JSON-ready data; ``item_to_json`` encodes each pending item."""
+        heap = [[e.finish, e.seq, item_to_json(e.item)] for e in self._heap]
+        return {"now": self.now, "seq": self._seq, "heap": heap}
+
+    def load_state_dict(self, state: dict[str, Any], item_from_json: Callable[[Any], T]) -> None:
+        self.now = state["now"]
+        self._seq = state["seq"]
+        self._heap = [
+            _Entry(finish, seq, item_from_json(item)) for finish, seq, item in state["heap"]
+        ]
+        heapq.heapify(self._heap)

@@ -7,8 +7,8 @@ runs under. Every
 cell's config is built and validated before the first one runs, so a typo in the last arm
 costs nothing. A finished cell (its ``summary.json`` exists and its config is the one planned)
 is skipped when the sweep runs again, so a long study can be completed over several sittings;
-a cell interrupted mid-run leaves only a ``.partial`` folder, which the next sweep replaces,
-and a cell whose config changed is run again.
+a cell interrupted mid-run (killed, or stopped with Ctrl-C) leaves a ``.partial`` folder with
+its checkpoint, which the next sweep resumes; a cell whose config changed is run again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedlora.config import ConfigError, ExperimentConfig, load_config
-from fedlora.results.store import SUMMARY_FILE, read_config
+from fedlora.results.store import CHECKPOINT_FILE, SUMMARY_FILE, read_config
 
 
 class StudyConfig(BaseModel):
@@ -78,7 +78,21 @@ class Cell:
             stored = read_config(self.folder)
         except ConfigError:  # written by a schema that no longer validates: run it again
             return False
-        return stored.model_copy(update={"runtime": self.config.runtime}) == self.config
+        return _same_experiment(stored, self.config)
+
+
+def _same_experiment(stored: ExperimentConfig, planned: ExperimentConfig) -> bool:
+    return stored.model_copy(update={"runtime": planned.runtime}) == planned
+
+
+def _resumable(folder: Path, config: ExperimentConfig) -> bool:
+    """A killed or interrupted run of this very config, with a checkpoint to continue from."""
+    if not (folder / CHECKPOINT_FILE).is_file():
+        return False
+    try:
+        return _same_experiment(read_config(folder), config)
+    except ConfigError:
+        return False
 
 
 def load_study(path: Path) -> StudyConfig:
@@ -136,19 +150,22 @@ def plan(study: StudyConfig, root: Path, extra: list[str] | None = None) -> list
 
 def run_sweep(
     cells: list[Cell],
-    run: Callable[[ExperimentConfig, Path], object],
+    run: Callable[[ExperimentConfig, Path, bool], object],
     announce: Callable[[Cell, str], None] | None = None,
 ) -> None:
-    """Run each unfinished cell into ``<folder>.partial``, then move it into place."""
+    """Run each unfinished cell into ``<folder>.partial`` (resuming it from its checkpoint
+    when one is there), then move it into place. ``run(config, folder, resume)``."""
     for cell in cells:
         if cell.done:
             if announce:
                 announce(cell, "done already")
             continue
         partial = cell.folder.with_name(cell.folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        resume = _resumable(partial, cell.config)
+        if not resume:
+            shutil.rmtree(partial, ignore_errors=True)
         if announce:
-            announce(cell, "running")
-        run(cell.config, partial)
+            announce(cell, "resuming" if resume else "running")
+        run(cell.config, partial, resume)
         shutil.rmtree(cell.folder, ignore_errors=True)
         partial.rename(cell.folder)

@@ -1,0 +1,342 @@
+"""The server core: arrivals and losses in, what to send to whom out.
+
+Clock-free and transport-free: a runtime (the simulator's virtual clock, Flower's Grid) tells
+it the time with every call, moves the bytes, and sends what it answers. The core validates
+each update, drives the policy, resolves its merge terms, merges through the aggregator,
+remembers what each job was sent, counts, evaluates and says when the run must stop. Its whole
+state is plain data (:meth:`ServerCore.state_dict`): checkpointing it makes any runtime
+resumable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fedlora.adapters import AdapterSpec, AdapterState, InvalidUpdate
+from fedlora.aggregation import Aggregator
+from fedlora.client.protocol import Evaluator
+from fedlora.config import ExperimentConfig
+from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
+from fedlora.results.events import EventLog
+from fedlora.server.outcome import Evaluation, LocalEvaluation, Outcome
+from fedlora.server.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Send:
+    """Work for one client: train from ``state`` (already projected to its ``rank``)."""
+
+    job: int
+    client: int
+    version: int
+    rank: int
+    state: AdapterState
+    bytes: int
+
+
+@dataclass
+class Job:
+    """A job in flight: what it was sent, from which global version, since when."""
+
+    id: int
+    client: int
+    version: int
+    sent: AdapterState
+    dispatched: float = math.nan  # set when the runtime confirms the send
+
+
+class ServerCore:
+    """One federation's server, driven by a runtime through :meth:`start`, :meth:`sent`,
+    :meth:`arrival`, :meth:`lost` and :meth:`finish`."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        aggregator: Aggregator,
+        policy: Policy,
+        initial: AdapterState,
+        ranks: Sequence[int],
+        evaluator: Evaluator,
+        log: EventLog,
+        progress: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.aggregator = aggregator
+        self.policy = policy
+        self.ranks = list(ranks)
+        self.evaluator = evaluator
+        self.log = log
+        self.progress = progress
+        self.outcome = Outcome(global_state=initial)
+        self.in_flight: dict[int, Job] = {}
+        self.stopped: str | None = None
+        self._spec = AdapterSpec.of(initial)
+        self._held: dict[int, tuple[AdapterState, AdapterState]] = {}  # job: (update, sent)
+        self._applied: set[int] = set()
+        self._next_job = 0
+        self._last_eval_time = 0.0
+
+    # -- what a runtime calls ---------------------------------------------------------------
+
+    def start(self, now: float) -> list[Send]:
+        """Evaluate the initial global adapter and answer the first dispatches."""
+        self._evaluate(now)
+        return self._apply(self.policy.start(), now)
+
+    def sent(self, send: Send, now: float, **details: object) -> None:
+        """The runtime sent ``send`` at ``now``: log it (with the runtime's ``details``, e.g.
+        the simulator's cost model) and charge its bytes."""
+        self.in_flight[send.job].dispatched = now
+        self.outcome.bytes_down += send.bytes
+        self._emit(
+            "dispatch",
+            now,
+            job=send.job,
+            client=send.client,
+            version=send.version,
+            rank=send.rank,
+            **details,
+            bytes=send.bytes,
+        )
+
+    def arrival(
+        self, job_id: int, update: AdapterState | bytes, examples: int, loss: float, now: float
+    ) -> list[Send]:
+        """A job's result reached the server: validate, count, hand it to the policy."""
+        job = self.in_flight.pop(job_id, None)
+        if job is None:  # a duplicate, late or forged reply: nothing to merge it with
+            self.outcome.rejected += 1
+            self._emit("reject", now, job=job_id, client=None, reason="no such job in flight")
+            return []
+        self._count_busy(job, now)
+        size = (
+            len(update) if isinstance(update, bytes) else self.aggregator.transmitted_bytes(update)
+        )
+        self.outcome.bytes_up += size
+        staleness = self.policy.version - job.version
+        self._emit(
+            "arrival",
+            now,
+            job=job.id,
+            client=job.client,
+            version=self.policy.version,
+            dispatched_version=job.version,
+            staleness=staleness,
+            examples=examples,
+            loss=loss,
+            bytes=size,
+        )
+        try:
+            state = AdapterState.from_bytes(update) if isinstance(update, bytes) else update
+            self._spec.validate(state, job.sent.rank)
+        except InvalidUpdate as error:
+            self.outcome.rejected += 1
+            self._emit("reject", now, job=job.id, client=job.client, reason=str(error))
+            return self._apply(self.policy.on_lost(job.id, job.client), now)
+        self.outcome.accepted += 1
+        self.outcome.staleness[staleness] += 1
+        self._evaluate_client(job, state, now)
+        self.aggregator.remember(job.client, state)
+        self._held[job.id] = (state, job.sent)
+        arrival = Arrival(job.id, job.client, job.version, now)
+        return self._apply(self.policy.on_arrival(arrival), now)
+
+    def lost(self, job_id: int, reason: str, now: float) -> list[Send]:
+        """A job will never deliver (its client failed, went offline or timed out)."""
+        job = self.in_flight.pop(job_id, None)
+        if job is None:
+            return []
+        self._count_busy(job, now)
+        self.outcome.lost += 1
+        self._emit("lost", now, job=job.id, client=job.client, reason=reason)
+        return self._apply(self.policy.on_lost(job.id, job.client), now)
+
+    def stop(self, reason: str) -> None:
+        """Stop for a reason only the runtime knows (e.g. its time limit)."""
+        if self.stopped is None:
+            self.stopped = reason
+
+    def finish(self, now: float) -> Outcome:
+        """Close the run at ``now``: a final evaluation if the last merge had none."""
+        out = self.outcome
+        if self.stopped is not None:
+            out.stop_reason = self.stopped
+        out.in_flight = len(self.in_flight)
+        if not out.evaluations or out.evaluations[-1].step != out.steps:
+            self._evaluate(now)
+        out.virtual_time = now
+        for job in self.in_flight.values():  # still at work when the run stopped
+            self._count_busy(job, now)
+        out.wall_time = self.log.wall()
+        return out
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def _apply(self, decisions: Sequence[Decision], now: float) -> list[Send]:
+        sends = []
+        for decision in decisions:
+            if self.stopped is not None:
+                break
+            if isinstance(decision, Dispatch):
+                sends.append(self._dispatch(decision.client))
+            elif isinstance(decision, Merge):
+                self._merge(decision, now)
+            elif isinstance(decision, Drop):
+                self.outcome.dropped += 1
+                self._release([decision.job])
+                self._emit("drop", now, job=decision.job, reason=decision.reason)
+        self._check_rounds()
+        return sends
+
+    def _dispatch(self, client: int) -> Send:
+        job_id = self._next_job
+        self._next_job += 1
+        rank = self.ranks[client]
+        projected = self.aggregator.project(self.outcome.global_state, rank)
+        sent = self.aggregator.personalize(projected, client)
+        self.in_flight[job_id] = Job(job_id, client, self.policy.version, sent)
+        size = self.aggregator.transmitted_bytes(sent)  # the update returns at the same shape
+        return Send(job_id, client, self.policy.version, rank, sent, size)
+
+    def _resolve(self, source: Source, job: int | None) -> AdapterState:
+        if source is Source.GLOBAL:
+            return self.outcome.global_state
+        assert job is not None, f"a {source.value} term names no job"
+        update, sent = self._held[job]
+        return update if source is Source.UPDATE else sent
+
+    def _merge(self, merge: Merge, now: float) -> None:
+        states = [self._resolve(term.source, term.job) for term in merge.terms]
+        weights = [term.weight for term in merge.terms]
+        self.outcome.global_state = self.aggregator.combine(states, weights)
+        self._release(merge.release)
+        self.outcome.steps = self.policy.version
+        self.outcome.rounds = self.policy.rounds
+        jobs = [t.job for t in merge.terms if t.source is Source.UPDATE]
+        self._applied.update(j for j in jobs if j is not None)
+        self.outcome.applied = len(self._applied)
+        self._emit(
+            "merge",
+            now,
+            version=self.policy.version,
+            round=self.policy.rounds,
+            jobs=jobs,
+            weights=weights,
+        )
+        if self._evaluation_due(now):
+            self._evaluate(now)
+        max_steps = self.config.server.max_steps
+        if max_steps is not None and self.policy.version >= max_steps:
+            self.stop(f"{max_steps} server steps reached")
+        self._check_rounds()
+
+    def _check_rounds(self) -> None:
+        self.outcome.rounds = self.policy.rounds
+        if self.policy.rounds >= self.config.server.rounds:
+            self.stop(f"{self.config.server.rounds} rounds reached")
+
+    def _release(self, jobs: Sequence[int]) -> None:
+        for job in jobs:
+            self._held.pop(job, None)
+
+    # -- evaluation and bookkeeping -----------------------------------------------------------
+
+    def _evaluation_due(self, now: float) -> bool:
+        every_seconds = self.config.eval.every_seconds
+        if every_seconds is not None:
+            return now - self._last_eval_time >= every_seconds
+        return self.policy.version % self.config.eval.every == 0
+
+    def _evaluate(self, now: float) -> None:
+        self._last_eval_time = now
+        metrics = self.evaluator.evaluate(self.outcome.global_state)
+        evaluation = Evaluation(
+            step=self.policy.version,
+            round=self.policy.rounds,
+            time=now,
+            wall=self.log.wall(),
+            metrics=metrics,
+        )
+        self.outcome.evaluations.append(evaluation)
+        self._emit("eval", now, version=evaluation.step, round=evaluation.round, metrics=metrics)
+        target = self.config.eval.target
+        reached = target is not None and metrics.get(target.metric, -math.inf) >= target.value
+        if target is not None and reached and self.outcome.target is None:
+            self.outcome.target = evaluation
+            if target.stop:
+                self.stop(f"target {target.metric} ≥ {target.value:g} reached")
+        if self.progress is not None:
+            self.progress(self.outcome)
+
+    def _evaluate_client(self, job: Job, state: AdapterState, now: float) -> None:
+        scores = self.evaluator.evaluate_client(job.client, state)
+        if scores is None:
+            return
+        local = LocalEvaluation(job.client, job.version, now, scores.own, scores.dev)
+        self.outcome.local_evaluations.append(local)
+        self._emit(
+            "local_eval",
+            now,
+            job=job.id,
+            client=job.client,
+            started_from=job.version,
+            own=scores.own,
+            dev=scores.dev,
+        )
+
+    def _count_busy(self, job: Job, now: float) -> None:
+        busy = self.outcome.busy_time
+        busy[job.client] = busy.get(job.client, 0.0) + now - job.dispatched
+
+    def _emit(self, kind: str, now: float, **fields: object) -> None:
+        self.log.emit(kind, t=now, wall=self.log.wall(), **fields)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> Snapshot:
+        """The core's whole state: the policy's and the aggregator's with it."""
+        snap = Snapshot()
+        snap.put_state("global", self.outcome.global_state)
+        jobs = []
+        for job in self.in_flight.values():
+            snap.put_state(f"sent.{job.id}", job.sent)
+            jobs.append([job.id, job.client, job.version, job.dispatched])
+        for job_id, (update, sent) in self._held.items():
+            snap.put_state(f"held.{job_id}.update", update)
+            snap.put_state(f"held.{job_id}.sent", sent)
+        for name, tensor in self.aggregator.state_dict().items():
+            snap.tensors[f"aggregator.{name}"] = tensor
+        snap.meta.update(
+            outcome=self.outcome.to_json(),
+            jobs=jobs,
+            held=sorted(self._held),
+            applied=sorted(self._applied),
+            next_job=self._next_job,
+            last_eval_time=self._last_eval_time,
+            stopped=self.stopped,
+            policy=self.policy.state_dict(),
+        )
+        return snap
+
+    def load_state_dict(self, snap: Snapshot) -> None:
+        meta = snap.meta
+        self.outcome = Outcome.from_json(meta["outcome"], snap.get_state("global"))
+        self.in_flight = {
+            job_id: Job(job_id, client, version, snap.get_state(f"sent.{job_id}"), dispatched)
+            for job_id, client, version, dispatched in meta["jobs"]
+        }
+        self._held = {
+            job_id: (snap.get_state(f"held.{job_id}.update"), snap.get_state(f"held.{job_id}.sent"))
+            for job_id in meta["held"]
+        }
+        self._applied = set(meta["applied"])
+        self._next_job = meta["next_job"]
+        self._last_eval_time = meta["last_eval_time"]
+        self.stopped = meta["stopped"]
+        self.policy.load_state_dict(meta["policy"])
+        prefix = "aggregator."
+        self.aggregator.load_state_dict(
+            {k.removeprefix(prefix): t for k, t in snap.tensors.items() if k.startswith(prefix)}
+        )
