@@ -133,7 +133,7 @@ class AdapterState:
         }
         return save_safetensors(
             {k: v.contiguous() for k, v in tensors.items()},
-            metadata={_ALPHAS_KEY: json.dumps(alphas)},
+            metadata={_ALPHAS_KEY: json.dumps(alphas, sort_keys=True)},  # canonical bytes
         )
 
     @classmethod

@@ -117,6 +117,13 @@ def run(
         except Interrupted as stop:
             console.print(str(stop), highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
+        except KeyboardInterrupt:
+            console.print(
+                f"stopped at once; fedlora run --resume {folder} continues from the last"
+                " checkpoint, if the run had made one",
+                highlight=False,
+            )
+            raise typer.Exit(code=130) from None
     final = summary["final"]
     metrics = "  ".join(f"{k}={final[k]:.4f}" for k in ("accuracy", "f1", "loss") if k in final)
     typer.echo(

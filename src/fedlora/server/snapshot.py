@@ -32,7 +32,8 @@ class Snapshot:
         return AdapterState.from_bytes(self.tensors[name].numpy().tobytes())
 
     def to_bytes(self) -> bytes:
-        tensors = {k: v.contiguous() for k, v in self.tensors.items()}
+        # copies: tensors of the live state may share memory, which safetensors refuses
+        tensors = {k: v.detach().clone().contiguous() for k, v in self.tensors.items()}
         return save_safetensors(tensors, metadata={_META_KEY: json.dumps(self.meta)})
 
     @classmethod
