@@ -1,4 +1,9 @@
-"""The ``fedlora`` command: run an experiment, compare runs, export the adapter."""
+"""The ``fedlora`` command: run an experiment, compare runs, export the adapter.
+
+Only what every command needs is imported here: torch, transformers, peft and matplotlib are
+imported inside the commands that use them, so ``fedlora --help`` and ``fedlora list`` start
+at once.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default run never needs a hu
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedlora import aggregation, policies
 from fedlora.config import ConfigError, load_config
 from fedlora.data.sources import DataError
 from fedlora.data.tasks import available_tasks
-from fedlora.results.store import RunFolderError
+from fedlora.results.errors import RunFolderError
 
 if TYPE_CHECKING:  # matplotlib is slow to import; only `fedlora partition` needs it
     from fedlora.data.describe import PartitionDescription
@@ -55,6 +59,14 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Simulate a federated LoRA fine-tuning run and write its results folder."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from fedlora.experiment import run_experiment
     from fedlora.sim.engine import Outcome
 

@@ -15,6 +15,7 @@ from typing import Any
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
+from fedlora.results.errors import RunFolderError
 from fedlora.sim.engine import Evaluation, Outcome
 
 CONFIG_FILE = "config.yaml"
@@ -24,10 +25,6 @@ SUMMARY_FILE = "summary.json"
 GLOBAL_FILE = "global.safetensors"
 ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
-
-
-class RunFolderError(ValueError):
-    """A folder that is not a finished fedlora run (the message names the missing file)."""
 
 
 def _evaluation_row(evaluation: Evaluation) -> dict[str, Any]:
