@@ -174,8 +174,7 @@ def study(
 ) -> None:
     """Run a study's sweep (finished cells are skipped), then write its table and plot.
 
-    ``--arms``, ``--seeds`` and ``--tasks`` narrow what runs; the table and the plot cover
-    every finished cell of the study.
+    --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
     """
     from fedlora.experiment import run_experiment
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
