@@ -7,6 +7,7 @@ at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlora import aggregation, policies
-from fedlora.config import ConfigError, load_config
+from fedlora.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedlora.data.sources import DataError
 from fedlora.data.tasks import available_tasks
 from fedlora.results.errors import RunFolderError
@@ -228,7 +229,8 @@ def partition(
         typer.Option(help="Context score to describe (default: the partition's, else length)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the PNG and JSON (results/partition/<name>).")
+        Path | None,
+        typer.Option(help="Folder for the PNG and JSON (results/partition/<name>-<config hash>)."),
     ] = None,
 ) -> None:
     """Show how a config divides the data among clients, without training anything."""
@@ -249,12 +251,18 @@ def partition(
     except _USER_ERRORS as error:
         raise _fail(error) from None
     description = describe_partition(data, chosen)
-    folder = out or Path("results") / "partition" / config.name
+    folder = out or partition_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     plot_partition(data, description, folder / f"{chosen}.png")
     (folder / f"{chosen}.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
     _print_partition(description)
     typer.echo(f"plot: {folder / f'{chosen}.png'}")
+
+
+def partition_folder(config: ExperimentConfig) -> Path:
+    """results/partition/<name>-<hash of the resolved config>: other overrides, other folder."""
+    digest = hashlib.sha256(dump_config(config).encode()).hexdigest()[:8]
+    return Path("results") / "partition" / f"{config.name}-{digest}"
 
 
 def _print_partition(description: PartitionDescription) -> None:
