@@ -82,6 +82,7 @@ def test_bad_config_stops_before_training(tmp_path: Path, tiny_config: dict) -> 
 
 
 def test_report_compares_runs(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["eval"]["target"]["value"] = 0.6  # a target line inside the plotted range
     run_cli(tmp_path, tiny_config, tmp_path / "one")
     tiny_config["train"]["lr"] = 1.0e-3
     run_cli(tmp_path, tiny_config, tmp_path / "two")
