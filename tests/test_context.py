@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from fedlora.client.model import load_tokenizer
 from fedlora.config import ModelConfig
-from fedlora.data import Example, LabelledSplit, encode_split
+from fedlora.data import Example, LabelledSplit
 from fedlora.data.context import lexical_diversity, quantile_buckets, sentence_count, text_scores
+from fedlora.data.encoding import encode_split
 from fedlora.data.tasks import TASKS
 
 

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora.config import DegradeConfig, PartitionConfig
-from fedlora.data import Example, LabelledSplit, partition
+from fedlora.data import Example, LabelledSplit
 from fedlora.data.degrade import chosen_clients, degrade, degrade_text
+from fedlora.data.partition import partition
 from fedlora.data.tasks import TASKS
 
 WORDS = ["red", "blue", "green", "cat", "dog", "bird", "runs", "sleeps", "eats", "fast"]

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fedlora.data import EncodedSplit, Example, LabelledSplit, clear_memo, collate, encode_split
+from fedlora.data import Example, LabelledSplit
+from fedlora.data.encoding import EncodedSplit, clear_memo, collate, encode_split
 from fedlora.data.tasks import TASKS
 
 

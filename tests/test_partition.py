@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora.config import PartitionConfig
-from fedlora.data import PartitionError, partition
+from fedlora.data.partition import PartitionError, partition
 
 
 def majority_share(labels: np.ndarray, clients: list[np.ndarray]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,7 @@ def test_bad_config_stops_before_training(tmp_path: Path, tiny_config: dict) -> 
 
 
 def test_report_compares_runs(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["eval"]["target"]["value"] = 0.6  # a target line inside the plotted range
     run_cli(tmp_path, tiny_config, tmp_path / "one")
     tiny_config["train"]["lr"] = 1.0e-3
     run_cli(tmp_path, tiny_config, tmp_path / "two")
@@ -134,6 +136,7 @@ def test_export_loads_in_stock_peft_with_identical_predictions(
     run_cli(tmp_path, tiny_config, run)
     result = runner.invoke(app, ["export", str(run), str(tmp_path / "adapter")])
     assert result.exit_code == 0, result.output
+    assert_plain_file_modes(tmp_path / "adapter")
 
     # A user rebuilds the same random base (same seed, same sizes) and loads the adapter.
     torch.manual_seed(tiny_config["seed"])
@@ -169,6 +172,7 @@ def test_export_merged_model_predicts_like_the_adapter(tmp_path: Path, tiny_conf
     assert (
         runner.invoke(app, ["export", str(run), str(tmp_path / "merged"), "--merge"]).exit_code == 0
     )
+    assert_plain_file_modes(tmp_path / "merged")
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert merged.config.id2label == {0: "different", 1: "same"}
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
@@ -183,6 +187,15 @@ def test_export_merged_model_predicts_like_the_adapter(tmp_path: Path, tiny_conf
     resident.model.eval()
     with torch.no_grad():
         assert torch.allclose(merged(**batch).logits, resident.model(**batch).logits, atol=1e-5)
+
+
+def assert_plain_file_modes(folder: Path) -> None:
+    """Every exported file has the mode a plain write gets under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir() if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
 
 def test_list_shows_registries() -> None:

@@ -1,7 +1,13 @@
-"""The ``fedlora`` command: run an experiment, compare runs, export the adapter."""
+"""The ``fedlora`` command: run an experiment, compare runs, export the adapter.
+
+Only what every command needs is imported here: torch, transformers, peft and matplotlib are
+imported inside the commands that use them, so ``fedlora --help`` and ``fedlora list`` start
+at once.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,16 +18,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default run never needs a hu
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedlora import aggregation, policies
-from fedlora.config import ConfigError, load_config
+from fedlora.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedlora.data.sources import DataError
 from fedlora.data.tasks import available_tasks
-from fedlora.results.store import RunFolderError
+from fedlora.results.errors import RunFolderError
 
-if TYPE_CHECKING:  # matplotlib is slow to import; only `fedlora partition` needs it
+if TYPE_CHECKING:
+    from fedlora.config import (
+        ExperimentConfig,
+    )  # matplotlib is slow to import; only `fedlora partition` needs it
     from fedlora.data.describe import PartitionDescription
 
 app = typer.Typer(
@@ -62,9 +70,16 @@ def run(
 ) -> None:
     """Simulate a federated LoRA fine-tuning run and write its results folder.
 
-    The run checkpoints as it goes; Ctrl-C stops it at the next safe point, and
-    --resume DIR continues it exactly where it stopped.
+    It checkpoints as it goes: Ctrl-C stops it at a safe point, --resume DIR continues it exactly.
     """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
     from fedlora.results.store import read_config
@@ -196,10 +211,8 @@ def study(
 ) -> None:
     """Run a study's sweep (finished cells are skipped), then write its table and plot.
 
-    ``--arms``, ``--seeds`` and ``--tasks`` narrow what runs; the table and the plot cover
-    every finished cell of the study.
+    --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
     """
-    from fedlora.config import ExperimentConfig
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
@@ -261,7 +274,8 @@ def partition(
         typer.Option(help="Context score to describe (default: the partition's, else length)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the PNG and JSON (results/partition/<name>).")
+        Path | None,
+        typer.Option(help="Folder for the PNG and JSON (results/partition/<name>-<config hash>)."),
     ] = None,
 ) -> None:
     """Show how a config divides the data among clients, without training anything."""
@@ -282,12 +296,18 @@ def partition(
     except _USER_ERRORS as error:
         raise _fail(error) from None
     description = describe_partition(data, chosen)
-    folder = out or Path("results") / "partition" / config.name
+    folder = out or partition_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     plot_partition(data, description, folder / f"{chosen}.png")
     (folder / f"{chosen}.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
     _print_partition(description)
     typer.echo(f"plot: {folder / f'{chosen}.png'}")
+
+
+def partition_folder(config: ExperimentConfig) -> Path:
+    """results/partition/<name>-<hash of the resolved config>: other overrides, other folder."""
+    digest = hashlib.sha256(dump_config(config).encode()).hexdigest()[:8]
+    return Path("results") / "partition" / f"{config.name}-{digest}"
 
 
 def _print_partition(description: PartitionDescription) -> None:

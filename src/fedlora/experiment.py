@@ -25,7 +25,7 @@ from fedlora.config import ConfigError, ExperimentConfig, resolve_data_dir
 from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
 from fedlora.results.events import EventLog
-from fedlora.results.plots import plot_curves
+from fedlora.results.plots import plot_curves, run_title
 from fedlora.results.store import (
     ADAPTER_DIR,
     CURVES_FILE,
@@ -175,6 +175,6 @@ def run_experiment(
         outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
     )
     curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
-    plot_curves({config.name: curves}, list(prepared.task.metrics), folder / CURVES_FILE)
+    plot_curves({config.name: curves}, [summary], folder / CURVES_FILE, run_title(summary))
     remove_checkpoint(folder)
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fedlora.client.model import build_resident_model, model_path, write_adapter_folder
@@ -13,6 +14,7 @@ def export_adapter(run_folder: Path, out: Path) -> None:
     config = read_config(run_folder)
     state = read_global_state(run_folder)
     write_adapter_folder(state, out, config.lora, model_path(config.model.name))
+    _apply_umask(out)
 
 
 def export_merged(run_folder: Path, out: Path) -> None:
@@ -29,3 +31,13 @@ def export_merged(run_folder: Path, out: Path) -> None:
     merged.config.label2id = {label: i for i, label in enumerate(labels)}
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _apply_umask(out)
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give every file the mode a plain write gets: safetensors writes 0600 through a temp file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)

@@ -1,8 +1,14 @@
-"""Name -> class registries: config names select implementations without if/elif chains."""
+"""Name -> class registries: config names select implementations without if/elif chains.
+
+A registry may also know names before their classes are imported: ``modules`` maps each name to
+the module whose import registers it. Listing and validating names then costs no import (no
+torch for ``fedlora list`` or config checks); ``get`` imports the module on first use.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -11,8 +17,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Classes registered under config names; ``key`` is the config key that selects one."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, modules: Mapping[str, str] | None = None) -> None:
         self.key = key
+        self.modules = dict(modules or {})
         self._classes: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -25,9 +32,11 @@ class Registry(Generic[T]):
         return decorate
 
     def available(self) -> list[str]:
-        return sorted(self._classes)
+        return sorted(self._classes.keys() | self.modules.keys())
 
     def get(self, name: str) -> type[T]:
+        if name not in self._classes and name in self.modules:
+            importlib.import_module(self.modules[name])
         try:
             return self._classes[name]
         except KeyError:

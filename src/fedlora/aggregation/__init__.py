@@ -1,8 +1,25 @@
-"""Aggregators, registered by name: ``available()`` lists what ``server.aggregator`` accepts."""
+"""Aggregators, registered by name: ``available()`` lists what ``server.aggregator`` accepts.
 
-from fedlora.aggregation import fedavg as _fedavg  # noqa: F401  (fedavg, zeropad, hetlora, fedsa)
-from fedlora.aggregation import flora as _flora  # noqa: F401  (flora)
-from fedlora.aggregation import hlora as _hlora  # noqa: F401  (hlora, flexlora)
-from fedlora.aggregation.base import Aggregator, available, create
+Importing this package does not import torch: ``available()`` answers from
+:mod:`~fedlora.aggregation.catalog`, and ``Aggregator`` and ``create`` load the tensor code the
+first time they are used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fedlora.aggregation.catalog import available
+
+if TYPE_CHECKING:
+    from fedlora.aggregation.base import Aggregator, create
 
 __all__ = ["Aggregator", "available", "create"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Aggregator", "create"):
+        from fedlora.aggregation import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedlora.adapters import AdapterState, LoraFactors
+from fedlora.aggregation.catalog import registry
 from fedlora.config import LoraConfig, ServerConfig
-from fedlora.registry import Registry
 
 
 class NoOptions(BaseModel):
@@ -116,14 +116,6 @@ class Aggregator(ABC):
     def transmitted_bytes(self, state: AdapterState) -> int:
         """Bytes of ``state`` that cross the network (all of it, unless parts stay local)."""
         return state.num_bytes()
-
-
-registry: Registry[Aggregator] = Registry("server.aggregator")
-
-
-def available() -> list[str]:
-    """The registered aggregator names (the values ``server.aggregator`` accepts)."""
-    return registry.available()
 
 
 def create(

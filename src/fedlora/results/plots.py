@@ -1,34 +1,64 @@
-"""Learning curves: a metric against virtual time and against server steps."""
+"""Learning curves: every metric (loss beside accuracy) against virtual time and server steps."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 Rows = Sequence[Mapping[str, float]]
 
+_X_AXES = (("virtual_time_s", "virtual time (s)"), ("step", "server step"))
+_NOT_METRICS = {"step", "round", "virtual_time_s", "wall_time_s"}
 
-def plot_curves(runs: Mapping[str, Rows], metrics: Sequence[str], path: Path) -> None:
-    """One row of panels per metric: vs virtual time (left) and vs server step (right)."""
+
+def run_title(summary: Mapping[str, Any]) -> str:
+    """Name, policy, aggregator and task of a run, from its summary."""
+    return f"{summary['name']}: {summary['policy']} × {summary['aggregator']} on {summary['task']}"
+
+
+def curve_metrics(runs: Mapping[str, Rows]) -> list[str]:
+    """The metrics every run recorded, in recorded order with loss last."""
+    shared = [k for k in next(iter(runs.values()))[0] if k not in _NOT_METRICS]
+    shared = [m for m in shared if all(m in rows[0] for rows in runs.values())]
+    return sorted(shared, key=lambda m: m == "loss")
+
+
+def plot_curves(
+    runs: Mapping[str, Rows], summaries: Sequence[Mapping[str, Any]], path: Path, title: str
+) -> None:
+    """Write :func:`curve_figure` to ``path``."""
+    figure = curve_figure(runs, summaries, title)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def curve_figure(
+    runs: Mapping[str, Rows], summaries: Sequence[Mapping[str, Any]], title: str
+) -> Figure:
+    """One column per metric, one row per x axis; each run's ``eval.target`` as a dashed line."""
+    metrics = curve_metrics(runs)
+    targets = {(s["target"]["metric"], s["target"]["value"]) for s in summaries if "target" in s}
     figure, axes = plt.subplots(
-        len(metrics), 2, figsize=(11, 3.6 * len(metrics)), squeeze=False, constrained_layout=True
+        2, len(metrics), figsize=(4.4 * len(metrics), 7), squeeze=False, constrained_layout=True
     )
-    for row, metric in enumerate(metrics):
-        for column, (x_key, x_label) in enumerate(
-            [("virtual_time_s", "virtual time (s)"), ("step", "server step")]
-        ):
+    figure.suptitle(title)
+    for row, (x_key, x_label) in enumerate(_X_AXES):
+        for column, metric in enumerate(metrics):
             ax = axes[row][column]
             for label, rows in runs.items():
                 points = [(r[x_key], r[metric]) for r in rows if metric in r]
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+            for value in sorted(v for m, v in targets if m == metric):
+                ax.axhline(value, color="grey", linestyle="--", label=f"target {value:g}")
             ax.set_xlabel(x_label)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return figure

@@ -7,10 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
-from fedlora.results.plots import plot_curves
+from fedlora.results.plots import plot_curves, run_title
 from fedlora.results.store import read_metrics, read_summary
-
-_CURVE_METRICS = ("accuracy", "f1", "loss")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -72,10 +70,13 @@ def comparison_table(folders: list[Path]) -> Table:
     return table
 
 
-def write_comparison_plot(folders: list[Path], path: Path) -> list[str]:
-    """Overlay every run's curves; returns the metrics plotted."""
-    runs = {folder.name: read_metrics(folder) for folder in folders}
-    present = set.intersection(*(set(rows[0]) for rows in runs.values()))
-    metrics = [m for m in _CURVE_METRICS if m in present]
-    plot_curves(runs, metrics, path)
-    return metrics
+def write_comparison_plot(folders: list[Path], path: Path) -> None:
+    """Overlay every run's curves; the legend names each run and its policy × aggregator."""
+    summaries = [read_summary(folder) for folder in folders]
+    runs = {
+        f"{folder.name} ({s['policy']} × {s['aggregator']})": read_metrics(folder)
+        for folder, s in zip(folders, summaries, strict=True)
+    }
+    tasks = ", ".join(sorted({s["task"] for s in summaries}))
+    title = run_title(summaries[0]) if len(folders) == 1 else f"{len(folders)} runs on {tasks}"
+    plot_curves(runs, summaries, path, title)

@@ -15,6 +15,7 @@ from typing import Any
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
+from fedlora.results.errors import RunFolderError
 from fedlora.server.outcome import Evaluation, Outcome
 from fedlora.server.snapshot import Snapshot, write_atomically
 
@@ -26,10 +27,6 @@ GLOBAL_FILE = "global.safetensors"
 ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-
-
-class RunFolderError(ValueError):
-    """A folder that is not a finished fedlora run (the message names the missing file)."""
 
 
 def _evaluation_row(evaluation: Evaluation) -> dict[str, Any]:
