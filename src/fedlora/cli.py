@@ -26,10 +26,9 @@ from fedlora.data.sources import DataError
 from fedlora.data.tasks import available_tasks
 from fedlora.results.errors import RunFolderError
 
+# Types only: these modules pull in torch or matplotlib, which only some commands need.
 if TYPE_CHECKING:
-    from fedlora.config import (
-        ExperimentConfig,
-    )  # matplotlib is slow to import; only `fedlora partition` needs it
+    from fedlora.config import ExperimentConfig
     from fedlora.data.describe import PartitionDescription
 
 app = typer.Typer(
