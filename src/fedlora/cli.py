@@ -17,6 +17,7 @@ from rich.table import Table
 
 from fedlora import aggregation, policies
 from fedlora.config import ConfigError, load_config
+from fedlora.data.partition import PartitionError
 from fedlora.data.sources import DataError
 from fedlora.data.tasks import available_tasks
 from fedlora.results.store import RunFolderError
@@ -31,7 +32,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-_USER_ERRORS = (ConfigError, DataError, RunFolderError)
+_USER_ERRORS = (ConfigError, DataError, PartitionError, RunFolderError)
 
 
 ConfigFile = Annotated[Path, typer.Argument(help="Experiment YAML file.")]
@@ -56,13 +57,15 @@ def run(
 ) -> None:
     """Simulate a federated LoRA fine-tuning run and write its results folder."""
     from fedlora.experiment import run_experiment
+    from fedlora.preflight import check
     from fedlora.sim.engine import Outcome
 
     try:
         config = load_config(config_file, set_ or [])
-    except ConfigError as error:
+        folder = _out_folder(out, Path("results") / config.name)
+        check(config)
+    except _USER_ERRORS as error:
         raise _fail(error) from None
-    folder = out or Path("results") / config.name
     if folder.exists() and any(folder.iterdir()):
         if not overwrite:
             raise _fail(ConfigError(f"{folder} already holds a run; pass --overwrite or --out"))
@@ -98,6 +101,14 @@ def run(
         f" wall {summary['wall_time_s']:.0f}s"
     )
     typer.echo(f"results: {folder}")
+
+
+def _out_folder(out: Path | None, default: Path) -> Path:
+    """``--out`` (else ``default``), refused early when it names a file."""
+    folder = out or default
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out: {folder} is a file, not a folder")
+    return folder
 
 
 @app.command()
@@ -166,6 +177,7 @@ def study(
     every finished cell of the study.
     """
     from fedlora.experiment import run_experiment
+    from fedlora.preflight import Preflight
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
     from fedlora.studies.table import plot_local, plot_study, study_table
 
@@ -192,6 +204,13 @@ def study(
     def announce(cell: Cell, status: str) -> None:
         console.print(f"{status}: {cell.folder}", highlight=False)
 
+    preflight = Preflight()
+    for cell in cells:
+        if not cell.done:
+            try:
+                preflight.check(cell.config)
+            except _USER_ERRORS as error:
+                raise _fail(ConfigError(f"cell {cell.folder}: {error}")) from None
     try:
         run_sweep(cells, run_experiment, announce)
     except _USER_ERRORS as error:
@@ -225,9 +244,12 @@ def partition(
     from fedlora.data.context import SCORES
     from fedlora.data.describe import describe_partition, plot_partition
     from fedlora.data.federated import prepare_data
+    from fedlora.preflight import check
 
     try:
         config = load_config(config_file, set_ or [])
+        folder = _out_folder(out, Path("results") / "partition" / config.name)
+        check(config)
         by = config.data.partition.by
         chosen = score or (by if by != "label" else "length")
         if chosen not in SCORES:
@@ -238,7 +260,6 @@ def partition(
     except _USER_ERRORS as error:
         raise _fail(error) from None
     description = describe_partition(data, chosen)
-    folder = out or Path("results") / "partition" / config.name
     folder.mkdir(parents=True, exist_ok=True)
     plot_partition(data, description, folder / f"{chosen}.png")
     (folder / f"{chosen}.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
