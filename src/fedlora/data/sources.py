@@ -181,8 +181,8 @@ def _two_classes(path: Path, column: str, seen: Collection[str]) -> None:
     """Fail unless a train file holds at least two labels: one class teaches nothing."""
     if len(seen) < 2:
         raise DataError(
-            f"{path}: {len(seen)} distinct label(s) {_names(sorted(seen))} in column"
-            f" {column!r}; a classifier needs at least two"
+            f"{path}: {len(seen)} distinct label(s) in column {column!r}"
+            f" ({_names(sorted(seen)) or 'no rows'}); a classifier needs at least two"
         )
 
 
