@@ -226,3 +226,14 @@ def test_readme_lists_every_case() -> None:
     text = README.read_text(encoding="utf-8")
     for case in CASES:
         assert f"| {case.input} | `{case.message}` |" in text, case.input
+
+
+def test_a_failed_check_leaves_an_overwritable_folder_alone(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    args = _run("data.task=rte", "data.dir=no-such-folder")(tmp_path, tiny_config)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.txt").write_text("x\n", encoding="utf-8")
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and "data.dir: folder" in result.output
+    assert (tmp_path / "out" / "thesis.txt").read_text(encoding="utf-8") == "x\n"

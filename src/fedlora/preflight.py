@@ -139,7 +139,8 @@ def _model_facts(config: ModelConfig) -> _ModelFacts:
         raise ConfigError(f"model.name: cannot load model {path!r}: {where}{reason}") from None
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(model_config)
-    adaptable, others = [], []
+    adaptable: list[str] = []
+    others: list[str] = []
     for name, module in model.named_modules():
         (adaptable if isinstance(module, _ADAPTABLE) else others).append(name)
     positions = getattr(model_config, "max_position_embeddings", None)
