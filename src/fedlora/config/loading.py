@@ -109,7 +109,9 @@ def _override_origins(pairs: list[str], origins: Origins) -> Origins:
         path = tuple(pair.partition("=")[0].strip().split("."))
         for key in [k for k in blamed if k[: len(path)] == path]:
             del blamed[key]
-        blamed[path] = f"--set {pair}"
+        # one line, without the document end a YAML dump of a scalar adds ("3\n...")
+        shown = " ".join(line.strip() for line in pair.splitlines() if line.strip() != "...")
+        blamed[path] = f"--set {shown}"
     return blamed
 
 
