@@ -111,6 +111,12 @@ CASES = [
         _study,
     ),
     Case(
+        "a Dirichlet partition that no draw can give every client `min_size` examples",
+        "data.partition.min_size: no Dirichlet draw in 100 gave all 20 clients (clients.num)"
+        " at least 4 of 120 examples with data.partition.alpha=0.01",
+        _run("clients.num=20", "data.partition.alpha=0.01"),
+    ),
+    Case(
         "an empty dev split",
         "the 'dev' split has no examples",
         _with_file("dev", HEADER),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -19,6 +20,8 @@ from transformers.pytorch_utils import Conv1D
 from fedlora import aggregation
 from fedlora.client.model import _gguf, model_path
 from fedlora.config import ConfigError, ExperimentConfig, ModelConfig, resolve_data_dir
+from fedlora.data.federated import _subset
+from fedlora.data.partition import partition
 from fedlora.data.sources import LabelledSplit, load_split
 from fedlora.sim.profiles import draw_profiles
 
@@ -43,7 +46,8 @@ class Preflight:
         self._models: dict[str, _ModelFacts] = {}
 
     def check(self, config: ExperimentConfig) -> None:
-        """Raise :class:`ConfigError` (or ``DataError``) naming the key or file at fault."""
+        """Raise :class:`ConfigError` (or ``DataError``, ``PartitionError``) naming the key or
+        file at fault."""
         _check_aggregator(config)
         self._check_model(config)
         self._check_data(config)
@@ -83,6 +87,11 @@ class Preflight:
                 f" {needed} training examples, but {train.origin} gives {examples}"
                 + (" (data.max_train_examples)" if examples < len(train.examples) else "")
             )
+        if data.partition.method == "dirichlet" and data.partition.by == "label":
+            # the draw the run will make, on the labels alone: a failure here is a message
+            kept = _subset(train, data.max_train_examples, config.seed)
+            labels = np.array([example.label for example in kept.examples])
+            partition(labels, config.clients.num, data.partition, config.seed)
         evaluation = self._split(config, config.eval.split)
         if not evaluation.examples:
             raise ConfigError(
