@@ -51,14 +51,18 @@ def test_malformed_override(bad: str) -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("server:\n  roundz: 3\n", r"exp.yaml:2: server.roundz: Extra inputs are not permitted"),
+        (
+            "server:\n  roundz: 3\n",
+            r"exp.yaml:2: server.roundz: unknown key 'roundz'; did you mean 'rounds'\?",
+        ),
+        ("zzz: 3\n", r"exp.yaml:1: zzz: unknown key 'zzz'; valid keys: name, seed, data"),
         (
             "seed: 0\nlora:\n  r: 0\n",
             r"exp.yaml:3: lora.r: Input should be greater than or equal to 1",
         ),
         (
             "clients:\n  num: 3\nserver:\n  per_round: 5\n",
-            r"server.per_round: 5 clients per round but clients.num is 3",
+            r"exp.yaml:4: server.per_round: 5 clients per round but clients.num is 3",
         ),
         (
             "server:\n  rounds: many\n",
@@ -71,7 +75,25 @@ def test_malformed_override(bad: str) -> None:
         ("server:\n  aggregator: nope\n", r"server.aggregator: unknown aggregator 'nope'"),
         (
             "clients:\n  speed: {distribution: pareto, alpah: 1}\n",
-            r"exp.yaml:2: clients.speed.alpah: Extra inputs",
+            r"exp.yaml:2: clients.speed.alpah: unknown key 'alpah'; did you mean 'alpha'\?",
+        ),
+        ("server:\n  rounds: true\n", r"exp.yaml:2: server.rounds: .* valid integer, got True"),
+        ("server:\n  rounds: '3'\n", r"exp.yaml:2: server.rounds: .* valid integer, got '3'"),
+        ("lora:\n  alpha: .inf\n", r"exp.yaml:2: lora.alpha: Input should be a finite number"),
+        ("train:\n  lr: .nan\n", r"exp.yaml:2: train.lr: Input should be a finite number"),
+        ("eval:\n  target: {value: .inf}\n", r"exp.yaml:2: eval.target.value: .* finite"),
+        ("server:\n  rounds: 2\n  rounds: 3\n", r"exp.yaml:3: duplicate key 'server.rounds'"),
+        (
+            "clients: {num: 2, ranks: [2, 4, 8]}\n",
+            r"exp.yaml:1: clients.ranks: 3 ranks listed for 2 clients",
+        ),
+        (
+            "clients:\n  num: 2\nserver:\n  policy: fedfa\n  concurrency: 3\n",
+            r"exp.yaml:5: server.concurrency: 3 clients training at once but clients.num is 2",
+        ),
+        (
+            "lora: {r: 8}\nserver:\n  global_rank: 4\n",
+            r"exp.yaml:3: server.global_rank: 4 is below the largest client rank 8",
         ),
         ("clients:\n  speed: {distribution: gamma}\n", r"clients.speed: .*'constant', 'uniform'"),
         ("train:\n  local_epochs: 1\n", r"train: set exactly one of local_steps and local_epochs"),
@@ -89,6 +111,31 @@ def test_errors_name_the_key_and_line(tmp_path: Path, yaml_text: str, message: s
 def test_override_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"lora\.r: Input should be greater"):
         load_config(write(tmp_path, "seed: 1\n"), ["lora.r=-2"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("server.rounds=-1", r"\n  --set server.rounds=-1: server.rounds: Input should be greater"),
+        ("server.per_round=9", r"\n  --set server.per_round=9: server.per_round: 9 clients"),
+        (
+            "clients.speed={distribution: pareto, alpha: -1}",
+            r"\n  --set clients.speed=\{distribution: pareto, alpha: -1\}: clients.speed.alpha:",
+        ),
+        ("server.rounds=[1", r"--set server.rounds=\[1: not a valid YAML value"),
+    ],
+)
+def test_override_errors_blame_the_set_not_the_file(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    text = "clients:\n  num: 4\n  speed: {distribution: pareto, alpha: 1}\nserver:\n  rounds: 3\n"
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), [override])
+
+
+def test_an_int_where_a_float_is_meant_stays_fine(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "lora: {alpha: 16}\ntrain: {lr: 1}\n"))
+    assert (cfg.lora.alpha, cfg.train.lr) == (16.0, 1.0)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
@@ -114,7 +161,13 @@ def test_data_folder_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    cfg = build_config({"name": "x", "clients": {"speed": {"distribution": "pareto", "cap": 60}}})
+    cfg = build_config(
+        {
+            "name": "x",
+            "data": {"dir": str(tmp_path)},
+            "clients": {"ranks": {2: 0.5, 8: 0.5}, "speed": {"distribution": "pareto", "cap": 60}},
+        }
+    )
     again = load_config(write(tmp_path, dump_config(cfg)))
     assert again == cfg
 

@@ -226,3 +226,12 @@ def test_hub_offline_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"hub is offline.*hub:nyu-mll/glue/mrpc/validation"):
         load_split(DataConfig(task="mrpc", source="hub"), None, "dev")
+
+
+@pytest.mark.parametrize("length", [131_072, 131_073, 1_000_000])
+def test_a_field_over_the_csv_default_limit_is_read(tmp_path: Path, length: int) -> None:
+    long = "word " * (length // 5) + "x" * (length % 5)
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text(f"sentence\tlabel\n{long}\t1\nshort\t0\n")
+    split = load_split(DataConfig(task="sst2"), tmp_path, "train")
+    assert [len(e.text_a) for e in split.examples] == [length, 5]

@@ -35,7 +35,10 @@ def test_plan_orders_seeds_outermost_and_names_bad_arms(tmp_path: Path, tiny_con
     assert cells[1].config.clients.ranks == [2, 2, 4, 4] and cells[1].config.seed == 0
     assert cells[3].folder == tmp_path / "out" / "csv" / "pad" / "seed1"
     bad = write_study(tmp_path, tiny_config, {"ok": {}, "typo": {"server.aggregatr": "hlora"}})
-    with pytest.raises(ConfigError, match=r"(?s)arm 'typo', seed 0: .*server\.aggregatr: Extra"):
+    with pytest.raises(
+        ConfigError,
+        match=r"arm 'typo', seed 0: .*\n  --set server.aggregatr=hlora: server\.aggregatr: unknown",
+    ):
         plan(load_study(bad), tmp_path / "out")
 
 

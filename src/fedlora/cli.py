@@ -22,13 +22,13 @@ from rich.table import Table
 
 from fedlora import aggregation, policies
 from fedlora.config import ConfigError, ExperimentConfig, dump_config, load_config
+from fedlora.data.partition import PartitionError
 from fedlora.data.sources import DataError
 from fedlora.data.tasks import available_tasks
 from fedlora.results.errors import RunFolderError
 
 # Types only: these modules pull in torch or matplotlib, which only some commands need.
 if TYPE_CHECKING:
-    from fedlora.config import ExperimentConfig
     from fedlora.data.describe import PartitionDescription
 
 app = typer.Typer(
@@ -38,7 +38,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-_USER_ERRORS = (ConfigError, DataError, RunFolderError)
+_USER_ERRORS = (ConfigError, DataError, PartitionError, RunFolderError)
 
 
 ConfigFile = Annotated[Path, typer.Argument(help="Experiment YAML file.")]
@@ -81,6 +81,7 @@ def run(
 
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
+    from fedlora.preflight import check
     from fedlora.results.store import read_config
     from fedlora.server import Outcome
 
@@ -95,7 +96,8 @@ def run(
             raise ConfigError("give an experiment YAML file, or --resume with a run folder")
         else:
             config = load_config(config_file, set_ or [])
-            folder = out or Path("results") / config.name
+            folder = _out_folder(out, Path("results") / config.name)
+        check(config)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     if resume is None and folder.exists() and any(folder.iterdir()):
@@ -146,6 +148,14 @@ def run(
         f" wall {summary['wall_time_s']:.0f}s"
     )
     typer.echo(f"results: {folder}")
+
+
+def _out_folder(out: Path | None, default: Path) -> Path:
+    """``--out`` (else ``default``), refused early when it names a file."""
+    folder = out or default
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out: {folder} is a file, not a folder")
+    return folder
 
 
 @app.command()
@@ -214,6 +224,7 @@ def study(
     """
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
+    from fedlora.preflight import Preflight
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
     from fedlora.studies.table import plot_local, plot_study, study_table
 
@@ -240,6 +251,13 @@ def study(
     def announce(cell: Cell, status: str) -> None:
         console.print(f"{status}: {cell.folder}", highlight=False)
 
+    preflight = Preflight()
+    for cell in cells:
+        if not cell.done:
+            try:
+                preflight.check(cell.config)
+            except _USER_ERRORS as error:
+                raise _fail(ConfigError(f"cell {cell.folder}: {error}")) from None
     with stop_requests(console.print) as interrupted:
 
         def run_cell(config: ExperimentConfig, folder: Path, resume: bool) -> object:
@@ -282,9 +300,12 @@ def partition(
     from fedlora.data.context import SCORES
     from fedlora.data.describe import describe_partition, plot_partition
     from fedlora.data.federated import prepare_data
+    from fedlora.preflight import check
 
     try:
         config = load_config(config_file, set_ or [])
+        folder = _out_folder(out, partition_folder(config))
+        check(config)
         by = config.data.partition.by
         chosen = score or (by if by != "label" else "length")
         if chosen not in SCORES:
@@ -295,7 +316,6 @@ def partition(
     except _USER_ERRORS as error:
         raise _fail(error) from None
     description = describe_partition(data, chosen)
-    folder = out or partition_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     plot_partition(data, description, folder / f"{chosen}.png")
     (folder / f"{chosen}.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")

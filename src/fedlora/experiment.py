@@ -1,7 +1,7 @@
 """One experiment end to end: config in, run folder out.
 
-Everything that can fail on bad input (config, data folder, files, metric names, ranks) is
-checked before the first training step, so a mistake costs seconds, not a run.
+Everything that can fail on bad input is checked by :mod:`fedlora.preflight` before the model
+loads, so a mistake costs seconds, not a run.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from fedlora.client.model import (
     model_path,
     write_adapter_folder,
 )
-from fedlora.config import ConfigError, ExperimentConfig, resolve_data_dir
+from fedlora.config import ExperimentConfig
 from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
+from fedlora.preflight import check
 from fedlora.results.events import EventLog
 from fedlora.results.plots import plot_curves, run_title
 from fedlora.results.store import (
@@ -55,17 +56,11 @@ class Prepared:
 
 
 def prepare(config: ExperimentConfig) -> Prepared:
-    resolve_data_dir(config)  # a missing data folder fails before the model loads
+    check(config)  # every mistake fails before the model loads
     if config.runtime.threads is not None:
         torch.set_num_threads(config.runtime.threads)
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config, tokenizer)
-    known = [*data.task.metrics, "loss"]
-    if config.eval.target is not None and config.eval.target.metric not in known:
-        raise ConfigError(
-            f"eval.target.metric: {config.eval.target.metric!r} is not reported for task"
-            f" {data.task.name!r}; choose one of {', '.join(known)}"
-        )
     model, _ = build_resident_model(
         config.model,
         config.lora,
@@ -107,16 +102,9 @@ def build_simulation(
     """The prepared experiment as a simulation: a server core driven in virtual time."""
     config = prepared.config
     profiles = draw_profiles(config.clients, config.lora.r, config.seed)
-    try:
-        aggregator = aggregation.create(
-            config.server.aggregator,
-            config.lora,
-            config.global_rank,
-            config.server.aggregator_options,
-        )
-        aggregator.check_setup([p.rank for p in profiles], config.server)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    aggregator = aggregation.create(
+        config.server.aggregator, config.lora, config.global_rank, config.server.aggregator_options
+    )
     clients = [
         policies.ClientInfo(c, len(indices)) for c, indices in enumerate(prepared.data.client_train)
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 GENERIC_TASKS = ("csv", "jsonl")
 
@@ -19,7 +19,14 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict where YAML is loose: no unknown keys, no ``inf``/``nan``, no ``true`` or ``"3"``
+    where a number is meant (an int where a float is meant is fine)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# YAML has no path type: a path is written as text.
+FilePath = Annotated[Path, Strict(False)]
 
 
 class PartitionConfig(_Section):
@@ -54,14 +61,14 @@ class DegradeConfig(_Section):
 
 class DataConfig(_Section):
     task: str = "mrpc"
-    dir: Path | None = None
+    dir: FilePath | None = None
     source: Literal["folder", "hub"] = "folder"
     max_length: Annotated[int, Field(ge=8)] = 128
     max_train_examples: Annotated[int | None, Field(ge=1)] = None
     max_eval_examples: Annotated[int | None, Field(ge=1)] = None
-    cache_dir: Path | None = None
+    cache_dir: FilePath | None = None
     # Generic CSV / JSONL classification (task: csv or jsonl): one file per split.
-    files: dict[str, Path] | None = None
+    files: dict[str, FilePath] | None = None
     text_columns: list[str] | None = None
     label_column: str = "label"
     score_column: str | None = None  # a numeric column: the context score ``by: column``
@@ -154,7 +161,8 @@ SpeedConfig = Annotated[
 UNION_TAGS = {get_args(cls.model_fields["distribution"].annotation)[0] for cls in _SPEEDS}
 
 
-Rank = Annotated[int, Field(ge=1)]
+# Tier ranks are mapping keys, which a JSON-mode dump (a run's config.yaml) writes as text.
+Rank = Annotated[int, Strict(False), Field(ge=1)]
 Share = Annotated[float, Field(gt=0)]
 
 

@@ -25,6 +25,8 @@ SPLITS = ("train", "dev", "test")
 _WHERE = "point data.dir (or $FEDLORA_DATA) at the GLUE folder or at the task's own folder"
 _HUB_DATASET = "nyu-mll/glue"
 _HUB_SPLITS = {"dev": "validation"}
+# The csv module refuses fields over 131,072 characters by default; a long document is data.
+_MAX_FIELD = 2**31 - 1
 
 
 class DataError(ValueError):
@@ -101,7 +103,11 @@ def _load_glue(
         raise DataError(f"{path}: no such file; {_WHERE}")
     columns = _Columns(task.text_columns, task.label_column, score_column)
     records = _read_delimited(path, columns, split, dialect=_GlueTsv)
-    return _labelled(task, split, path, columns, records, task.raw_labels)
+    labelled = _labelled(task, split, path, columns, records, task.raw_labels)
+    if split == "train":
+        seen = {task.raw_labels[example.label] for example in labelled.examples}
+        _two_classes(path, columns.label, seen)
+    return labelled
 
 
 def _task_folder(task: GlueTask, data_dir: Path | None) -> Path:
@@ -164,15 +170,20 @@ def _generic_file(data: DataConfig, data_dir: Path | None, split: str) -> Path:
 def _label_names(path: Path, columns: _Columns, records: Records) -> tuple[str, ...]:
     """The train file's labels, sorted (numerically when all are integers): id = position."""
     seen = {_label(path, line, columns.label, row[columns.label]) for line, row in records}
-    if len(seen) < 2:
-        raise DataError(
-            f"{path}: {len(seen)} distinct label(s) {_names(sorted(seen))} in column"
-            f" {columns.label!r}; a classifier needs at least two"
-        )
+    _two_classes(path, columns.label, seen)
     try:
         return tuple(sorted(seen, key=int))
     except ValueError:
         return tuple(sorted(seen))
+
+
+def _two_classes(path: Path, column: str, seen: Collection[str]) -> None:
+    """Fail unless a train file holds at least two labels: one class teaches nothing."""
+    if len(seen) < 2:
+        raise DataError(
+            f"{path}: {len(seen)} distinct label(s) in column {column!r}"
+            f" ({_names(sorted(seen)) or 'no rows'}); a classifier needs at least two"
+        )
 
 
 def _labelled(
@@ -271,9 +282,21 @@ def _opened(path: Path) -> Iterator[TextIO]:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             yield handle
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason})") from None
+        line = _undecodable_line(path)
+        raise DataError(f"{path}:{line}: not UTF-8 text ({error.reason})") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _undecodable_line(path: Path) -> int:
+    """The first line that is not UTF-8; the decoder only knows an offset in its buffer."""
+    with path.open("rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return line
+    return 1
 
 
 def _read_delimited(
@@ -283,6 +306,7 @@ def _read_delimited(
     dialect: type[csv.Dialect] = csv.excel,
 ) -> Records:
     """Rows of a CSV/TSV with a header, streamed (QQP has 364k rows), by column name."""
+    csv.field_size_limit(_MAX_FIELD)
     with _opened(path) as handle:
         reader = csv.reader(handle, dialect)
         try:

@@ -1,0 +1,161 @@
+"""Everything a run needs, checked before any file is written or any weights load.
+
+A mistake found here costs seconds; found later it costs a model load, a tokenized dataset, a
+half-written run folder, or (in a study) the hours of the cells that ran before it. The checks
+read the data splits (not tokenized) and the model's config (its architecture is built on the
+``meta`` device: no weights), so they stay cheap enough to run on every cell of a study up front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers.pytorch_utils import Conv1D
+
+from fedlora import aggregation
+from fedlora.client.model import _gguf, model_path
+from fedlora.config import ConfigError, ExperimentConfig, ModelConfig, resolve_data_dir
+from fedlora.data.federated import _subset
+from fedlora.data.partition import partition
+from fedlora.data.sources import LabelledSplit, load_split
+from fedlora.sim.profiles import draw_profiles
+
+# The layer types PEFT's LoRA can adapt.
+_ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D)
+
+
+@dataclass(frozen=True)
+class _ModelFacts:
+    """What the checks need of a model: its adaptable layers' names and its positions."""
+
+    adaptable: tuple[str, ...]  # dotted module names
+    others: tuple[str, ...]  # every other module's dotted name
+    max_positions: int | None
+
+
+class Preflight:
+    """Checks configs; what several share (a split, a model's layers) is read only once."""
+
+    def __init__(self) -> None:
+        self._splits: dict[tuple[str, str, str], LabelledSplit] = {}
+        self._models: dict[str, _ModelFacts] = {}
+
+    def check(self, config: ExperimentConfig) -> None:
+        """Raise :class:`ConfigError` (or ``DataError``, ``PartitionError``) naming the key or
+        file at fault."""
+        _check_aggregator(config)
+        self._check_model(config)
+        self._check_data(config)
+
+    def _check_model(self, config: ExperimentConfig) -> None:
+        key = config.model.model_dump_json()
+        if key not in self._models:
+            self._models[key] = _model_facts(config.model)
+        facts = self._models[key]
+        name = config.model.name or "all-MiniLM-L6-v2"
+        for target in config.lora.target_modules:
+            if any(_matches(module, target) for module in facts.adaptable):
+                continue
+            found = any(_matches(module, target) for module in facts.others)
+            problem = "only modules LoRA cannot adapt (not linear)" if found else "no module"
+            layers = sorted({module.rsplit(".", 1)[-1] for module in facts.adaptable})
+            raise ConfigError(
+                f"lora.target_modules: {target!r} matches {problem} of model {name};"
+                f" the layers LoRA can adapt are named {', '.join(layers)}"
+            )
+        limit = facts.max_positions
+        if limit is not None and config.data.max_length > limit:
+            raise ConfigError(
+                f"data.max_length: {config.data.max_length} tokens, but model {name} has"
+                f" {limit} positions (max_position_embeddings); set data.max_length <= {limit}"
+            )
+
+    def _check_data(self, config: ExperimentConfig) -> None:
+        data = config.data
+        train = self._split(config, "train")
+        examples = min(len(train.examples), data.max_train_examples or len(train.examples))
+        needed = config.clients.num * data.partition.min_size
+        if examples < needed:
+            raise ConfigError(
+                f"clients.num: {config.clients.num} clients with at least"
+                f" {data.partition.min_size} examples each (data.partition.min_size) need"
+                f" {needed} training examples, but {train.origin} gives {examples}"
+                + (" (data.max_train_examples)" if examples < len(train.examples) else "")
+            )
+        if data.partition.method == "dirichlet" and data.partition.by == "label":
+            # the draw the run will make, on the labels alone: a failure here is a message
+            kept = _subset(train, data.max_train_examples, config.seed)
+            labels = np.array([example.label for example in kept.examples])
+            partition(labels, config.clients.num, data.partition, config.seed)
+        evaluation = self._split(config, config.eval.split)
+        if not evaluation.examples:
+            raise ConfigError(
+                f"eval.split: {evaluation.origin}: the {evaluation.split!r} split has no examples"
+            )
+        known = [*train.task.metrics, "loss"]
+        target = config.eval.target
+        if target is not None and target.metric not in known:
+            raise ConfigError(
+                f"eval.target.metric: {target.metric!r} is not reported for task"
+                f" {train.task.name!r}; choose one of {', '.join(known)}"
+            )
+
+    def _split(self, config: ExperimentConfig, split: str) -> LabelledSplit:
+        data_dir = resolve_data_dir(config)
+        key = (config.data.model_dump_json(), str(data_dir), split)
+        if key not in self._splits:
+            self._splits[key] = load_split(config.data, data_dir, split)
+        return self._splits[key]
+
+
+def check(config: ExperimentConfig) -> None:
+    """Every check a run makes before it writes a file or loads weights."""
+    Preflight().check(config)
+
+
+def _check_aggregator(config: ExperimentConfig) -> None:
+    """The aggregator's options, and whether it can merge the ranks the clients will draw."""
+    ranks = [profile.rank for profile in draw_profiles(config.clients, config.lora.r, config.seed)]
+    try:
+        aggregator = aggregation.create(
+            config.server.aggregator,
+            config.lora,
+            config.global_rank,
+            config.server.aggregator_options,
+        )
+        aggregator.check_setup(ranks, config.server)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _model_facts(config: ModelConfig) -> _ModelFacts:
+    """The model's layers, from its config alone: the architecture is built without weights."""
+    path = model_path(config.name)
+    local = Path(path).exists()
+    if not local and (Path(path).is_absolute() or path.startswith(".")):
+        raise ConfigError(f"model.name: {path!r}: no such model folder")
+    sizes = config.random.model_dump() if config.init == "random" else {}
+    try:
+        model_config = AutoConfig.from_pretrained(path, **_gguf(config), **sizes)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "" if local else "no such local folder, and "
+        raise ConfigError(f"model.name: cannot load model {path!r}: {where}{reason}") from None
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(model_config)
+    adaptable: list[str] = []
+    others: list[str] = []
+    for name, module in model.named_modules():
+        (adaptable if isinstance(module, _ADAPTABLE) else others).append(name)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    return _ModelFacts(tuple(adaptable), tuple(others), positions)
+
+
+def _matches(module: str, target: str) -> bool:
+    """PEFT's rule for a list of target names: the whole dotted name or its last parts."""
+    return module == target or module.endswith(f".{target}")

@@ -1,0 +1,245 @@
+"""Every bad input in README's "Bad input → message" table, run through the CLI.
+
+Each case must stop with exit code 2, print its message, print no traceback and write nothing:
+all of these are found before any file is written or any weights load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedlora.cli import app
+
+README = Path(__file__).parents[1] / "README.md"
+
+Build = Callable[[Path, dict], list[str]]  # writes the case's files, returns the CLI arguments
+
+
+@dataclass(frozen=True)
+class Case:
+    input: str  # the README's "bad input" column
+    message: str  # what the CLI prints (a fragment free of paths that vary)
+    build: Build
+
+
+def _config(tmp_path: Path, raw: dict, head: str = "") -> Path:
+    """``raw`` as YAML, after ``head``: YAML text whose own keys (and lines) come first."""
+    given = yaml.safe_load(head) or {}
+    path = tmp_path / "exp.yaml"
+    rest = {key: value for key, value in raw.items() if key not in given}
+    path.write_text(head + yaml.safe_dump(rest, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _run(*sets: str, head: str = "") -> Build:
+    def build(tmp_path: Path, raw: dict) -> list[str]:
+        options = [part for value in sets for part in ("--set", value)]
+        config = _config(tmp_path, raw, head)
+        return ["run", str(config), "--out", str(tmp_path / "out"), "--quiet", *options]
+
+    return build
+
+
+def _with_file(split: str, content: bytes) -> Build:
+    """A run whose ``split`` file is replaced by ``content``."""
+
+    def build(tmp_path: Path, raw: dict) -> list[str]:
+        Path(raw["data"]["files"][split]).write_bytes(content)
+        return _run()(tmp_path, raw)
+
+    return build
+
+
+def _partition(tmp_path: Path, raw: dict) -> list[str]:
+    config = _config(tmp_path, raw, "clients: {num: 40}\nserver: {per_round: 2, rounds: 1}\n")
+    return ["partition", str(config), "--out", str(tmp_path / "out")]
+
+
+def _study(tmp_path: Path, raw: dict) -> list[str]:
+    """A study whose second arm cannot be partitioned: found before the first arm runs."""
+    _config(tmp_path, raw)
+    study = {"name": "s", "base": "exp.yaml", "arms": {"ok": {}, "many": {"clients.num": 40}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
+    root = ["--out", str(tmp_path / "out"), "--docs", str(tmp_path / "out" / "docs")]
+    return ["study", str(tmp_path / "study.yaml"), *root]
+
+
+def _out_is_a_file(tmp_path: Path, raw: dict) -> list[str]:
+    args = _run()(tmp_path, raw)
+    (tmp_path / "out").write_text("notes\n", encoding="utf-8")
+    return args
+
+
+def _glue_with_one_class(tmp_path: Path, raw: dict) -> list[str]:
+    folder = tmp_path / "glue" / "RTE"
+    folder.mkdir(parents=True)
+    rows = [f"{i}\ta cat sat\ta cat\tentailment" for i in range(30)]
+    for name in ("train.tsv", "dev.tsv"):
+        text = "\n".join(["index\tsentence1\tsentence2\tlabel", *rows]) + "\n"
+        (folder / name).write_text(text, encoding="utf-8")
+    raw["data"] = {"task": "rte", "dir": str(tmp_path / "glue"), "max_length": 32}
+    return _run()(tmp_path, raw)
+
+
+HEADER = b"first,second,label\n"
+CASES = [
+    Case(
+        "too few training examples for the clients (`--set data.max_train_examples=5`)",
+        "clients.num: 4 clients with at least 4 examples each (data.partition.min_size) need 16"
+        " training examples",
+        _run("data.max_train_examples=5"),
+    ),
+    Case(
+        "a train file with a header and no rows",
+        "0 distinct label(s) in column 'label' (no rows); a classifier needs at least two",
+        _with_file("train", HEADER),
+    ),
+    Case(
+        "too few examples, in `fedlora partition`",
+        "clients.num: 40 clients with at least 4 examples each",
+        _partition,
+    ),
+    Case(
+        "too few examples in one cell of a study (every cell is checked before the first runs)",
+        "many/seed0: clients.num: 40 clients with at least 4 examples each",
+        _study,
+    ),
+    Case(
+        "a Dirichlet partition that no draw can give every client `min_size` examples",
+        "data.partition.min_size: no Dirichlet draw in 100 gave all 20 clients (clients.num)"
+        " at least 4 of 120 examples with data.partition.alpha=0.01",
+        _run("clients.num=20", "data.partition.alpha=0.01"),
+    ),
+    Case(
+        "an empty dev split",
+        "the 'dev' split has no examples",
+        _with_file("dev", HEADER),
+    ),
+    Case(
+        "a model path that does not exist (`--set model.name=/no/such/model`)",
+        "model.name: '/no/such/model': no such model folder",
+        _run("model.name=/no/such/model"),
+    ),
+    Case(
+        "`lora.target_modules` naming no module of the model",
+        "lora.target_modules: 'qproj' matches no module of model all-MiniLM-L6-v2;"
+        " the layers LoRA can adapt are named classifier, dense, key,",
+        _run("lora.target_modules=[query, qproj]"),
+    ),
+    Case(
+        "`data.max_length` above the model's positions",
+        "data.max_length: 1024 tokens, but model all-MiniLM-L6-v2 has 512 positions",
+        _run("data.max_length=1024"),
+    ),
+    Case("`--out` naming a file", "is a file, not a folder", _out_is_a_file),
+    Case(
+        "a bad `--set` value (`--set server.rounds=-1`)",
+        "--set server.rounds=-1: server.rounds: Input should be greater than or equal to 1",
+        _run("server.rounds=-1"),
+    ),
+    Case(
+        "more clients per round than clients (in the YAML file)",
+        "exp.yaml:1: server.per_round: 9 clients per round but clients.num is 4",
+        _run(head="server: {per_round: 9, rounds: 1}\n"),
+    ),
+    Case(
+        "more clients training at once than clients (`--set`)",
+        "--set server.concurrency=5: server.concurrency: 5 clients training at once but"
+        " clients.num is 4",
+        _run("server.policy=fedfa", "server.concurrency=5"),
+    ),
+    Case(
+        "a global rank below a client's rank",
+        "exp.yaml:1: server.global_rank: 2 is below the largest client rank 4",
+        _run(head="server: {per_round: 3, rounds: 1, global_rank: 2}\n"),
+    ),
+    Case(
+        "an option the aggregator does not have",
+        "server.aggregator_options.foo: Extra inputs are not permitted (aggregator fedavg)",
+        _run("server.aggregator_options={foo: 1}"),
+    ),
+    Case(
+        "clients of mixed ranks under a same-rank aggregator",
+        "server.aggregator: fedavg merges same-rank LoRA only, client ranks are [2, 4]",
+        _run("clients.ranks=[2, 2, 4, 4]"),
+    ),
+    Case(
+        "a typo in a key",
+        "exp.yaml:1: sever: unknown key 'sever'; did you mean 'server'?",
+        _run(head="sever: {rounds: 1}\n"),
+    ),
+    Case(
+        "`true` where a number is meant",
+        "exp.yaml:1: seed: Input should be a valid integer, got True",
+        _run(head="seed: true\n"),
+    ),
+    Case(
+        'text where a number is meant (`rounds: "3"`)',
+        "exp.yaml:2: server.rounds: Input should be a valid integer, got '3'",
+        _run(head="server:\n  rounds: '3'\n  per_round: 2\n"),
+    ),
+    Case(
+        "a key given twice",
+        "exp.yaml:2: duplicate key 'seed' (first given on line 1)",
+        _run(head="seed: 0\nseed: 1\n"),
+    ),
+    Case(
+        "an infinite number (`--set lora.alpha=.inf`)",
+        "--set lora.alpha=.inf: lora.alpha: Input should be a finite number",
+        _run("lora.alpha=.inf"),
+    ),
+    Case(
+        "a target metric the task does not report",
+        "eval.target.metric: 'bleu' is not reported for task 'csv'",
+        _run("eval.target.metric=bleu"),
+    ),
+    Case(
+        "a GLUE train file with one class",
+        "1 distinct label(s) in column 'label' ('entailment'); a classifier needs at least two",
+        _glue_with_one_class,
+    ),
+    Case(
+        "a data file that is not UTF-8",
+        "train.csv:3: not UTF-8 text (invalid start byte)",
+        _with_file("train", HEADER + b"a b,c d,same\n\xff\xfe,c,same\n"),
+    ),
+    Case(
+        "a data folder that does not exist",
+        "data.dir: folder 'no-such-folder' does not exist",
+        _run("data.task=rte", "data.dir=no-such-folder"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.input for case in CASES])
+def test_bad_input_is_a_message(tmp_path: Path, tiny_config: dict, case: Case) -> None:
+    result = CliRunner().invoke(app, case.build(tmp_path, tiny_config))
+    assert isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert case.message in result.output
+    out = tmp_path / "out"
+    assert not out.is_dir() or not any(out.iterdir()), "nothing may be written"
+
+
+def test_readme_lists_every_case() -> None:
+    text = README.read_text(encoding="utf-8")
+    for case in CASES:
+        assert f"| {case.input} | `{case.message}` |" in text, case.input
+
+
+def test_a_failed_check_leaves_an_overwritable_folder_alone(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    args = _run("data.task=rte", "data.dir=no-such-folder")(tmp_path, tiny_config)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.txt").write_text("x\n", encoding="utf-8")
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and "data.dir: folder" in result.output
+    assert (tmp_path / "out" / "thesis.txt").read_text(encoding="utf-8") == "x\n"
