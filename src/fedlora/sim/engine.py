@@ -8,7 +8,6 @@ log. Nothing sleeps: time is a number.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from fedlora.client.trainer import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
 from fedlora.results.events import EventLog
+from fedlora.results.target import lower_is_better, meets
 from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
 from fedlora.sim.profiles import ClientProfile, job_seconds
@@ -213,7 +213,7 @@ class Simulation:
         result = self.learner.train(job.sent, job.batches, job.seed)
         size = self.aggregator.transmitted_bytes(result.state)
         self.outcome.bytes_up += size
-        staleness = self.policy.version - job.version
+        staleness = self.policy.staleness_of(job.version)  # in server.staleness_unit
         self._emit(
             "arrival",
             job=job.id,
@@ -221,6 +221,7 @@ class Simulation:
             version=self.policy.version,
             dispatched_version=job.version,
             staleness=staleness,
+            staleness_merges=self.policy.version - job.version,
             examples=result.examples,
             loss=result.loss,
             bytes=size,
@@ -328,10 +329,11 @@ class Simulation:
         self.outcome.evaluations.append(evaluation)
         self._emit("eval", version=evaluation.step, round=evaluation.round, metrics=metrics)
         target = self.config.eval.target
-        reached = target is not None and metrics.get(target.metric, -math.inf) >= target.value
+        reached = target is not None and meets(metrics, target.metric, target.value)
         if target is not None and reached and self.outcome.target is None:
             self.outcome.target = evaluation
             if target.stop:
-                self._stopped = f"target {target.metric} ≥ {target.value:g} reached"
+                sign = "≤" if lower_is_better(target.metric) else "≥"
+                self._stopped = f"target {target.metric} {sign} {target.value:g} reached"
         if self.progress is not None:
             self.progress(self.outcome)
