@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from fedlora import policies
 from fedlora.config import ConfigError, ServerConfig, build_config
 from fedlora.policies import Arrival, ClientInfo, Decision, Dispatch, Merge, Policy
+from tests.fakes import FakeLearner, config, simulate
 
 
 def make(name: str, clients: int, **server: object) -> Policy:
@@ -178,3 +179,17 @@ def test_staleness_in_updates_differs_by_less_than_one_buffer(order: list[int]) 
     FedBuff's."""
     fedfa, fedbuff = fedfa_and_fedbuff_staleness(order, "updates")
     assert all(abs(a - b) < 2 for a, b in zip(fedfa, fedbuff, strict=True))
+
+
+def test_semiasync_runs_in_the_simulator_and_logs_both_staleness_figures() -> None:
+    cfg = config(
+        clients={"num": 6},
+        server={"policy": "semiasync", "concurrency": 4, "window": 2, "staleness_bound": 3},
+    )
+    outcome, events = simulate(cfg, FakeLearner([3] * 6))
+    merges = [e for e in events if e["type"] == "merge"]
+    assert merges and all(len(m["jobs"]) >= 2 for m in merges)
+    arrivals = [e for e in events if e["type"] == "arrival"]
+    assert all(a["staleness_merges"] == a["version"] - a["dispatched_version"] for a in arrivals)
+    assert sum(outcome.staleness.values()) == outcome.accepted
+    assert any(a["staleness"] > a["staleness_merges"] for a in arrivals)  # K = 2 per merge

@@ -271,9 +271,9 @@ class TargetConfig(_Section):
     value: float
     stop: bool = False
     # The summary also reports the first evaluation where the mean of the last `smooth`
-    # evaluations reaches the target, and, when `loss` is set, the first with loss ≤ it.
+    # evaluations reaches the target, and, when `max_loss` is set, the first with loss ≤ it.
     smooth: Annotated[int, Field(ge=1)] = 3
-    loss: Annotated[float | None, Field(ge=0)] = None
+    max_loss: Annotated[float | None, Field(ge=0)] = None
 
 
 class EvalConfig(_Section):

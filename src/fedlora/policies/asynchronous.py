@@ -3,9 +3,9 @@
 A finished (or lost) job frees its slot, which goes at once to an idle client picked at random
 (seeded); with ``concurrency`` equal to the number of clients, that is the client that just
 finished, so no finished client is ever held idle. A result more than ``staleness_bound``
-behind the global (in ``server.staleness_unit``) is dropped and counted. Every ``concurrency`` finished jobs count as
-one round, so ``server.rounds`` buys every policy the same number of client updates as
-FedAvg with ``per_round`` equal to ``concurrency``.
+behind the global (in ``server.staleness_unit``) is dropped and counted. Every
+``concurrency`` finished jobs count as one round, so ``server.rounds`` buys every policy the
+same number of client updates as FedAvg with ``per_round`` equal to ``concurrency``.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def _reached(evaluation: Evaluation | None) -> dict[str, Any]:
 
 def _target_summary(target: TargetConfig, outcome: Outcome) -> dict[str, Any]:
     """The first noisy crossing (flat, as before), the first crossing of the running mean of the
-    last ``smooth`` evaluations, and, with ``target.loss``, the first eval with loss ≤ it."""
+    last ``smooth`` evaluations, and, with ``target.max_loss``, the first eval with loss ≤ it."""
     series = [e.metrics for e in outcome.evaluations]
 
     def first(metric: str, value: float, smooth: int) -> dict[str, Any]:
@@ -100,8 +100,8 @@ def _target_summary(target: TargetConfig, outcome: Outcome) -> dict[str, Any]:
         **_reached(outcome.target),
         "smoothed": first(target.metric, target.value, target.smooth),
     }
-    if target.loss is not None:
-        summary["on_loss"] = first("loss", target.loss, 1)
+    if target.max_loss is not None:
+        summary["on_loss"] = first("loss", target.max_loss, 1)
     return summary
 
 
