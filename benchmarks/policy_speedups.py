@@ -18,7 +18,7 @@ descent on all clients' examples) back towards the untrained model. Per pair, th
 the baseline's time over FedFa's, per draw; the table gives its median, quartiles and range
 over the draws where both reached the target (``n``; ``missed`` counts an arm's misses).
 
-    python benchmarks/policy_speedups.py [--seeds 20] [--rounds 40]
+    python benchmarks/policy_speedups.py [--seeds 20] [--rounds 25]
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from fedlora.sim.profiles import draw_profiles
 ARMS: dict[str, tuple[dict[str, Any], list[float] | None]] = {
     "fedavg": ({"policy": "fedavg", "per_round": 10}, None),
     "semiasync": ({"policy": "semiasync", "staleness_bound": 10}, None),
-    "fedbuff": ({"policy": "fedbuff", "update": "delta"}, [1.0, 2.0, 3.5, 5.0, 7.5]),
-    "fedfa-delta": ({"policy": "fedfa", "update": "delta"}, [0.5, 1.0, 1.5, 2.0, 3.0]),
+    "fedbuff": ({"policy": "fedbuff", "update": "delta"}, [2.0, 3.5, 5.0, 7.5, 10.0, 15.0]),
+    "fedfa-delta": ({"policy": "fedfa", "update": "delta"}, [1.0, 1.5, 2.0, 3.0, 4.0, 6.0]),
     "fedfa-model": ({"policy": "fedfa"}, None),
 }
 PAIRS = [
@@ -130,6 +130,10 @@ def time_to_targets(
     return found
 
 
+def _finite_or_none(value: float) -> float | None:
+    return round(value, 3) if math.isfinite(value) else None
+
+
 def spread(values: Sequence[float]) -> dict[str, float | int | None]:
     finite = sorted(v for v in values if math.isfinite(v) and v > 0)
     if not finite:
@@ -190,7 +194,13 @@ def study(task: FastTask, seeds: int, rounds: int) -> dict[str, Any]:
     arms = {
         arm: {
             "eta": best[arm],
-            "eta_grid": {str(eta): spread(per["loss"]) for eta, per in times[arm].items()},
+            "eta_grid": {
+                str(eta): {
+                    "median_s": _finite_or_none(median_time(per)),
+                    "missed": sum(not math.isfinite(t) for t in per["loss"]),
+                }
+                for eta, per in times[arm].items()
+            },
             "time_to_target": {m: spread(ts) for m, ts in tuned[arm].items()},
             "missed": {m: sum(not math.isfinite(t) for t in ts) for m, ts in tuned[arm].items()},
         }
@@ -214,7 +224,7 @@ def study(task: FastTask, seeds: int, rounds: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=40, help="client updates ÷ 10, every arm")
+    parser.add_argument("--rounds", type=int, default=25, help="client updates ÷ 10, every arm")
     args = parser.parse_args()
     started = time.perf_counter()
     report = {
