@@ -11,16 +11,15 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from fedlora import aggregation, policies
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.cli import app
 from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.policies import Policy
 from fedlora.results.events import EventLog
-from fedlora.server import Outcome, ServerCore
-from fedlora.sim.engine import Simulation
-from fedlora.sim.profiles import ClientProfile, draw_profiles
+from fedlora.server import Outcome
+from fedlora.sim.engine import build_simulation
+from fedlora.sim.profiles import ClientProfile
 
 
 class FakeLearner:
@@ -90,13 +89,10 @@ def simulate(
     profiles: Sequence[ClientProfile] | None = None,
 ) -> tuple[Outcome, list[dict]]:
     log = EventLog()
-    clients = [policies.ClientInfo(c, len(i)) for c, i in enumerate(learner.indices)]
-    policy = policy or policies.create(cfg.server.policy, cfg.server, clients, cfg.seed)
-    profiles = profiles or draw_profiles(cfg.clients, cfg.lora.r, cfg.seed)
-    aggregator = aggregation.create(cfg.server.aggregator, cfg.lora, cfg.global_rank)
-    ranks = [p.rank for p in profiles]
-    core = ServerCore(cfg, aggregator, policy, learner.initial_state(), ranks, learner, log)
-    return Simulation(cfg, learner, core, profiles).run(), log.records
+    simulation = build_simulation(
+        cfg, learner, [len(i) for i in learner.indices], log, profiles=profiles, policy=policy
+    )
+    return simulation.run(), log.records
 
 
 def deterministic(events: list[dict]) -> list[dict]:

@@ -30,6 +30,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                 "availability": {"mean_online_s": 2000.0, "mean_offline_s": 300.0},
             },
             "server": {
+                "staleness_unit": "merges",  # the unit these logs were pinned in
                 "policy": "fedbuff",
                 "aggregator": "hlora",
                 "update": "delta",
@@ -45,6 +46,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {
             "clients": {"num": 4},
             "server": {
+                "staleness_unit": "merges",
                 "policy": "fedfa",
                 "aggregator": "zeropad",
                 "concurrency": 3,
@@ -60,6 +62,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {
             "clients": {"num": 4, "availability": {"failure_prob": 0.1}},
             "server": {
+                "staleness_unit": "merges",
                 "policy": "fedasync",
                 "aggregator": "hetlora",
                 "concurrency": 4,

@@ -16,7 +16,7 @@ def make(name: str, sizes: list[int], seed: int = 0, **server: object) -> polici
 
 
 def test_registry_lists_the_asynchronous_policies() -> None:
-    assert policies.available() == ["fedasync", "fedavg", "fedbuff", "fedfa"]
+    assert policies.available() == ["fedasync", "fedavg", "fedbuff", "fedfa", "semiasync"]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,12 @@ def test_fedbuff_applies_the_buffer_every_k_arrivals() -> None:
 
 def test_fedbuff_stale_results_shorten_the_step() -> None:
     policy = make(
-        "fedbuff", [5, 5], concurrency=2, window=2, staleness={"function": "polynomial", "a": 1}
+        "fedbuff",
+        [5, 5],
+        concurrency=2,
+        window=2,
+        staleness={"function": "polynomial", "a": 1},
+        staleness_unit="merges",
     )
     policy.start()
     policy.on_arrival(Arrival(0, 0, 0, 1.0))

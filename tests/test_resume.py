@@ -22,28 +22,21 @@ import pytest
 import yaml
 from fakes import FakeLearner, config, deterministic
 
-from fedlora import aggregation, policies
 from fedlora.config import ExperimentConfig
 from fedlora.results.events import EventLog
-from fedlora.server import ServerCore, Snapshot
-from fedlora.sim.engine import Simulation
-from fedlora.sim.profiles import draw_profiles
+from fedlora.server import Snapshot
+from fedlora.sim.engine import Simulation, build_simulation
 
 
 def _simulation(cfg: ExperimentConfig, log: EventLog, saved: list[Snapshot]) -> Simulation:
     learner = FakeLearner([3, 4, 5, 6, 7][: cfg.clients.num])
-    clients = [policies.ClientInfo(c, len(i)) for c, i in enumerate(learner.indices)]
-    policy = policies.create(cfg.server.policy, cfg.server, clients, cfg.seed)
-    profiles = draw_profiles(cfg.clients, cfg.lora.r, cfg.seed)
-    aggregator = aggregation.create(cfg.server.aggregator, cfg.lora, cfg.global_rank)
-    ranks = [p.rank for p in profiles]
-    core = ServerCore(cfg, aggregator, policy, learner.initial_state(), ranks, learner, log)
 
     def keep(snap: Snapshot) -> None:
         snap.meta["events_offset"] = log.sync()
         saved.append(Snapshot.from_bytes(snap.to_bytes()))  # through the file format
 
-    return Simulation(cfg, learner, core, profiles, keep)
+    sizes = [len(i) for i in learner.indices]
+    return build_simulation(cfg, learner, sizes, log, checkpoint=keep)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +47,7 @@ def _simulation(cfg: ExperimentConfig, log: EventLog, saved: list[Snapshot]) -> 
         ("fedfa", "zeropad", "model"),
         ("fedfa", "fedsa", "delta"),
         ("fedasync", "flora", "delta"),
+        ("semiasync", "hlora", "model"),
     ],
 )
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_run(

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from fedlora import aggregation, policies
 from fedlora.client.learner import ModelLearner
 from fedlora.client.model import (
     build_resident_model,
@@ -37,9 +36,8 @@ from fedlora.results.store import (
     write_config,
     write_run,
 )
-from fedlora.server import Outcome, ServerCore, Snapshot
-from fedlora.sim.engine import Simulation
-from fedlora.sim.profiles import draw_profiles
+from fedlora.server import Outcome, Snapshot
+from fedlora.sim.engine import build_simulation
 
 
 @dataclass(frozen=True)
@@ -92,37 +90,6 @@ class Interrupted(Exception):
         self.folder = folder
 
 
-def build_simulation(
-    prepared: Prepared,
-    log: EventLog,
-    progress: Callable[[Outcome], None] | None = None,
-    checkpoint: Callable[[Snapshot], None] | None = None,
-    interrupted: Callable[[], bool] = lambda: False,
-) -> Simulation:
-    """The prepared experiment as a simulation: a server core driven in virtual time."""
-    config = prepared.config
-    profiles = draw_profiles(config.clients, config.lora.r, config.seed)
-    aggregator = aggregation.create(
-        config.server.aggregator, config.lora, config.global_rank, config.server.aggregator_options
-    )
-    clients = [
-        policies.ClientInfo(c, len(indices)) for c, indices in enumerate(prepared.data.client_train)
-    ]
-    policy = policies.create(config.server.policy, config.server, clients, config.seed)
-    learner = prepared.learner
-    core = ServerCore(
-        config,
-        aggregator,
-        policy,
-        learner.initial_state(),
-        [p.rank for p in profiles],
-        learner,
-        log,
-        progress,
-    )
-    return Simulation(config, learner, core, profiles, checkpoint, interrupted)
-
-
 def run_experiment(
     config: ExperimentConfig,
     folder: Path,
@@ -152,7 +119,16 @@ def run_experiment(
         write_checkpoint(folder, snap)
 
     with log:
-        simulation = build_simulation(prepared, log, progress, save, interrupted)
+        sizes = [len(indices) for indices in prepared.data.client_train]
+        simulation = build_simulation(
+            config,
+            prepared.learner,
+            sizes,
+            log,
+            progress=progress,
+            checkpoint=save,
+            interrupted=interrupted,
+        )
         if snapshot is not None:
             simulation.load_state_dict(snapshot)
         outcome = simulation.run()

@@ -247,7 +247,12 @@ class ServerConfig(_Section):
     # default (samples for fedavg, uniform for the asynchronous policies).
     weights: Literal["samples", "uniform"] | None = None
     staleness: StalenessConfig = StalenessConfig()
-    staleness_bound: Annotated[int | None, Field(ge=0)] = None  # older results are dropped
+    # Older results are dropped (semiasync instead waits for clients still training that far
+    # behind, as Plato does).
+    staleness_bound: Annotated[int | None, Field(ge=0)] = None
+    # The unit of staleness for staleness_bound, s(τ) and the reports: client results the global
+    # absorbed since the job's dispatch (the same meaning under every policy), or merges.
+    staleness_unit: Literal["updates", "merges"] = "updates"
     mixing: Annotated[float, Field(gt=0, le=1)] = 0.6  # FedAsync's alpha
     # Virtual seconds a job may take from dispatch; a later result is lost. null: no deadline.
     job_timeout: Annotated[float | None, Field(gt=0)] = None
@@ -269,9 +274,14 @@ class ServerConfig(_Section):
 
 
 class TargetConfig(_Section):
+    # A metric named *loss is reached from above, any other from below.
     metric: str = "accuracy"
     value: float
     stop: bool = False
+    # The summary also reports the first evaluation where the mean of the last `smooth`
+    # evaluations reaches the target, and, when `max_loss` is set, the first with loss ≤ it.
+    smooth: Annotated[int, Field(ge=1)] = 3
+    max_loss: Annotated[float | None, Field(ge=0)] = None
 
 
 class EvalConfig(_Section):

@@ -3,9 +3,9 @@
 A finished (or lost) job frees its slot, which goes at once to an idle client picked at random
 (seeded); with ``concurrency`` equal to the number of clients, that is the client that just
 finished, so no finished client is ever held idle. A result more than ``staleness_bound``
-merges behind the global is dropped and counted. Every ``concurrency`` finished jobs count as
-one round, so ``server.rounds`` buys every policy the same number of client updates as
-FedAvg with ``per_round`` equal to ``concurrency``.
+behind the global (in ``server.staleness_unit``) is dropped and counted. Every
+``concurrency`` finished jobs count as one round, so ``server.rounds`` buys every policy the
+same number of client updates as FedAvg with ``per_round`` equal to ``concurrency``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class AsyncPolicy(Policy):
 
     def on_arrival(self, arrival: Arrival) -> list[Decision]:
         self._finish(arrival.client)
-        staleness = self.version - arrival.dispatched_version
+        staleness = self.staleness_of(arrival.dispatched_version)
         bound = self.server.staleness_bound
         if bound is not None and staleness > bound:
             decisions: list[Decision] = [
@@ -72,6 +72,9 @@ class AsyncPolicy(Policy):
 
     def _finish(self, client: int) -> None:
         self._busy.discard(client)
+        self._count_finished()
+
+    def _count_finished(self) -> None:
         self._finished_jobs += 1
         self.rounds = self._finished_jobs // self.server.concurrency
 

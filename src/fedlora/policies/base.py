@@ -87,7 +87,8 @@ class Policy(ABC):
 
     ``version`` counts merges (server steps); ``rounds`` is the policy's own progress unit,
     which the runtime compares with ``server.rounds``. ``default_weights`` is how results are
-    weighted when ``server.weights`` is not set.
+    weighted when ``server.weights`` is not set. :meth:`staleness_of` measures a job's age in
+    ``server.staleness_unit``.
     """
 
     name: ClassVar[str]
@@ -104,6 +105,10 @@ class Policy(ABC):
         self.rng = random.Random(seed)
         self.version = 0
         self.rounds = 0
+        # At each version, how many distinct results the global had absorbed (entered a merge);
+        # the set holds absorbed results not yet released, which may enter a merge again.
+        self._absorbed_at = [0]
+        self._absorbed_unreleased: set[int] = set()
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's whole state as JSON-ready data (for checkpoints); subclasses add
@@ -113,6 +118,8 @@ class Policy(ABC):
             "rng": [version, list(internal), gauss],
             "version": self.version,
             "rounds": self.rounds,
+            "absorbed_at": self._absorbed_at,
+            "absorbed_unreleased": sorted(self._absorbed_unreleased),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -120,6 +127,8 @@ class Policy(ABC):
         self.rng.setstate((version, tuple(internal), gauss))
         self.version = state["version"]
         self.rounds = state["rounds"]
+        self._absorbed_at = list(state["absorbed_at"])
+        self._absorbed_unreleased = set(state["absorbed_unreleased"])
 
     @abstractmethod
     def start(self) -> list[Decision]:
@@ -181,9 +190,26 @@ class Policy(ABC):
         return self.merge(terms, release)
 
     def merge(self, terms: Sequence[Term], release: Sequence[int]) -> Merge:
-        """Emit a merge and advance the version, so staleness is measured in merges."""
+        """Emit a merge, advance the version and count the results it absorbs for the first
+        time."""
         self.version += 1
+        jobs = {t.job for t in terms if t.source is Source.UPDATE and t.job is not None}
+        new = jobs - self._absorbed_unreleased
+        self._absorbed_unreleased = (self._absorbed_unreleased | new) - set(release)
+        self._absorbed_at.append(self._absorbed_at[-1] + len(new))
         return Merge(terms=tuple(terms), release=tuple(release))
+
+    def staleness_of(self, dispatched_version: int) -> int:
+        """How far the global moved since a job was projected from ``dispatched_version``.
+
+        ``updates`` (default): client results the global absorbed since then, a unit that means
+        the same under every policy (FedFa merges on every arrival, FedBuff once per K, so a
+        count of merges makes the same age about K times staler under FedFa). ``merges``: server
+        steps since then, the unit of the FedAsync and FedBuff papers and of Plato's rounds.
+        """
+        if self.server.staleness_unit == "merges":
+            return self.version - dispatched_version
+        return self._absorbed_at[-1] - self._absorbed_at[dispatched_version]
 
 
 registry: Registry[Policy] = Registry("server.policy")

@@ -1,4 +1,4 @@
-"""How much a stale result counts: s(τ) for a result τ server steps behind the global.
+"""How much a stale result counts: s(τ) for a result τ behind the global.
 
 The three functions of FedAsync (Xie et al., 2019): ``constant`` (s = 1), ``polynomial``
 s = (τ + 1)^(−a), and ``hinge`` s = 1 for τ ≤ b, else 1 / (a·(τ − b) + 1). FedAsync scales its
@@ -11,7 +11,7 @@ from fedlora.config import StalenessConfig
 
 
 def staleness_factor(staleness: int, config: StalenessConfig) -> float:
-    """s(τ) in (0, 1]; τ is the number of merges since the result's job was dispatched."""
+    """s(τ) in (0, 1]; τ is the result's staleness in ``server.staleness_unit``."""
     if staleness < 0:
         raise ValueError(f"staleness must be non-negative, got {staleness}")
     match config.function:

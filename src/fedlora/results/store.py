@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.adapters import AdapterState
-from fedlora.config import ExperimentConfig, dump_config, load_config
+from fedlora.config import ExperimentConfig, TargetConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
 from fedlora.results.errors import RunFolderError
+from fedlora.results.target import first_reaching
 from fedlora.server.outcome import Evaluation, Outcome
 from fedlora.server.snapshot import Snapshot, write_atomically
 
@@ -67,19 +68,39 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
         "updates_dropped": outcome.dropped,
         "jobs_lost": outcome.lost,
         "jobs_in_flight": outcome.in_flight,
-        "staleness": _staleness_summary(outcome),
+        "staleness": _staleness_summary(config, outcome),
         "client_idle_fraction": _idle_fractions(config, outcome),
     }
     if outcome.local_evaluations:
         summary["local"] = _local_summary(outcome, metrics[0])
-    target = config.eval.target
-    if target is not None:
-        reached = outcome.target
-        summary["target"] = {
-            **target.model_dump(),
-            "reached": reached is not None,
-            **({} if reached is None else _evaluation_row(reached)),
-        }
+    if config.eval.target is not None:
+        summary["target"] = _target_summary(config.eval.target, outcome)
+    return summary
+
+
+def _reached(evaluation: Evaluation | None) -> dict[str, Any]:
+    return {
+        "reached": evaluation is not None,
+        **({} if evaluation is None else _evaluation_row(evaluation)),
+    }
+
+
+def _target_summary(target: TargetConfig, outcome: Outcome) -> dict[str, Any]:
+    """The first noisy crossing (flat, as before), the first crossing of the running mean of the
+    last ``smooth`` evaluations, and, with ``target.max_loss``, the first eval with loss ≤ it."""
+    series = [e.metrics for e in outcome.evaluations]
+
+    def first(metric: str, value: float, smooth: int) -> dict[str, Any]:
+        index = first_reaching(series, metric, value, smooth)
+        return _reached(None if index is None else outcome.evaluations[index])
+
+    summary = {
+        **target.model_dump(),
+        **_reached(outcome.target),
+        "smoothed": first(target.metric, target.value, target.smooth),
+    }
+    if target.max_loss is not None:
+        summary["on_loss"] = first("loss", target.max_loss, 1)
     return summary
 
 
@@ -112,11 +133,12 @@ def _local_summary(outcome: Outcome, metric: str) -> dict[str, Any]:
     }
 
 
-def _staleness_summary(outcome: Outcome) -> dict[str, Any]:
-    """Histogram of accepted results by staleness (merges behind the global), mean and max."""
+def _staleness_summary(config: ExperimentConfig, outcome: Outcome) -> dict[str, Any]:
+    """Histogram of accepted results by staleness (in ``server.staleness_unit``), mean and max."""
     counts = outcome.staleness
     total = sum(counts.values())
     return {
+        "unit": config.server.staleness_unit,
         "histogram": {str(k): counts[k] for k in sorted(counts)},
         "mean": sum(k * n for k, n in counts.items()) / total if total else None,
         "max": max(counts, default=None),

@@ -20,6 +20,7 @@ from fedlora.client.protocol import Evaluator
 from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
 from fedlora.results.events import EventLog
+from fedlora.results.target import lower_is_better, meets
 from fedlora.server.outcome import Evaluation, LocalEvaluation, Outcome
 from fedlora.server.snapshot import Snapshot
 
@@ -115,7 +116,7 @@ class ServerCore:
             len(update) if isinstance(update, bytes) else self.aggregator.transmitted_bytes(update)
         )
         self.outcome.bytes_up += size
-        staleness = self.policy.version - job.version
+        staleness = self.policy.staleness_of(job.version)  # in server.staleness_unit
         self._emit(
             "arrival",
             now,
@@ -124,6 +125,7 @@ class ServerCore:
             version=self.policy.version,
             dispatched_version=job.version,
             staleness=staleness,
+            staleness_merges=self.policy.version - job.version,
             examples=examples,
             loss=loss,
             bytes=size,
@@ -262,11 +264,12 @@ class ServerCore:
         self.outcome.evaluations.append(evaluation)
         self._emit("eval", now, version=evaluation.step, round=evaluation.round, metrics=metrics)
         target = self.config.eval.target
-        reached = target is not None and metrics.get(target.metric, -math.inf) >= target.value
+        reached = target is not None and meets(metrics, target.metric, target.value)
         if target is not None and reached and self.outcome.target is None:
             self.outcome.target = evaluation
             if target.stop:
-                self.stop(f"target {target.metric} ≥ {target.value:g} reached")
+                sign = "≤" if lower_is_better(target.metric) else "≥"
+                self.stop(f"target {target.metric} {sign} {target.value:g} reached")
         if self.progress is not None:
             self.progress(self.outcome)
 

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from fedlora import aggregation, policies
 from fedlora.client.protocol import Learner
 from fedlora.config import ExperimentConfig
+from fedlora.results.events import EventLog
 from fedlora.server import Outcome, Send, ServerCore, Snapshot
 from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
-from fedlora.sim.profiles import ClientProfile, job_seconds
+from fedlora.sim.profiles import ClientProfile, draw_profiles, job_seconds
 
 
 @dataclass(frozen=True)
@@ -155,3 +157,30 @@ class Simulation:
         self.availability.load_state_dict(state["availability"])
         self._saved_at = (self.core.outcome.steps, time.perf_counter())
         self._started = True
+
+
+def build_simulation(
+    config: ExperimentConfig,
+    learner: Learner,
+    client_sizes: Sequence[int],
+    log: EventLog,
+    *,
+    profiles: Sequence[ClientProfile] | None = None,
+    policy: policies.Policy | None = None,
+    progress: Callable[[Outcome], None] | None = None,
+    checkpoint: Callable[[Snapshot], None] | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> Simulation:
+    """The config's policy and aggregator in a server core, driven in virtual time over
+    clients holding ``client_sizes`` examples (profiles drawn from the config unless given)."""
+    profiles = profiles or draw_profiles(config.clients, config.lora.r, config.seed)
+    aggregator = aggregation.create(
+        config.server.aggregator, config.lora, config.global_rank, config.server.aggregator_options
+    )
+    clients = [policies.ClientInfo(c, size) for c, size in enumerate(client_sizes)]
+    policy = policy or policies.create(config.server.policy, config.server, clients, config.seed)
+    ranks = [p.rank for p in profiles]
+    core = ServerCore(
+        config, aggregator, policy, learner.initial_state(), ranks, learner, log, progress
+    )
+    return Simulation(config, learner, core, profiles, checkpoint, interrupted)
