@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.adapters import AdapterState
+from fedlora.aggregation.diagnostics import MergeDiagnostics
 from fedlora.config import ExperimentConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
 from fedlora.sim.engine import Evaluation, Outcome
@@ -73,6 +74,8 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
     }
     if outcome.local_evaluations:
         summary["local"] = _local_summary(outcome, metrics[0])
+    if outcome.diagnostics:
+        summary["diagnostics"] = _diagnostics_summary(outcome.diagnostics)
     target = config.eval.target
     if target is not None:
         reached = outcome.target
@@ -111,6 +114,26 @@ def _local_summary(outcome: Outcome, metric: str) -> dict[str, Any]:
             for c, o, d in zip(clients, own, dev, strict=True)
         },
     }
+
+
+def _diagnostics_summary(merges: list[MergeDiagnostics]) -> dict[str, Any]:
+    """Mean, max and last of each per-merge diagnostic (shadow errors by aggregator)."""
+
+    def over_merges(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values), "max": max(values), "last": values[-1]}
+
+    ranks = merges[-1].energy_above
+    summary: dict[str, Any] = {
+        "merges": len(merges),
+        "error": over_merges([m.error for m in merges]),
+        "spread": over_merges([m.spread for m in merges]),
+        "energy_above": {str(r): over_merges([m.energy_above[r] for m in merges]) for r in ranks},
+    }
+    if merges[-1].shadow:
+        summary["shadow"] = {
+            name: over_merges([m.shadow[name] for m in merges]) for name in merges[-1].shadow
+        }
+    return summary
 
 
 def _staleness_summary(outcome: Outcome) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Protocol
 import numpy as np
 
 from fedlora.adapters import AdapterSpec, AdapterState, InvalidUpdate
-from fedlora.aggregation import Aggregator
+from fedlora.aggregation import Aggregator, WeightedState
+from fedlora.aggregation.diagnostics import MergeDiagnostics, diagnose, shadow_aggregators
 from fedlora.client.trainer import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
@@ -101,6 +102,7 @@ class Outcome:
     staleness: Counter[int] = field(default_factory=Counter)  # accepted results by staleness
     busy_time: dict[int, float] = field(default_factory=dict)  # per client: time with a job
     local_evaluations: list[LocalEvaluation] = field(default_factory=list)
+    diagnostics: list[MergeDiagnostics] = field(default_factory=list)  # one per merge
 
 
 ProgressCallback = Callable[[Outcome], None]
@@ -138,6 +140,8 @@ class Simulation:
         self._started = time.perf_counter()
         self.outcome = Outcome(global_state=learner.initial_state())
         self._spec = AdapterSpec.of(self.outcome.global_state)
+        self._ranks = sorted({p.rank for p in self.profiles})
+        self._shadows = shadow_aggregators(config, self._ranks)
 
     def run(self) -> Outcome:
         self._evaluate()
@@ -175,8 +179,9 @@ class Simulation:
         sent = self.aggregator.personalize(projected, client)
         batches = self.learner.plan(client, np.random.default_rng([self.config.seed, 1, job_id]))
         tokens = self.learner.tokens(batches)
-        size = self.aggregator.transmitted_bytes(sent)  # the update returns at the same shape
-        duration = job_seconds(profile, tokens, self.config.clients.seconds_per_token, size, size)
+        size = self.aggregator.download_bytes(sent, client)
+        up = self.aggregator.transmitted_bytes(sent)  # the update returns at the same shape
+        duration = job_seconds(profile, tokens, self.config.clients.seconds_per_token, size, up)
         seed = int(np.random.SeedSequence([self.config.seed, 2, job_id]).generate_state(1)[0])
         now = self.clock.now
         lost = self.availability.failure(client, now, now + duration)
@@ -276,9 +281,14 @@ class Simulation:
         return (self._updates if source is Source.UPDATE else self._sent)[job]
 
     def _merge(self, merge: Merge) -> None:
-        states = [self._resolve(term.source, term.job) for term in merge.terms]
+        terms = [
+            WeightedState(self._resolve(t.source, t.job), t.weight, t.source, t.job)
+            for t in merge.terms
+        ]
         weights = [term.weight for term in merge.terms]
-        self.outcome.global_state = self.aggregator.combine(states, weights)
+        self.outcome.global_state = self.aggregator.combine(terms)
+        diagnostics = diagnose(terms, self.outcome.global_state, self._ranks, self._shadows)
+        self.outcome.diagnostics.append(diagnostics)
         self._release(merge.release)
         self.outcome.steps = self.policy.version
         self.outcome.rounds = self.policy.rounds
@@ -291,6 +301,7 @@ class Simulation:
             round=self.policy.rounds,
             jobs=jobs,
             weights=weights,
+            diagnostics=diagnostics.as_event(),
         )
         if self._evaluation_due():
             self._evaluate()
