@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fakes import FakeLearner, config, simulate
+from fakes import FakeLearner, config, run_cli, simulate
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from fedlora import aggregation
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation import WeightedState, client_results
 from fedlora.aggregation.diagnostics import client_spread, diagnose, energy_above, merge_error
+from fedlora.cli import app
 from fedlora.client.trainer import LocalResult
 from fedlora.config import ConfigError, LoraConfig
 from fedlora.data.tasks import generic_task
 from fedlora.policies import Source
+from fedlora.results.diagnostics_plot import write_diagnostics_plot
 from fedlora.results.store import summarize
 
 MODULES = ("q", "v")
@@ -276,3 +281,23 @@ def test_diagnose_gathers_every_figure() -> None:
     assert found.error == merge_error(terms, merged)
     assert found.shadow["hlora"] < 1e-6
     assert found.as_event()["energy_above"].keys() == {"2", "4"}
+
+
+def test_report_plots_the_diagnostics_of_runs_that_have_them(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    tiny_config["clients"]["ranks"] = {2: 0.5, 4: 0.5}
+    tiny_config["server"]["aggregator"] = "zeropad"
+    tiny_config["eval"]["shadow"] = ["hlora"]
+    run_cli(tmp_path, tiny_config, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["diagnostics"]
+    assert summary["merges"] == 3 and summary["energy_above"].keys() == {"2", "4"}
+    assert summary["shadow"]["hlora"]["max"] <= summary["error"]["max"] + 1e-6
+    result = CliRunner().invoke(
+        app, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "merge diagnostics:" in result.output
+    assert (tmp_path / "r" / "diagnostics.png").stat().st_size > 10_000
+    assert not write_diagnostics_plot([tmp_path / "nothing"], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
