@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from fedlora import aggregation
 from fedlora.adapters import AdapterState, LoraFactors
+from fedlora.aggregation import WeightedState, client_results
 from fedlora.aggregation.fedavg import update_norm
 from fedlora.config import LoraConfig, ServerConfig
+from fedlora.policies import Source
 
 
 def one_module(
@@ -24,6 +26,19 @@ def one_module(
 
 def delta(state: AdapterState) -> torch.Tensor:
     return state.lora["q"].delta()
+
+
+def delta_round(
+    global_state: AdapterState, jobs: list[tuple[AdapterState, AdapterState, float]]
+) -> list[WeightedState]:
+    """The terms of a delta-update merge: G + Σ_k w_k (U_k − S_k), each pair tagged by job."""
+    terms = [WeightedState(global_state, 1.0, Source.GLOBAL)]
+    for job, (update, sent, weight) in enumerate(jobs):
+        terms += [
+            WeightedState(update, weight, Source.UPDATE, job),
+            WeightedState(sent, -weight, Source.SENT, job),
+        ]
+    return terms
 
 
 def make(name: str, rank: int, alpha: float = 2.0, **options: object) -> aggregation.Aggregator:
@@ -52,7 +67,7 @@ def test_fedavg_weighted_average_by_hand() -> None:
     agg = make("fedavg", rank=1)
     s1 = one_module([[1.0, 2.0]], [[1.0], [0.0]], 2.0, head=1.0)
     s2 = one_module([[3.0, 6.0]], [[0.0], [4.0]], 2.0, head=0.0)
-    merged = agg.combine([s1, s2], [0.25, 0.75])
+    merged = agg.combine(client_results([s1, s2], [0.25, 0.75]))
     assert torch.equal(merged.lora["q"].A, torch.tensor([[2.5, 5.0]]))
     assert torch.equal(merged.lora["q"].B, torch.tensor([[0.25], [3.0]]))
     assert torch.equal(merged.extra["classifier.bias"], torch.tensor([0.25]))
@@ -62,7 +77,9 @@ def test_fedavg_weighted_average_by_hand() -> None:
 def test_alpha_is_folded_into_b() -> None:
     """A client trained with alpha 4 contributes twice the effective B of one with alpha 2."""
     merged = make("fedavg", rank=1).combine(
-        [one_module([[1.0]], [[1.0]], 4.0), one_module([[1.0]], [[1.0]], 2.0)], [0.5, 0.5]
+        client_results(
+            [one_module([[1.0]], [[1.0]], 4.0), one_module([[1.0]], [[1.0]], 2.0)], [0.5, 0.5]
+        )
     )
     assert merged.lora["q"].scaling * merged.lora["q"].B.item() == pytest.approx(3.0)
 
@@ -86,7 +103,9 @@ TRUE_MEAN = torch.tensor([[1.0, 0.0], [0.0, 0.5]])  # ½ΔW_1 + ½ΔW_2
 
 def test_zeropad_has_the_cross_term_bias() -> None:
     """(½B_1 + ½B_2)(½A_1 + ½A_2) = [[1,0],[0,½]]·[[1,0],[0,½]] = diag(1, ¼) ≠ diag(1, ½)."""
-    merged = make("zeropad", rank=2, alpha=2.0).combine([CLIENT_1, CLIENT_2], [0.5, 0.5])
+    merged = make("zeropad", rank=2, alpha=2.0).combine(
+        client_results([CLIENT_1, CLIENT_2], [0.5, 0.5])
+    )
     assert torch.allclose(delta(merged), torch.tensor([[1.0, 0.0], [0.0, 0.25]]))
     assert not torch.allclose(delta(merged), TRUE_MEAN)
 
@@ -94,13 +113,15 @@ def test_zeropad_has_the_cross_term_bias() -> None:
 @pytest.mark.parametrize("name", ["hlora", "flexlora"])
 @pytest.mark.parametrize("split", ["us", "sqrt"])
 def test_hlora_merges_the_true_products(name: str, split: str) -> None:
-    merged = make(name, rank=2, alpha=2.0, split=split).combine([CLIENT_1, CLIENT_2], [0.5, 0.5])
+    merged = make(name, rank=2, alpha=2.0, split=split).combine(
+        client_results([CLIENT_1, CLIENT_2], [0.5, 0.5])
+    )
     assert torch.allclose(delta(merged), TRUE_MEAN, atol=1e-6)
 
 
 def test_hlora_hands_each_client_its_best_approximation() -> None:
     agg = make("hlora", rank=2, alpha=2.0)
-    merged = agg.combine([CLIENT_1, CLIENT_2], [0.5, 0.5])
+    merged = agg.combine(client_results([CLIENT_1, CLIENT_2], [0.5, 0.5]))
     one = agg.project(merged, 1)  # the best rank-1 approximation of diag(1, ½) is diag(1, 0)
     assert one.lora["q"].rank == 1 and one.lora["q"].alpha == 2.0
     assert torch.allclose(delta(one), torch.tensor([[1.0, 0.0], [0.0, 0.0]]), atol=1e-6)
@@ -136,7 +157,7 @@ def test_scaling_round_trips_across_ranks_and_alphas(
     )
     global_rank = client_rank + extra_rank - 1
     agg = aggregation.create("hlora", LoraConfig(r=global_rank, alpha=server_alpha), global_rank)
-    merged = agg.combine([client], [1.0])
+    merged = agg.combine(client_results([client], [1.0]))
     assert torch.allclose(delta(merged), delta(client), atol=1e-4, rtol=1e-4)
     back = agg.project(merged, client_rank)
     assert back.lora["q"].alpha == server_alpha and back.lora["q"].rank == client_rank
@@ -148,14 +169,14 @@ def test_hetlora_weights_by_update_norm() -> None:
     big = one_module([[3.0, 0.0]], [[1.0], [0.0]], alpha=1.0)  # ‖ΔW‖ = 3
     assert update_norm(big) == pytest.approx(3.0)
     agg = make("hetlora", rank=1, alpha=1.0)
-    assert agg.reweight([small, big], [0.5, 0.5]) == pytest.approx([0.25, 0.75])
-    merged = agg.combine([small, big], [0.5, 0.5])
+    assert agg.reweight(client_results([small, big], [0.5, 0.5])) == pytest.approx([0.25, 0.75])
+    merged = agg.combine(client_results([small, big], [0.5, 0.5]))
     assert torch.allclose(merged.lora["q"].A, torch.tensor([[2.5, 0.0]]))  # ¼·1 + ¾·3
 
 
 def test_zero_padding_truncates_on_the_way_out() -> None:
     agg = make("zeropad", rank=2, alpha=2.0)
-    merged = agg.combine([CLIENT_1, CLIENT_2], [0.5, 0.5])
+    merged = agg.combine(client_results([CLIENT_1, CLIENT_2], [0.5, 0.5]))
     one = agg.project(merged, 1)
     assert torch.equal(one.lora["q"].A, merged.lora["q"].A[:1])
 
@@ -166,7 +187,7 @@ def test_fedsa_shares_a_and_keeps_each_clients_b() -> None:
     assert agg.personalize(start, client=3) is start  # no B of its own yet: the global's
     trained = one_module([[2.0, 0.0]], [[5.0], [6.0]], alpha=1.0)
     agg.remember(3, trained)
-    merged = agg.combine([trained, start], [0.5, 0.5])
+    merged = agg.combine(client_results([trained, start], [0.5, 0.5]))
     assert torch.equal(merged.lora["q"].A, torch.tensor([[1.5, 0.5]]))
     mine = agg.personalize(agg.project(merged, 1), client=3)
     assert torch.equal(mine.lora["q"].A, merged.lora["q"].A)  # the shared A ...
@@ -191,8 +212,8 @@ def test_flora_stacks_exactly_and_restarts_clients_fresh() -> None:
         assert factors.A.abs().max() <= 2**-0.5  # PEFT's bound 1/√in
         assert sent.frozen == start.lora
     # the round as the fedavg policy sends it in delta mode: G + Σ w (U − S)
-    merged = agg.combine([start, CLIENT_1, sent_1, CLIENT_2, sent_2], [1.0, 0.5, -0.5, 0.5, -0.5])
+    merged = agg.combine(delta_round(start, [(CLIENT_1, sent_1, 0.5), (CLIENT_2, sent_2, 0.5)]))
     assert torch.allclose(delta(merged), TRUE_MEAN, atol=1e-6)  # exact, no truncation
     assert merged.lora["q"].rank == 2  # the numerical rank of the sum
-    nxt = agg.combine([merged, CLIENT_1, agg.project(merged, 1)], [1.0, 1.0, -1.0])
+    nxt = agg.combine(delta_round(merged, [(CLIENT_1, agg.project(merged, 1), 1.0)]))
     assert torch.allclose(delta(nxt), TRUE_MEAN + delta(CLIENT_1), atol=1e-6)

@@ -164,12 +164,14 @@ def report(
     out: Annotated[Path, typer.Option(help="Where to write comparison.png.")] = Path("report"),
 ) -> None:
     """Print a comparison table of runs and plot their curves together."""
+    from fedlora.results.diagnostics_plot import write_diagnostics_plot
     from fedlora.results.report import comparison_table, write_comparison_plot
 
     try:
         table = comparison_table(runs)
         out.mkdir(parents=True, exist_ok=True)
         write_comparison_plot(runs, out / "comparison.png")
+        diagnostics = write_diagnostics_plot(runs, out / "diagnostics.png")
     except _USER_ERRORS as error:
         raise _fail(error) from None
     out_console = Console()
@@ -177,6 +179,8 @@ def report(
         out_console = Console(width=200)
     out_console.print(table)
     typer.echo(f"plot: {out / 'comparison.png'}")
+    if diagnostics:
+        typer.echo(f"merge diagnostics: {out / 'diagnostics.png'}")
 
 
 @app.command()

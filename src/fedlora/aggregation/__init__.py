@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 from fedlora.aggregation.catalog import available
 
 if TYPE_CHECKING:
-    from fedlora.aggregation.base import Aggregator, create
+    from fedlora.aggregation.base import Aggregator, WeightedState, client_results, create
 
-__all__ = ["Aggregator", "available", "create"]
+__all__ = ["Aggregator", "WeightedState", "available", "client_results", "create"]
+_LAZY = ("Aggregator", "WeightedState", "client_results", "create")
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Aggregator", "create"):
+    if name in _LAZY:
         from fedlora.aggregation import base
 
         return getattr(base, name)

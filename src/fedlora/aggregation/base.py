@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,27 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation.catalog import registry
 from fedlora.config import LoraConfig, ServerConfig
+from fedlora.policies.base import Source
+
+
+@dataclass(frozen=True)
+class WeightedState:
+    """One merge term: an adapter, its weight in the sum, and its role.
+
+    The role says what the policy meant the term to be (a client result, what a job was
+    sent, the global), so an aggregator that reweights client results leaves the others as
+    written; ``job`` pairs a result with what it was sent.
+    """
+
+    state: AdapterState
+    weight: float
+    role: Source = Source.UPDATE
+    job: int | None = None
+
+
+def client_results(states: Sequence[AdapterState], weights: Sequence[float]) -> list[WeightedState]:
+    """Terms for plain client results (the model-update merge without a global term)."""
+    return [WeightedState(s, w) for s, w in zip(states, weights, strict=True)]
 
 
 class NoOptions(BaseModel):
@@ -43,16 +65,20 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
 
 
 def average_extra(
-    states: Sequence[AdapterState], weights: Sequence[float]
+    terms: Sequence[WeightedState], weights: Sequence[float] | None = None
 ) -> dict[str, torch.Tensor]:
-    """The head (``modules_to_save``) tensors: a plain weighted sum for every aggregator."""
+    """The head (``modules_to_save``) tensors: a plain weighted sum for every aggregator,
+    with the terms' own weights unless ``weights`` replaces them."""
+    if weights is None:
+        weights = [t.weight for t in terms]
+    first = terms[0].state
     return {
-        name: weighted_sum([s.extra[name] for s in states], weights) for name in states[0].extra
+        name: weighted_sum([t.state.extra[name] for t in terms], weights) for name in first.extra
     }
 
 
 class Aggregator(ABC):
-    """Template: :meth:`combine` merges weighted states; :meth:`project` serves one client.
+    """Template: :meth:`combine` merges weighted terms; :meth:`project` serves one client.
 
     Subclasses set ``Options`` (a pydantic model for ``server.aggregator_options``) when they
     take any, and ``same_rank_only`` when they cannot merge adapters of different ranks.
@@ -76,8 +102,12 @@ class Aggregator(ABC):
             )
 
     @abstractmethod
-    def combine(self, states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
-        """The global state (at ``global_rank``) for Σ_k weights[k]·states[k], weights as given."""
+    def combine(self, terms: Sequence[WeightedState]) -> AdapterState:
+        """The global state (at ``global_rank``) for Σ_t weight_t·state_t.
+
+        Global and sent terms keep the weights the policy wrote; only an aggregator's own
+        reweighting of client results may change what the results contribute.
+        """
 
     def project(self, global_state: AdapterState, rank: int) -> AdapterState:
         """What a client of ``rank`` receives: the leading ``rank`` components, rescaled to the
@@ -116,6 +146,11 @@ class Aggregator(ABC):
     def transmitted_bytes(self, state: AdapterState) -> int:
         """Bytes of ``state`` that cross the network (all of it, unless parts stay local)."""
         return state.num_bytes()
+
+    def download_bytes(self, sent: AdapterState, client: int) -> int:
+        """Bytes of a job's adapter ``sent`` down to ``client`` (its personalised parts
+        included when the client does not hold them yet)."""
+        return self.transmitted_bytes(sent)
 
 
 def create(

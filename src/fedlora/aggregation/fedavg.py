@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from fedlora.adapters import AdapterState
 from fedlora.aggregation.base import (
     Aggregator,
+    WeightedState,
     average_extra,
     effective_b,
     from_effective,
@@ -24,6 +25,7 @@ from fedlora.aggregation.base import (
     weighted_sum,
 )
 from fedlora.config import LoraConfig
+from fedlora.policies.base import Source
 
 
 def _pad_rows(tensor: torch.Tensor, rank: int) -> torch.Tensor:
@@ -37,22 +39,22 @@ class FedAvg(Aggregator):
     name = "fedavg"
     same_rank_only = True
 
-    def combine(self, states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
-        if not states:
-            raise ValueError("combine needs at least one state")
-        weights = self.reweight(states, weights)
+    def combine(self, terms: Sequence[WeightedState]) -> AdapterState:
+        if not terms:
+            raise ValueError("combine needs at least one term")
+        weights = self.reweight(terms)
         rank = self.global_rank
         lora = {}
-        for module in states[0].lora:
-            factors = [s.lora[module] for s in states]
+        for module in terms[0].state.lora:
+            factors = [t.state.lora[module] for t in terms]
             a = weighted_sum([_pad_rows(f.A, rank) for f in factors], weights)
             b = weighted_sum([_pad_rows(effective_b(f).T, rank).T for f in factors], weights)
             lora[module] = from_effective(b, a, self.lora.alpha)
-        return AdapterState(lora=lora, extra=average_extra(states, weights))
+        return AdapterState(lora=lora, extra=average_extra(terms, weights))
 
-    def reweight(self, states: Sequence[AdapterState], weights: Sequence[float]) -> list[float]:
+    def reweight(self, terms: Sequence[WeightedState]) -> list[float]:
         """The weights the factors are averaged with; the policy's, unless a variant says."""
-        return list(weights)
+        return [t.weight for t in terms]
 
 
 @registry.register("zeropad")
@@ -65,21 +67,34 @@ class ZeroPad(FedAvg):
 
 @registry.register("hetlora")
 class HetLoRA(ZeroPad):
-    """Zero-padding with sparsity weights: each client's weight scaled by ‖ΔW_k‖_F (HetLoRA).
+    """Zero-padding with sparsity weights: each client result's weight scaled by ‖ΔW_k‖_F
+    (HetLoRA).
 
-    The total weight is kept, so a mean stays a mean. (HetLoRA's local rank self-pruning is a
-    change to local training and is not part of this aggregator.)
+    Only client results are reweighted, and the total weight of the results is kept, so a
+    mean stays a mean. A job's sent term takes its result's factor, so under delta updates
+    the pair stays a (rescaled) difference that vanishes when a client returns what it was
+    sent; the global term keeps its weight. (HetLoRA's local rank self-pruning is a change to
+    local training and is not part of this aggregator.)
     """
 
     name = "hetlora"
 
-    def reweight(self, states: Sequence[AdapterState], weights: Sequence[float]) -> list[float]:
-        norms = [update_norm(s) for s in states]
-        scaled = [w * n for w, n in zip(weights, norms, strict=True)]
-        total = sum(scaled)
+    def reweight(self, terms: Sequence[WeightedState]) -> list[float]:
+        norms = {i: update_norm(t.state) for i, t in enumerate(terms) if t.role is Source.UPDATE}
+        total = sum(terms[i].weight * n for i, n in norms.items())
         if total == 0:
-            return list(weights)
-        return [s * sum(weights) / total for s in scaled]
+            return [t.weight for t in terms]
+        share = sum(terms[i].weight for i in norms) / total
+        factors = {i: n * share for i, n in norms.items()}
+        by_job = {terms[i].job: f for i, f in factors.items() if terms[i].job is not None}
+        return [
+            t.weight * factors[i]
+            if i in factors
+            else t.weight * by_job.get(t.job, 1.0)
+            if t.role is Source.SENT
+            else t.weight
+            for i, t in enumerate(terms)
+        ]
 
 
 @registry.register("fedsa")
@@ -88,8 +103,9 @@ class FedSA(ZeroPad):
 
     A (and the head) are averaged with zero-padding across ranks; a client starts every job
     from the global A and the B it trained last (the global B on its first job). The server's
-    B is the mean of the clients' B's, used only to evaluate a global model: in a deployment B
-    never leaves the client, so it is not charged to the network.
+    B is the mean of the clients' B's, used to evaluate a global model and to start a client's
+    first job: that first download is charged with B (:meth:`download_bytes`); afterwards B
+    never leaves the client.
     """
 
     name = "fedsa"
@@ -124,6 +140,12 @@ class FedSA(ZeroPad):
     def transmitted_bytes(self, state: AdapterState) -> int:
         local = sum(f.B.numel() * f.B.element_size() for f in state.lora.values())
         return state.num_bytes() - local
+
+    def download_bytes(self, sent: AdapterState, client: int) -> int:
+        """A client's first job carries the server's mean B as well: it has none of its own."""
+        if client not in self._own_b:
+            return sent.num_bytes()
+        return self.transmitted_bytes(sent)
 
 
 def update_norm(state: AdapterState) -> float:

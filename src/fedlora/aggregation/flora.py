@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation.base import (
     Aggregator,
+    WeightedState,
     average_extra,
     effective_b,
     from_effective,
@@ -55,12 +56,13 @@ class FLoRA(Aggregator):
                 " set update: delta"
             )
 
-    def combine(self, states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
-        if not states:
-            raise ValueError("combine needs at least one state")
+    def combine(self, terms: Sequence[WeightedState]) -> AdapterState:
+        if not terms:
+            raise ValueError("combine needs at least one term")
+        weights = [t.weight for t in terms]
         svds = {}
-        for module in states[0].lora:
-            factors = [s.lora[module] for s in states]
+        for module in terms[0].state.lora:
+            factors = [t.state.lora[module] for t in terms]
             svds[module] = stacked_svd(
                 [effective_b(f) for f in factors], [f.A for f in factors], weights
             )
@@ -74,9 +76,9 @@ class FLoRA(Aggregator):
             if keep < rank:  # a layer smaller than the global rank: zero components on top
                 b = torch.cat([b, b.new_zeros(b.shape[0], rank - keep)], dim=1)
                 a = torch.cat([a, a.new_zeros(rank - keep, a.shape[1])])
-            dtype = states[0].lora[module].A.dtype
+            dtype = terms[0].state.lora[module].A.dtype
             lora[module] = from_effective(b.to(dtype), a.to(dtype), self.lora.alpha)
-        return AdapterState(lora=lora, extra=average_extra(states, weights))
+        return AdapterState(lora=lora, extra=average_extra(terms))
 
     def project(self, global_state: AdapterState, rank: int) -> AdapterState:
         """A fresh LoRA at ``rank`` (PEFT's init: A ~ U(±1/√in), B = 0) on the frozen global."""

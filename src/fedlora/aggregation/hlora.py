@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from fedlora.adapters import AdapterState
 from fedlora.aggregation.base import (
     Aggregator,
+    WeightedState,
     average_extra,
     effective_b,
     from_effective,
@@ -38,19 +39,19 @@ class HLoRA(Aggregator):
     name = "hlora"
     Options = HLoRAOptions
 
-    def combine(self, states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
-        if not states:
-            raise ValueError("combine needs at least one state")
+    def combine(self, terms: Sequence[WeightedState]) -> AdapterState:
+        if not terms:
+            raise ValueError("combine needs at least one term")
         assert isinstance(self.options, HLoRAOptions)
         lora = {}
-        for module in states[0].lora:
-            factors = [s.lora[module] for s in states]
+        for module in terms[0].state.lora:
+            factors = [t.state.lora[module] for t in terms]
             b, a = weighted_sum_factors(
                 [effective_b(f) for f in factors],
                 [f.A for f in factors],
-                weights,
+                [t.weight for t in terms],
                 self.global_rank,
                 split=self.options.split,
             )
             lora[module] = from_effective(b, a, self.lora.alpha)
-        return AdapterState(lora=lora, extra=average_extra(states, weights))
+        return AdapterState(lora=lora, extra=average_extra(terms))

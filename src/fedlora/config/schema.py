@@ -295,6 +295,9 @@ class EvalConfig(_Section):
     # every trained client model on it and on the global eval split (local vs global effects).
     local_share: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target: TargetConfig | None = None
+    # Aggregators that also merge every merge's terms, only to log their merge error beside
+    # the run's own (a paired, noise-free comparison); they never change the run.
+    shadow: list[str] = []
 
 
 class RuntimeConfig(_Section):
@@ -333,6 +336,12 @@ class ExperimentConfig(_Section):
                 f"server.aggregator: unknown aggregator {self.server.aggregator!r};"
                 f" available: {', '.join(aggregation.available())}"
             )
+        for name in self.eval.shadow:
+            if name not in aggregation.available():
+                raise ValueError(
+                    f"eval.shadow: unknown aggregator {name!r};"
+                    f" available: {', '.join(aggregation.available())}"
+                )
         if self.server.global_rank is not None and self.global_rank < self.max_client_rank:
             raise ValueError(
                 f"server.global_rank: {self.global_rank} is below the largest client"

@@ -10,7 +10,7 @@ import csv
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, TargetConfig, dump_config, load_config
@@ -19,6 +19,9 @@ from fedlora.results.errors import RunFolderError
 from fedlora.results.target import first_reaching
 from fedlora.server.outcome import Evaluation, Outcome
 from fedlora.server.snapshot import Snapshot, write_atomically
+
+if TYPE_CHECKING:
+    from fedlora.aggregation.diagnostics import MergeDiagnostics
 
 CONFIG_FILE = "config.yaml"
 EVENTS_FILE = "events.jsonl"
@@ -73,6 +76,8 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
     }
     if outcome.local_evaluations:
         summary["local"] = _local_summary(outcome, metrics[0])
+    if outcome.diagnostics:
+        summary["diagnostics"] = _diagnostics_summary(outcome.diagnostics)
     if config.eval.target is not None:
         summary["target"] = _target_summary(config.eval.target, outcome)
     return summary
@@ -131,6 +136,26 @@ def _local_summary(outcome: Outcome, metric: str) -> dict[str, Any]:
             for c, o, d in zip(clients, own, dev, strict=True)
         },
     }
+
+
+def _diagnostics_summary(merges: list[MergeDiagnostics]) -> dict[str, Any]:
+    """Mean, max and last of each per-merge diagnostic (shadow errors by aggregator)."""
+
+    def over_merges(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values), "max": max(values), "last": values[-1]}
+
+    ranks = merges[-1].energy_above
+    summary: dict[str, Any] = {
+        "merges": len(merges),
+        "error": over_merges([m.error for m in merges]),
+        "spread": over_merges([m.spread for m in merges]),
+        "energy_above": {str(r): over_merges([m.energy_above[r] for m in merges]) for r in ranks},
+    }
+    if merges[-1].shadow:
+        summary["shadow"] = {
+            name: over_merges([m.shadow[name] for m in merges]) for name in merges[-1].shadow
+        }
+    return summary
 
 
 def _staleness_summary(config: ExperimentConfig, outcome: Outcome) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedlora.adapters import AdapterSpec, AdapterState, InvalidUpdate
-from fedlora.aggregation import Aggregator
+from fedlora.aggregation import Aggregator, WeightedState
+from fedlora.aggregation.diagnostics import diagnose, shadow_aggregators
 from fedlora.client.protocol import Evaluator
 from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
@@ -34,7 +35,8 @@ class Send:
     version: int
     rank: int
     state: AdapterState
-    bytes: int
+    bytes: int  # down, charged when sent
+    upload_bytes: int  # what its result costs back (parts some aggregators keep local)
 
 
 @dataclass
@@ -74,6 +76,8 @@ class ServerCore:
         self.in_flight: dict[int, Job] = {}
         self.stopped: str | None = None
         self._spec = AdapterSpec.of(initial)
+        self._ranks = sorted(set(self.ranks))
+        self._shadows = shadow_aggregators(config, self._ranks)
         self._held: dict[int, tuple[AdapterState, AdapterState]] = {}  # job: (update, sent)
         self._applied: set[int] = set()
         self._next_job = 0
@@ -199,8 +203,9 @@ class ServerCore:
         projected = self.aggregator.project(self.outcome.global_state, rank)
         sent = self.aggregator.personalize(projected, client)
         self.in_flight[job_id] = Job(job_id, client, self.policy.version, sent)
-        size = self.aggregator.transmitted_bytes(sent)  # the update returns at the same shape
-        return Send(job_id, client, self.policy.version, rank, sent, size)
+        down = self.aggregator.download_bytes(sent, client)
+        up = self.aggregator.transmitted_bytes(sent)  # the update returns at the same shape
+        return Send(job_id, client, self.policy.version, rank, sent, down, up)
 
     def _resolve(self, source: Source, job: int | None) -> AdapterState:
         if source is Source.GLOBAL:
@@ -210,9 +215,14 @@ class ServerCore:
         return update if source is Source.UPDATE else sent
 
     def _merge(self, merge: Merge, now: float) -> None:
-        states = [self._resolve(term.source, term.job) for term in merge.terms]
+        terms = [
+            WeightedState(self._resolve(t.source, t.job), t.weight, t.source, t.job)
+            for t in merge.terms
+        ]
         weights = [term.weight for term in merge.terms]
-        self.outcome.global_state = self.aggregator.combine(states, weights)
+        self.outcome.global_state = self.aggregator.combine(terms)
+        diagnostics = diagnose(terms, self.outcome.global_state, self._ranks, self._shadows)
+        self.outcome.diagnostics.append(diagnostics)
         self._release(merge.release)
         self.outcome.steps = self.policy.version
         self.outcome.rounds = self.policy.rounds
@@ -226,6 +236,7 @@ class ServerCore:
             round=self.policy.rounds,
             jobs=jobs,
             weights=weights,
+            diagnostics=diagnostics.as_event(),
         )
         if self._evaluation_due(now):
             self._evaluate(now)

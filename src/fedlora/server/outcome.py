@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fedlora.adapters import AdapterState
+from fedlora.aggregation.diagnostics import MergeDiagnostics
 
 
 @dataclass
@@ -53,12 +54,14 @@ class Outcome:
     staleness: Counter[int] = field(default_factory=Counter)  # accepted results by staleness
     busy_time: dict[int, float] = field(default_factory=dict)  # per client: time with a job
     local_evaluations: list[LocalEvaluation] = field(default_factory=list)
+    diagnostics: list[MergeDiagnostics] = field(default_factory=list)  # one per merge
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the global adapter, as JSON-ready data (for checkpoints)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "global_state"}
         data["evaluations"] = [asdict(e) for e in self.evaluations]
         data["local_evaluations"] = [asdict(e) for e in self.local_evaluations]
+        data["diagnostics"] = [d.as_event() for d in self.diagnostics]
         data["target"] = None if self.target is None else self.evaluations.index(self.target)
         data["staleness"] = sorted(self.staleness.items())
         data["busy_time"] = sorted(self.busy_time.items())
@@ -77,5 +80,6 @@ class Outcome:
                 "staleness": Counter(dict(data["staleness"])),
                 "busy_time": dict(data["busy_time"]),
                 "local_evaluations": [LocalEvaluation(**e) for e in data["local_evaluations"]],
+                "diagnostics": [MergeDiagnostics.from_event(d) for d in data["diagnostics"]],
             }
         )

@@ -113,7 +113,7 @@ class Simulation:
         batches = self.learner.plan(send.client, rng)
         tokens = self.learner.tokens(batches)
         cost = job_seconds(
-            profile, tokens, self.config.clients.seconds_per_token, send.bytes, send.bytes
+            profile, tokens, self.config.clients.seconds_per_token, send.bytes, send.upload_bytes
         )
         seed = int(np.random.SeedSequence([self.config.seed, 2, send.job]).generate_state(1)[0])
         now = self.clock.now
