@@ -129,15 +129,20 @@ def _stop_after(
     return running, output
 
 
+def _without_wall(block: Any) -> Any:
+    """A summary without its wall-clock times, at any depth."""
+    if isinstance(block, dict):
+        return {k: _without_wall(v) for k, v in block.items() if k != "wall_time_s"}
+    return block
+
+
 def _comparable(folder: Path) -> dict[str, Any]:
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
     with (folder / "metrics.csv").open() as handle:
         metrics = [
             {k: v for k, v in row.items() if k != "wall_time_s"} for row in csv.DictReader(handle)
         ]
-    summary = json.loads((folder / "summary.json").read_text())
-    for block in (summary, summary["final"], summary["best"], summary.get("target", {})):
-        block.pop("wall_time_s", None)
+    summary = _without_wall(json.loads((folder / "summary.json").read_text()))
     return {
         "events": deterministic(events),
         "metrics": metrics,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
@@ -138,13 +139,25 @@ class AdapterState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AdapterState:
+        """The state in safetensors bytes; bytes from anywhere else than :meth:`to_bytes`
+        (a client, a file) raise :class:`InvalidUpdate` saying why, and nothing else."""
         try:
-            header_len = int.from_bytes(data[:8], "little")
-            metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-            alphas = json.loads(metadata[_ALPHAS_KEY])
-            tensors = load_safetensors(data)
-        except (ValueError, KeyError, json.JSONDecodeError, RuntimeError) as error:
+            return cls._from_bytes(data)
+        except InvalidUpdate:
+            raise
+        except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise InvalidUpdate(f"unreadable adapter bytes: {error}") from None
+
+    @classmethod
+    def _from_bytes(cls, data: bytes) -> AdapterState:
+        tensors = load_safetensors(data)  # checks the header against the payload
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        alphas = json.loads(metadata[_ALPHAS_KEY])
+        if not isinstance(alphas, dict) or not all(
+            isinstance(a, int | float) and not isinstance(a, bool) for a in alphas.values()
+        ):
+            raise InvalidUpdate(f"{_ALPHAS_KEY} metadata is not a map of numbers")
         frozen = {
             k.removeprefix(_FROZEN_PREFIX): v
             for k, v in tensors.items()
@@ -173,13 +186,20 @@ class AdapterSpec:
 
     modules: Mapping[str, tuple[int, int]]
     extra: Mapping[str, tuple[int, ...]]
+    dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)  # by PEFT key
 
     @classmethod
     def of(cls, state: AdapterState) -> AdapterSpec:
         return cls(
             modules={m: (int(f.B.shape[0]), int(f.A.shape[1])) for m, f in state.lora.items()},
             extra={name: tuple(t.shape) for name, t in state.extra.items()},
+            dtypes={k: t.dtype for k, t in state.to_peft_state_dict().items()},
         )
+
+    @property
+    def largest_value(self) -> float:
+        """The largest number every tensor of a well-formed update can hold."""
+        return min((torch.finfo(d).max for d in self.dtypes.values()), default=math.inf)
 
     def validate(self, state: AdapterState, rank: int) -> None:
         """Raise :class:`InvalidUpdate` naming the first problem that makes ``state`` unusable."""
@@ -205,8 +225,9 @@ class AdapterSpec:
                     f"{name}: shape {tuple(state.extra[name].shape)}, expected {shape}"
                 )
         for name, tensor in state.to_peft_state_dict().items():
-            if not tensor.is_floating_point():
-                raise InvalidUpdate(f"{name}: dtype {tensor.dtype} is not floating point")
+            expected = self.dtypes.get(name, tensor.dtype)
+            if tensor.dtype != expected or not tensor.is_floating_point():
+                raise InvalidUpdate(f"{name}: dtype {tensor.dtype}, expected {expected}")
             if not bool(torch.isfinite(tensor).all()):
                 raise InvalidUpdate(f"{name}: contains NaN or Inf")
 

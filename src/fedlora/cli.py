@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -82,7 +81,8 @@ def run(
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
     from fedlora.preflight import check
-    from fedlora.results.store import read_config
+    from fedlora.results.folders import claim_run_folder
+    from fedlora.results.store import learning_failure, read_config
     from fedlora.server import Outcome
 
     try:
@@ -98,12 +98,10 @@ def run(
             config = load_config(config_file, set_ or [])
             folder = _out_folder(out, Path("results") / config.name)
         check(config)
+        if resume is None:
+            claim_run_folder(folder, overwrite)  # only now: every check has passed
     except _USER_ERRORS as error:
         raise _fail(error) from None
-    if resume is None and folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise _fail(ConfigError(f"{folder} already holds a run; pass --overwrite or --out"))
-        shutil.rmtree(folder)
 
     with (
         Progress(
@@ -141,13 +139,25 @@ def run(
             )
             raise typer.Exit(code=130) from None
     final = summary["final"]
-    metrics = "  ".join(f"{k}={final[k]:.4f}" for k in ("accuracy", "f1", "loss") if k in final)
+    metrics = "  ".join(
+        f"{k}={final[k]:.4f}" for k in ("accuracy", "f1", "loss") if final.get(k) is not None
+    )
     typer.echo(
         f"{config.name}: final {config.eval.split} {metrics}  after {summary['rounds']} rounds,"
         f" {summary['server_steps']} server steps, virtual {summary['virtual_time_s']:,.0f}s,"
         f" wall {summary['wall_time_s']:.0f}s"
     )
     typer.echo(f"results: {folder}")
+    if failure := learning_failure(summary):
+        console.print(f"[bold red]the run did not learn:[/] {failure}", highlight=False)
+        raise typer.Exit(code=3)
+
+
+def _overrides_suffix(overrides: list[str]) -> str:
+    """Runs under --set overrides never share folders with the study as committed."""
+    if not overrides:
+        return ""
+    return "-set-" + hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
 
 
 def _out_folder(out: Path | None, default: Path) -> Path:
@@ -190,11 +200,18 @@ def export(
     merge: Annotated[
         bool, typer.Option(help="Write a full model with the adapter merged in instead.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write over the files of an existing export in OUT.")
+    ] = False,
 ) -> None:
     """Write the run's final global adapter as a PEFT folder (or a merged model)."""
     from fedlora.export import export_adapter, export_merged
 
     try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out} is a file, not a folder")
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise ConfigError(f"{out} is not empty; pass --overwrite to write over its files")
         (export_merged if merge else export_adapter)(run_folder, out)
     except _USER_ERRORS as error:
         raise _fail(error) from None
@@ -225,10 +242,15 @@ def study(
     """Run a study's sweep (finished cells are skipped), then write its table and plot.
 
     --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
+
+    Only the study as committed writes docs/results/<name>; a narrowed run writes beside its runs.
+
+    Runs under --set overrides go to a folder of their own, never replacing the study's cells.
     """
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
     from fedlora.preflight import Preflight
+    from fedlora.results.store import learning_failure
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
     from fedlora.studies.table import plot_local, plot_study, study_table
 
@@ -237,7 +259,8 @@ def study(
         path = Path("configs") / study_file / "study.yaml"
     try:
         spec = load_study(path)
-        planned = plan(spec, out or Path("results/studies") / spec.name, set_ or [])
+        root = out or Path("results/studies") / (spec.name + _overrides_suffix(set_ or []))
+        planned = plan(spec, root, set_ or [])
     except _USER_ERRORS as error:
         raise _fail(error) from None
     cells = [
@@ -265,7 +288,10 @@ def study(
     with stop_requests(console.print) as interrupted:
 
         def run_cell(config: ExperimentConfig, folder: Path, resume: bool) -> object:
-            return run_experiment(config, folder, resume=resume, interrupted=interrupted)
+            summary = run_experiment(config, folder, resume=resume, interrupted=interrupted)
+            if failure := learning_failure(summary):
+                console.print(f"warning: {folder} did not learn: {failure}", highlight=False)
+            return summary
 
         try:
             run_sweep(cells, run_cell, announce)
@@ -274,9 +300,16 @@ def study(
         except Interrupted as stop:
             console.print(f"{stop}; or run the study again", highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
-    docs = docs or Path("docs/results") / spec.name
+    narrowing = [
+        f"--{flag} {value}"
+        for flag, value in (("arms", arms), ("seeds", seeds), ("tasks", tasks))
+        if value is not None
+    ] + [f"--set {pair}" for pair in set_ or []]
+    docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
     docs.mkdir(parents=True, exist_ok=True)
     table = study_table(planned, spec.baselines)
+    if narrowing:
+        table = f"Not the committed study: run with {' '.join(narrowing)}.\n\n{table}"
     (docs / "table.md").write_text(table + "\n", encoding="utf-8")
     plot_study(planned, docs / "accuracy.png")
     written = ["table.md", "accuracy.png"]

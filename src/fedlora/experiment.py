@@ -20,7 +20,7 @@ from fedlora.client.model import (
     model_path,
     write_adapter_folder,
 )
-from fedlora.config import ExperimentConfig
+from fedlora.config import ExperimentConfig, with_resolved_data_dir
 from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
 from fedlora.preflight import check
@@ -107,7 +107,7 @@ def run_experiment(
     snapshot = read_checkpoint(folder) if resume else None
     prepared = prepare(config)
     if snapshot is None:
-        write_config(folder, config)
+        write_config(folder, with_resolved_data_dir(config))
     log = EventLog(
         folder / EVENTS_FILE,
         resume_at=None if snapshot is None else snapshot.meta["events_offset"],

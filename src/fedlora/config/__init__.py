@@ -11,6 +11,7 @@ from fedlora.config.loading import (
     load_config,
     parse_overrides,
     resolve_data_dir,
+    with_resolved_data_dir,
 )
 from fedlora.config.schema import (
     AvailabilityConfig,
@@ -66,4 +67,5 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "resolve_data_dir",
+    "with_resolved_data_dir",
 ]

@@ -43,6 +43,17 @@ def resolve_data_dir(config: ExperimentConfig) -> Path | None:
     )
 
 
+def with_resolved_data_dir(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with ``data.dir`` as the run reads it (``$FEDLORA_DATA`` written out), so a
+    run folder's config.yaml reproduces the run by itself."""
+    from_env = os.environ.get(DATA_ENV)
+    if config.data.dir is not None or not from_env:
+        return config
+    return config.model_copy(
+        update={"data": config.data.model_copy(update={"dir": Path(from_env)})}
+    )
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """Turn ``["server.rounds=3", "data.dir=/x"]`` into a nested dict; values parse as YAML."""
     nested: dict[str, Any] = {}

@@ -253,6 +253,10 @@ class ServerConfig(_Section):
     # The unit of staleness for staleness_bound, s(τ) and the reports: client results the global
     # absorbed since the job's dispatch (the same meaning under every policy), or merges.
     staleness_unit: Literal["updates", "merges"] = "updates"
+    # An update farther than this (Frobenius norm over A, B and head) from what its job was
+    # sent is rejected, or clipped back to it (norm_action); null: no bound.
+    max_update_norm: Annotated[float | None, Field(gt=0)] = None
+    norm_action: Literal["reject", "clip"] = "reject"
     mixing: Annotated[float, Field(gt=0, le=1)] = 0.6  # FedAsync's alpha
     # Virtual seconds a job may take from dispatch; a later result is lost. null: no deadline.
     job_timeout: Annotated[float | None, Field(gt=0)] = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,13 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
         "clients": config.clients.num,
         "seed": config.seed,
         "stop_reason": outcome.stop_reason,
-        "final": _evaluation_row(final),
+        # the final model, as of the run's end (lost jobs may advance rounds and time after
+        # its last merge, never the model)
+        "final": {
+            **_evaluation_row(final),
+            "round": outcome.rounds,
+            "virtual_time_s": outcome.virtual_time,
+        },
         "best": _evaluation_row(best),
         "virtual_time_s": outcome.virtual_time,
         "wall_time_s": outcome.wall_time,
@@ -68,6 +75,7 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
         "updates_accepted": outcome.accepted,
         "updates_applied": outcome.applied,
         "updates_rejected": outcome.rejected,
+        "updates_clipped": outcome.clipped,
         "updates_dropped": outcome.dropped,
         "jobs_lost": outcome.lost,
         "jobs_in_flight": outcome.in_flight,
@@ -188,10 +196,45 @@ def write_run(
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summary = summarize(config, outcome, task)
-    (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    summary = strict_json(summarize(config, outcome, task))
+    text = json.dumps(summary, indent=2, allow_nan=False)
+    (folder / SUMMARY_FILE).write_text(text + "\n", encoding="utf-8")
     (folder / GLOBAL_FILE).write_bytes(outcome.global_state.to_bytes())
     return summary
+
+
+def strict_json(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with NaN and ±Inf as null (strict JSON parsers refuse them), the paths of
+    those values listed under ``non_finite``."""
+    found: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    cleaned: dict[str, Any] = clean(summary, "")
+    if found:
+        cleaned["non_finite"] = found
+    return cleaned
+
+
+def learning_failure(summary: dict[str, Any]) -> str | None:
+    """Why a finished run learned nothing, or None: no merge at all, every update rejected,
+    or a final loss that is not a number."""
+    if summary["server_steps"] == 0:
+        return (
+            f"no merge happened: {summary['updates_rejected']} updates rejected,"
+            f" {summary['jobs_lost']} jobs lost, {summary['updates_dropped']} dropped"
+        )
+    if summary["final"].get("loss", 0.0) is None:
+        return "the final model's loss is not a number (NaN or Inf)"
+    return None
 
 
 def write_config(folder: Path, config: ExperimentConfig) -> None:

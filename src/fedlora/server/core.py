@@ -23,6 +23,7 @@ from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, S
 from fedlora.results.events import EventLog
 from fedlora.results.target import lower_is_better, meets
 from fedlora.server.outcome import Evaluation, LocalEvaluation, Outcome
+from fedlora.server.screening import screen
 from fedlora.server.snapshot import Snapshot
 
 
@@ -134,13 +135,19 @@ class ServerCore:
             loss=loss,
             bytes=size,
         )
+        server = self.config.server
         try:
-            state = AdapterState.from_bytes(update) if isinstance(update, bytes) else update
-            self._spec.validate(state, job.sent.rank)
+            screened = screen(
+                update, self._spec, job.sent, server.max_update_norm, server.norm_action
+            )
         except InvalidUpdate as error:
             self.outcome.rejected += 1
             self._emit("reject", now, job=job.id, client=job.client, reason=str(error))
             return self._apply(self.policy.on_lost(job.id, job.client), now)
+        state = screened.state
+        if screened.clipped_from is not None:
+            self.outcome.clipped += 1
+            self._emit("clip", now, job=job.id, client=job.client, norm=screened.clipped_from)
         self.outcome.accepted += 1
         self.outcome.staleness[staleness] += 1
         self._evaluate_client(job, state, now)

@@ -46,6 +46,7 @@ class Outcome:
     bytes_up: int = 0
     accepted: int = 0
     rejected: int = 0
+    clipped: int = 0  # accepted after clipping to server.max_update_norm
     dropped: int = 0
     lost: int = 0
     applied: int = 0  # accepted results that went into at least one merge

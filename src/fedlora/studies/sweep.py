@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.config import ConfigError, ExperimentConfig, load_config, with_resolved_data_dir
 from fedlora.results.store import CHECKPOINT_FILE, SUMMARY_FILE, read_config
 
 
@@ -82,7 +82,9 @@ class Cell:
 
 
 def _same_experiment(stored: ExperimentConfig, planned: ExperimentConfig) -> bool:
-    return stored.model_copy(update={"runtime": planned.runtime}) == planned
+    """The same experiment: runtime settings aside, the data folder as each resolves it."""
+    stored = with_resolved_data_dir(stored).model_copy(update={"runtime": planned.runtime})
+    return stored == with_resolved_data_dir(planned)
 
 
 def _resumable(folder: Path, config: ExperimentConfig) -> bool:
