@@ -38,7 +38,7 @@ from fedlora.results.store import (
 )
 from fedlora.server import Outcome, ServerCore, Snapshot
 from fedlora.sim.engine import Simulation
-from fedlora.sim.profiles import draw_profiles
+from fedlora.sim.profiles import ClientProfile, draw_profiles
 
 
 @dataclass(frozen=True)
@@ -97,14 +97,13 @@ class Interrupted(Exception):
         self.folder = folder
 
 
-def build_simulation(
+def build_core(
     prepared: Prepared,
     log: EventLog,
     progress: Callable[[Outcome], None] | None = None,
-    checkpoint: Callable[[Snapshot], None] | None = None,
-    interrupted: Callable[[], bool] = lambda: False,
-) -> Simulation:
-    """The prepared experiment as a simulation: a server core driven in virtual time."""
+) -> tuple[ServerCore, list[ClientProfile]]:
+    """The prepared experiment's server core, and the client profiles its ranks come from:
+    the same for every runtime that drives it."""
     config = prepared.config
     profiles = draw_profiles(config.clients, config.lora.r, config.seed)
     try:
@@ -132,7 +131,31 @@ def build_simulation(
         log,
         progress,
     )
-    return Simulation(config, learner, core, profiles, checkpoint, interrupted)
+    return core, profiles
+
+
+def build_simulation(
+    prepared: Prepared,
+    log: EventLog,
+    progress: Callable[[Outcome], None] | None = None,
+    checkpoint: Callable[[Snapshot], None] | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> Simulation:
+    """The prepared experiment as a simulation: a server core driven in virtual time."""
+    core, profiles = build_core(prepared, log, progress)
+    return Simulation(prepared.config, prepared.learner, core, profiles, checkpoint, interrupted)
+
+
+def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[str, Any]:
+    """The run folder's results from a finished run (any runtime); returns the summary."""
+    config = prepared.config
+    summary = write_run(folder, config, outcome, prepared.task)
+    write_adapter_folder(
+        outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
+    )
+    curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
+    plot_curves({config.name: curves}, list(prepared.task.metrics), folder / CURVES_FILE)
+    return summary
 
 
 def run_experiment(
@@ -170,11 +193,6 @@ def run_experiment(
         outcome = simulation.run()
         if simulation.core.stopped == "interrupted":
             raise Interrupted(folder, outcome.steps)
-    summary = write_run(folder, config, outcome, prepared.task)
-    write_adapter_folder(
-        outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
-    )
-    curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
-    plot_curves({config.name: curves}, list(prepared.task.metrics), folder / CURVES_FILE)
+    summary = write_results(folder, prepared, outcome)
     remove_checkpoint(folder)
     return summary
