@@ -148,14 +148,20 @@ class GridRuntime:
         self._push(self.core.arrival(pending.job, update, result.examples, result.loss, now))
 
     def _expire(self) -> None:
+        """Jobs past ``job_timeout`` are lost, unless their reply came while the loop was busy."""
         if self.timeout is None:
             return
         now = self.now()
         late = [m for m, p in self._pending.items() if now - p.since > self.timeout]
+        if not late:
+            return
+        for reply in self.grid.pull_messages(late):
+            self._receive(reply)
         for message_id in late:
-            job = self._pending.pop(message_id).job
-            reason = f"no result within job_timeout {self.timeout:g}s"
-            self._push(self.core.lost(job, reason, now))
+            pending = self._pending.pop(message_id, None)
+            if pending is not None:
+                reason = f"no result within job_timeout {self.timeout:g}s"
+                self._push(self.core.lost(pending.job, reason, now))
 
     def _check_nodes(self) -> None:
         online = set(self.grid.get_node_ids())

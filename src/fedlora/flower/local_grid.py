@@ -7,11 +7,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import Context, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
-from flwr.serverapp import Grid
 
 ClientCall = Callable[[Message, Context], Message | None]  # None: the node never answers
 
@@ -74,10 +74,19 @@ class LocalGrid(Grid):
             ids.append(message_id)
             node = message.metadata.dst_node_id
             app = self._apps.get(node)
-            reply = None if app is None else app(message, self._contexts[node])
+            reply = None if app is None else self._call(app, message, self._contexts[node])
             if reply is not None:
                 self._replies[message_id] = reply
         return ids
+
+    @staticmethod
+    def _call(app: ClientCall, message: Message, context: Context) -> Message | None:
+        """As a SuperNode does: an app that raises is answered with an error reply."""
+        try:
+            return app(message, context)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in message_ids if m in self._replies]
