@@ -54,7 +54,7 @@ def discover_clients(
             node = asked[reply.metadata.reply_to_message_id]
             if reply.has_error():
                 raise FederationError(f"node {node} cannot say its partition: {reply.error.reason}")
-            partition = int(reply.content.config_records[PARTITION_KEY]["id"])  # type: ignore[call-overload]
+            partition = int(reply.content.config_records[PARTITION_KEY]["id"])  # type: ignore[arg-type]
             if partition in nodes and nodes[partition] != node:
                 raise FederationError(
                     f"nodes {nodes[partition]} and {node} both hold {PARTITION_KEY} {partition}"
