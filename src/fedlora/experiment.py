@@ -134,11 +134,18 @@ def run_experiment(
         outcome = simulation.run()
         if simulation.core.stopped == "interrupted":
             raise Interrupted(folder, outcome.steps)
+    summary = write_results(folder, prepared, outcome)
+    remove_checkpoint(folder)
+    return summary
+
+
+def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[str, Any]:
+    """The run folder's results from a finished run (any runtime); returns the summary."""
+    config = prepared.config
     summary = write_run(folder, config, outcome, prepared.task)
     write_adapter_folder(
         outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
     )
     curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
     plot_curves({config.name: curves}, [summary], folder / CURVES_FILE, run_title(summary))
-    remove_checkpoint(folder)
     return summary

@@ -49,3 +49,10 @@ class Learner(Evaluator, Protocol):
     def train(
         self, start: AdapterState, batches: Sequence[np.ndarray], seed: int
     ) -> LocalResult: ...
+
+
+def plan_job(learner: Learner, seed: int, client: int, job: int) -> tuple[list[np.ndarray], int]:
+    """A job's batches and training seed, from the experiment's seed and the job's id alone:
+    the same whichever runtime, process or machine trains it."""
+    batches = learner.plan(client, np.random.default_rng([seed, 1, job]))
+    return batches, int(np.random.SeedSequence([seed, 2, job]).generate_state(1)[0])

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from fedlora import aggregation, policies
-from fedlora.client.protocol import Learner
+from fedlora import policies
+from fedlora.client.protocol import Learner, plan_job
 from fedlora.config import ExperimentConfig
 from fedlora.results.events import EventLog
 from fedlora.server import Outcome, Send, ServerCore, Snapshot
+from fedlora.server.build import build_core
 from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
 from fedlora.sim.profiles import ClientProfile, draw_profiles, job_seconds
@@ -109,13 +110,11 @@ class Simulation:
 
     def _dispatch(self, send: Send) -> None:
         profile = self.profiles[send.client]
-        rng = np.random.default_rng([self.config.seed, 1, send.job])
-        batches = self.learner.plan(send.client, rng)
+        batches, seed = plan_job(self.learner, self.config.seed, send.client, send.job)
         tokens = self.learner.tokens(batches)
         cost = job_seconds(
             profile, tokens, self.config.clients.seconds_per_token, send.bytes, send.upload_bytes
         )
-        seed = int(np.random.SeedSequence([self.config.seed, 2, send.job]).generate_state(1)[0])
         now = self.clock.now
         lost = self.availability.failure(send.client, now, now + cost)
         timeout = self.config.server.job_timeout
@@ -174,13 +173,15 @@ def build_simulation(
     """The config's policy and aggregator in a server core, driven in virtual time over
     clients holding ``client_sizes`` examples (profiles drawn from the config unless given)."""
     profiles = profiles or draw_profiles(config.clients, config.lora.r, config.seed)
-    aggregator = aggregation.create(
-        config.server.aggregator, config.lora, config.global_rank, config.server.aggregator_options
-    )
-    clients = [policies.ClientInfo(c, size) for c, size in enumerate(client_sizes)]
-    policy = policy or policies.create(config.server.policy, config.server, clients, config.seed)
     ranks = [p.rank for p in profiles]
-    core = ServerCore(
-        config, aggregator, policy, learner.initial_state(), ranks, learner, log, progress
+    core = build_core(
+        config,
+        learner.initial_state(),
+        client_sizes,
+        ranks,
+        learner,
+        log,
+        policy=policy,
+        progress=progress,
     )
     return Simulation(config, learner, core, profiles, checkpoint, interrupted)

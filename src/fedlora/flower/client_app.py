@@ -1,0 +1,84 @@
+"""The ClientApp: trains the adapter it is sent, at whatever rank, on its node's partition.
+
+The node's ``partition-id`` (its ``--node-config``) picks the partition, made by the same
+partitioner and seed as the simulator; the job's batches and seed are derived from the
+experiment seed and the job id exactly as the simulator derives them, so a job trains the same
+on either runtime. The data and the backbone are built once per process and kept resident for
+every later message of the same experiment. A job that fails is answered with Flower's error
+content, so the server counts it lost and carries on.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+
+from fedlora.client.protocol import plan_job
+from fedlora.config import ExperimentConfig
+from fedlora.experiment import Prepared, prepare
+from fedlora.flower.records import JobFields, ResultFields, get_state, put_state
+
+EXPERIMENT = "experiment"  # the config record that carries the experiment's config as JSON
+PARTITION_KEY = "partition-id"
+
+_resident: dict[str, Prepared] = {}  # by config JSON: data and backbone, built once per process
+
+
+def put_experiment(content: RecordDict, config_json: str) -> None:
+    content.config_records[EXPERIMENT] = ConfigRecord({"config": config_json})
+
+
+def resident(config_json: str) -> Prepared:
+    """The experiment's data and backbone, prepared on the first message and kept."""
+    if config_json not in _resident:
+        _resident.clear()  # a new experiment replaces the last one's model
+        _resident[config_json] = prepare(ExperimentConfig.model_validate_json(config_json))
+    return _resident[config_json]
+
+
+def partition_of(context: Context) -> int:
+    if PARTITION_KEY not in context.node_config:
+        raise ValueError(
+            f"node {context.node_id} has no {PARTITION_KEY!r} in its node config"
+            " (start the SuperNode with --node-config 'partition-id=K')"
+        )
+    return int(context.node_config[PARTITION_KEY])
+
+
+def train_content(content: RecordDict, partition: int) -> RecordDict:
+    """Train the job ``content`` describes on ``partition``; the reply's content."""
+    fields = JobFields.get(content)
+    if fields.client != partition:
+        raise ValueError(
+            f"job {fields.job} is for client {fields.client}, this node holds partition {partition}"
+        )
+    prepared = resident(str(content.config_records[EXPERIMENT]["config"]))
+    clients = len(prepared.data.client_train)
+    if not 0 <= partition < clients:
+        raise ValueError(f"{PARTITION_KEY} {partition} is outside the {clients} clients")
+    batches, seed = plan_job(prepared.learner, prepared.config.seed, fields.client, fields.job)
+    result = prepared.learner.train(get_state(content), batches, seed)
+    reply = RecordDict()
+    put_state(reply, result.state)
+    ResultFields(fields.job, result.examples, result.loss).put(reply)
+    return reply
+
+
+app = ClientApp()
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    """Which partition (client id) this node holds: the server maps clients to nodes by it."""
+    reply = RecordDict({PARTITION_KEY: ConfigRecord({"id": partition_of(context)})})
+    return Message(reply, reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    try:
+        return Message(train_content(message.content, partition_of(context)), reply_to=message)
+    except Exception as error:  # any failure is a lost job for the server, never a crash here
+        reason = f"{type(error).__name__}: {error}"
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)

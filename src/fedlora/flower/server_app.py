@@ -1,0 +1,52 @@
+"""The ServerApp: one experiment as a federation of Flower SuperNodes, written to the same run
+folder as the simulator's (config, events, metrics, summary, global adapter, PEFT ``adapter/``).
+
+Run config keys (``flwr run ... --run-config``): ``config`` (the experiment's YAML file on the
+server's machine), ``out`` (the run folder), ``wait-s`` (how long to wait for every client's
+node to connect, default 120).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedlora.config import ExperimentConfig, load_config, with_resolved_data_dir
+from fedlora.experiment import prepare, write_results
+from fedlora.flower.grid_runtime import GridRuntime, discover_clients
+from fedlora.results.events import EventLog
+from fedlora.results.store import EVENTS_FILE, write_config
+from fedlora.server.build import build_core
+from fedlora.sim.profiles import draw_profiles
+
+
+def run_federation(
+    grid: Grid, config: ExperimentConfig, folder: Path, wait_s: float = 120.0
+) -> dict[str, Any]:
+    """Run ``config`` over ``grid`` into ``folder``; returns the summary."""
+    prepared = prepare(config)
+    nodes = discover_clients(grid, config.clients.num, wait_s)
+    write_config(folder, with_resolved_data_dir(config))
+    with EventLog(folder / EVENTS_FILE) as log:
+        learner = prepared.learner
+        sizes = [len(indices) for indices in prepared.data.client_train]
+        ranks = [p.rank for p in draw_profiles(config.clients, config.lora.r, config.seed)]
+        core = build_core(config, learner.initial_state(), sizes, ranks, learner, log)
+        outcome = GridRuntime(grid, core, nodes, config.model_dump_json()).run()
+    return write_results(folder, prepared, outcome)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run = context.run_config
+    for key in ("config", "out"):
+        if key not in run:
+            raise ValueError(f"run config: {key!r} is missing (flwr run --run-config '{key}=...')")
+    config = load_config(str(run["config"]))
+    run_federation(grid, config, Path(str(run["out"])), float(run.get("wait-s", 120.0)))

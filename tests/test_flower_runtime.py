@@ -1,0 +1,154 @@
+"""The Flower runtime over an in-process Grid (no sockets, no Ray): the ServerApp's loop and the
+real ClientApp on a tiny random BERT, every policy, heterogeneous ranks, and the ways a job is
+lost (the ClientApp raises, its node never answers, its node leaves)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fakes import run_cli
+from flwr.app import Context, Message, RecordDict
+
+from fedlora.adapters import AdapterState
+from fedlora.config import build_config
+from fedlora.flower.client_app import app as client_app
+from fedlora.flower.client_app import train_content
+from fedlora.flower.grid_runtime import FederationError, discover_clients
+from fedlora.flower.local_grid import ClientCall, LocalGrid
+from fedlora.flower.records import JobFields
+from fedlora.flower.server_app import run_federation
+from fedlora.results.events import read_events
+
+
+@pytest.fixture
+def flower_config(tiny_config: dict) -> dict:
+    tiny_config["clients"]["ranks"] = [2, 4, 8, 4]
+    tiny_config["server"] |= {"aggregator": "hlora", "concurrency": 3, "window": 2}
+    return tiny_config
+
+
+def federate(raw: dict, out: Path, apps: dict[int, ClientCall] | None = None) -> dict[str, Any]:
+    config = build_config(raw)
+    calls: dict[int, ClientCall] = {k: client_app for k in range(config.clients.num)}
+    return run_federation(LocalGrid(calls | (apps or {})), config, out, wait_s=1.0)
+
+
+def raises(message: Message, context: Context) -> Message:
+    if message.metadata.message_type == "query":
+        return client_app(message, context)
+    raise RuntimeError("out of memory")
+
+
+def never_answers(message: Message, context: Context) -> Message | None:
+    return client_app(message, context) if message.metadata.message_type == "query" else None
+
+
+@pytest.mark.parametrize(
+    ("policy", "aggregator"), [("fedavg", "hlora"), ("fedbuff", "zeropad"), ("fedfa", "hlora")]
+)
+def test_each_policy_finishes_with_heterogeneous_ranks(
+    tmp_path: Path, flower_config: dict, policy: str, aggregator: str
+) -> None:
+    flower_config["server"] |= {"policy": policy, "aggregator": aggregator}
+    summary = federate(flower_config, tmp_path / "run")
+    assert summary["rounds"] == 3 and summary["stop_reason"] == "3 rounds reached"
+    assert summary["jobs_lost"] == 0 and summary["updates_rejected"] == 0
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {
+        "config.yaml", "events.jsonl", "metrics.csv", "summary.json", "global.safetensors",
+        "adapter",
+    }  # fmt: skip
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    dispatches = [e for e in events if e["type"] == "dispatch"]
+    assert {e["rank"] for e in dispatches} == {2, 4, 8}
+    assert all(e["node"] == 1000 + e["client"] for e in dispatches)
+    assert all(e["wire_bytes"] > e["bytes"] > 0 for e in dispatches)  # NumPy headers on top
+    times = [e["t"] for e in events]
+    assert times == sorted(times)
+
+
+def test_fedavg_over_flower_merges_what_the_simulator_merges(
+    tmp_path: Path, flower_config: dict
+) -> None:
+    """Same jobs, same batches, same seeds: the same rounds and (up to summation order) the
+    same global adapter as the in-process simulator."""
+    federate(flower_config, tmp_path / "flower")
+    run_cli(tmp_path, flower_config, tmp_path / "sim")
+
+    def rounds(folder: Path) -> list[list[int]]:
+        events = read_events(folder / "events.jsonl")
+        return [sorted(e["jobs"]) for e in events if e["type"] == "merge"]
+
+    assert (
+        rounds(tmp_path / "flower") == rounds(tmp_path / "sim") == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    )
+    ours, theirs = (
+        AdapterState.from_bytes((tmp_path / run / "global.safetensors").read_bytes())
+        for run in ("flower", "sim")
+    )
+    assert ours.lora.keys() == theirs.lora.keys()
+    for module, factors in ours.lora.items():  # the SVD basis may differ, ΔW may not
+        torch.testing.assert_close(factors.delta(), theirs.lora[module].delta())
+    for name, tensor in ours.extra.items():
+        torch.testing.assert_close(tensor, theirs.extra[name])
+
+
+@pytest.mark.parametrize("policy", ["fedavg", "fedfa"])
+def test_a_client_app_that_raises_is_a_lost_job_not_a_crash(
+    tmp_path: Path, flower_config: dict, policy: str
+) -> None:
+    flower_config["server"]["policy"] = policy
+    summary = federate(flower_config, tmp_path / "run", {1: raises})
+    assert summary["rounds"] == 3 and summary["jobs_lost"] >= 1
+    lost = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "lost"]
+    assert {e["client"] for e in lost} == {1}
+    assert all("RuntimeError: out of memory" in e["reason"] for e in lost)
+
+
+def test_a_silent_node_times_out_and_fedfa_carries_on(tmp_path: Path, flower_config: dict) -> None:
+    flower_config["server"] |= {"policy": "fedfa", "job_timeout": 0.3}
+    summary = federate(flower_config, tmp_path / "run", {2: never_answers})
+    assert summary["rounds"] == 3 and summary["jobs_lost"] >= 1
+    lost = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "lost"]
+    assert {e["client"] for e in lost} == {2}
+    assert all(e["reason"] == "no result within job_timeout 0.3s" for e in lost)
+
+
+def test_a_node_that_leaves_loses_its_jobs(tmp_path: Path, flower_config: dict) -> None:
+    config = build_config(flower_config | {"server": flower_config["server"] | {"policy": "fedfa"}})
+    calls: dict[int, ClientCall] = {k: client_app for k in range(4)}
+    grid = LocalGrid(calls)
+
+    def leaves(message: Message, context: Context) -> Message | None:
+        if message.metadata.message_type == "query":
+            return client_app(message, context)
+        grid.remove(context.node_id)
+        return None
+
+    grid = LocalGrid(calls | {3: leaves})
+    summary = run_federation(grid, config, tmp_path / "run", wait_s=1.0)
+    assert summary["rounds"] == 3 and summary["jobs_lost"] >= 1
+    lost = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "lost"]
+    assert lost and all(e["reason"] == "node 1003 left the federation" for e in lost)
+
+
+def test_a_missing_partition_is_named_before_any_training(flower_config: dict) -> None:
+    calls: dict[int, ClientCall] = {k: client_app for k in (0, 1, 3)}
+    with pytest.raises(FederationError, match=r"no node holds partition-id \[2\] after 0.2s"):
+        discover_clients(LocalGrid(calls), 4, wait_s=0.2)
+
+
+def test_a_job_for_another_partition_is_refused(flower_config: dict) -> None:
+    content = RecordDict()
+    JobFields(job=0, client=2, version=0, rank=4).put(content)
+    with pytest.raises(ValueError, match="job 0 is for client 2, this node holds partition 1"):
+        train_content(content, partition=1)
+
+
+def test_the_run_folder_reports_like_the_simulators(tmp_path: Path, flower_config: dict) -> None:
+    federate(flower_config, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["policy"] == "fedavg" and summary["bytes_up"] == summary["bytes_down"] > 0
