@@ -118,7 +118,9 @@ def test_a_silent_node_times_out_and_fedfa_carries_on(tmp_path: Path, flower_con
 
 
 def test_a_node_that_leaves_loses_its_jobs(tmp_path: Path, flower_config: dict) -> None:
-    config = build_config(flower_config | {"server": flower_config["server"] | {"policy": "fedfa"}})
+    # synchronous rounds of every client: the run can only go on once the departure is noticed
+    server = flower_config["server"] | {"policy": "fedavg", "aggregator": "hlora", "per_round": 4}
+    config = build_config(flower_config | {"server": server})
     calls: dict[int, ClientCall] = {k: client_app for k in range(4)}
     grid = LocalGrid(calls)
 

@@ -194,7 +194,14 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(
         process = _start(["--resume", str(killed)], tmp_path)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
-    assert _comparable(killed) == expected
+    resumed = _comparable(killed)
+    differing = [
+        (i, a, b)
+        for i, (a, b) in enumerate(zip(resumed["events"], expected["events"], strict=False))
+        if a != b
+    ]
+    assert not differing[:1]  # the first event that differs, if any
+    assert resumed == expected
 
 
 def test_a_study_resumes_its_interrupted_cell_from_the_checkpoint(
