@@ -278,7 +278,7 @@ def test_diagnose_gathers_every_figure() -> None:
     agg = make("zeropad", 4)
     merged = agg.combine(terms)
     found = diagnose(terms, merged, [2, 4], {"hlora": make("hlora", 6)})
-    assert found.error == merge_error(terms, merged)
+    assert found.error == pytest.approx(merge_error(terms, merged), rel=1e-11)
     assert found.shadow["hlora"] < 1e-6
     assert found.as_event()["energy_above"].keys() == {"2", "4"}
 

@@ -130,16 +130,24 @@ def diagnose(
     ranks: Sequence[int],
     shadows: Mapping[str, Aggregator] | None = None,
 ) -> MergeDiagnostics:
-    """All of a merge's diagnostics; ``shadows`` merge the same terms for a paired error."""
+    """All of a merge's diagnostics; ``shadows`` merge the same terms for a paired error.
+
+    Rounded to 12 significant digits: LAPACK's last bits can vary with memory alignment from
+    one process to the next, and a resumed run must log what an uninterrupted one logs.
+    """
     return MergeDiagnostics(
-        error=merge_error(terms, merged),
-        spread=client_spread(terms),
-        energy_above=energy_above(merged, ranks),
+        error=_measured(merge_error(terms, merged)),
+        spread=_measured(client_spread(terms)),
+        energy_above={r: _measured(e) for r, e in energy_above(merged, ranks).items()},
         shadow={
-            name: merge_error(terms, aggregator.combine(terms))
+            name: _measured(merge_error(terms, aggregator.combine(terms)))
             for name, aggregator in (shadows or {}).items()
         },
     )
+
+
+def _measured(value: float) -> float:
+    return float(f"{value:.12g}")
 
 
 def shadow_aggregators(config: ExperimentConfig, ranks: Sequence[int]) -> dict[str, Aggregator]:
