@@ -12,10 +12,11 @@ import yaml
 from typer.testing import CliRunner
 
 from fedlora.adapters import AdapterState, LoraFactors
+from fedlora.aggregation import WeightedState
 from fedlora.cli import app
 from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
-from fedlora.policies import Policy
+from fedlora.policies import Policy, Source
 from fedlora.results.events import EventLog
 from fedlora.server import Outcome
 from fedlora.sim.engine import build_simulation
@@ -107,3 +108,16 @@ def run_cli(tmp_path: Path, raw: dict, out: Path, *extra: str) -> None:
         app, ["run", str(config_file), "--out", str(out), "--quiet", *extra]
     )
     assert result.exit_code == 0, result.output
+
+
+def delta_terms(
+    global_state: AdapterState, jobs: Sequence[tuple[AdapterState, AdapterState, float]]
+) -> list[WeightedState]:
+    """The terms of a delta-update merge: G + Σ_k w_k (U_k − S_k), each pair tagged by job."""
+    terms = [WeightedState(global_state, 1.0, Source.GLOBAL)]
+    for job, (update, sent, weight) in enumerate(jobs):
+        terms += [
+            WeightedState(update, weight, Source.UPDATE, job),
+            WeightedState(sent, -weight, Source.SENT, job),
+        ]
+    return terms

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fakes import delta_terms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora import aggregation
 from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.aggregation import WeightedState, client_results
+from fedlora.aggregation import client_results
 from fedlora.aggregation.fedavg import update_norm
 from fedlora.config import LoraConfig, ServerConfig
-from fedlora.policies import Source
 
 
 def one_module(
@@ -26,19 +26,6 @@ def one_module(
 
 def delta(state: AdapterState) -> torch.Tensor:
     return state.lora["q"].delta()
-
-
-def delta_round(
-    global_state: AdapterState, jobs: list[tuple[AdapterState, AdapterState, float]]
-) -> list[WeightedState]:
-    """The terms of a delta-update merge: G + Σ_k w_k (U_k − S_k), each pair tagged by job."""
-    terms = [WeightedState(global_state, 1.0, Source.GLOBAL)]
-    for job, (update, sent, weight) in enumerate(jobs):
-        terms += [
-            WeightedState(update, weight, Source.UPDATE, job),
-            WeightedState(sent, -weight, Source.SENT, job),
-        ]
-    return terms
 
 
 def make(name: str, rank: int, alpha: float = 2.0, **options: object) -> aggregation.Aggregator:
@@ -212,8 +199,8 @@ def test_flora_stacks_exactly_and_restarts_clients_fresh() -> None:
         assert factors.A.abs().max() <= 2**-0.5  # PEFT's bound 1/√in
         assert sent.frozen == start.lora
     # the round as the fedavg policy sends it in delta mode: G + Σ w (U − S)
-    merged = agg.combine(delta_round(start, [(CLIENT_1, sent_1, 0.5), (CLIENT_2, sent_2, 0.5)]))
+    merged = agg.combine(delta_terms(start, [(CLIENT_1, sent_1, 0.5), (CLIENT_2, sent_2, 0.5)]))
     assert torch.allclose(delta(merged), TRUE_MEAN, atol=1e-6)  # exact, no truncation
     assert merged.lora["q"].rank == 2  # the numerical rank of the sum
-    nxt = agg.combine(delta_round(merged, [(CLIENT_1, agg.project(merged, 1), 1.0)]))
+    nxt = agg.combine(delta_terms(merged, [(CLIENT_1, agg.project(merged, 1), 1.0)]))
     assert torch.allclose(delta(nxt), TRUE_MEAN + delta(CLIENT_1), atol=1e-6)

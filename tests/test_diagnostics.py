@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import FakeLearner, config, run_cli, simulate
+from fakes import FakeLearner, config, delta_terms, run_cli, simulate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -58,18 +58,6 @@ def dense_error(terms: Sequence[WeightedState], merged: AdapterState) -> float:
 
 def make(name: str, rank: int) -> aggregation.Aggregator:
     return aggregation.create(name, LoraConfig(r=rank, alpha=8.0), rank)
-
-
-def delta_terms(
-    global_state: AdapterState, jobs: Sequence[tuple[AdapterState, AdapterState, float]]
-) -> list[WeightedState]:
-    terms = [WeightedState(global_state, 1.0, Source.GLOBAL)]
-    for job, (update, sent, weight) in enumerate(jobs):
-        terms += [
-            WeightedState(update, weight, Source.UPDATE, job),
-            WeightedState(sent, -weight, Source.SENT, job),
-        ]
-    return terms
 
 
 cohorts = st.lists(st.sampled_from([1, 2, 3, 4]), min_size=1, max_size=4)
