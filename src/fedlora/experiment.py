@@ -26,6 +26,7 @@ from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
 from fedlora.results.events import EventLog
 from fedlora.results.plots import plot_curves
+from fedlora.results.predictions import PREDICTIONS_FILE, write_predictions
 from fedlora.results.store import (
     ADAPTER_DIR,
     CURVES_FILE,
@@ -171,6 +172,8 @@ def run_experiment(
         if simulation.core.stopped == "interrupted":
             raise Interrupted(folder, outcome.steps)
     summary = write_run(folder, config, outcome, prepared.task)
+    if prepared.learner.global_predictions is not None:
+        write_predictions(folder / PREDICTIONS_FILE, prepared.learner.global_predictions)
     write_adapter_folder(
         outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
     )
