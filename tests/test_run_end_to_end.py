@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from fedlora.cli import app
 from fedlora.client.model import model_path
 from fedlora.results.events import read_events, without_wall_clock
+from fedlora.results.predictions import read_predictions
 from fedlora.results.report import speedup, time_to_target
 
 runner = CliRunner()
@@ -34,6 +35,7 @@ def test_run_writes_a_complete_results_folder(tmp_path: Path, tiny_config: dict)
         "global.safetensors",
         "adapter",
         "curves.png",
+        "predictions.csv",
     }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["server_steps"] == 3
@@ -46,6 +48,11 @@ def test_run_writes_a_complete_results_folder(tmp_path: Path, tiny_config: dict)
     assert all("t" in e and "wall" in e for e in events)
     assert sum(e["type"] == "merge" for e in events) == 3
     assert (out / "metrics.csv").read_text().count("\n") == 1 + 4  # header, steps 0..3
+    predictions = read_predictions(out / "predictions.csv")
+    assert float(predictions.correct.mean()) == summary["final"]["accuracy"]
+    # the summary's loss is the model's batch loss in float32; the file's is float64 from logits
+    assert float(predictions.losses.mean()) == pytest.approx(summary["final"]["loss"], rel=1e-6)
+    assert np.allclose(predictions.probabilities.sum(axis=1), 1.0)
 
 
 def test_same_config_and_seed_give_the_same_event_log(tmp_path: Path, tiny_config: dict) -> None:

@@ -134,7 +134,12 @@ def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_confi
     # target 0 is reached at the start, time 0: no ratio to take, so no speedup column; no
     # local test splits either
     assert "| rounds to target |" in table and "speedup vs sync" not in table
-    assert "local acc" not in table and "| — |" not in table
+    assert "local acc" not in table
+    # paired against the baseline on the same seed's predictions: the baseline's own row is "—"
+    assert "| Δ acc vs sync [95% CI] | Δ loss vs sync [95% CI] |" in table
+    rows = [line for line in table.splitlines() if line.startswith(("| sync", "| fa"))]
+    sync_row, fa_row = rows[:2]
+    assert sync_row.endswith("| — | — |") and fa_row.count("[") == 2
 
     study["baselines"] = ["nope"]
     path.write_text(yaml.safe_dump(study))

@@ -26,6 +26,7 @@ from fedlora.data.tasks import TaskSpec
 from fedlora.preflight import check
 from fedlora.results.events import EventLog
 from fedlora.results.plots import plot_curves, run_title
+from fedlora.results.predictions import PREDICTIONS_FILE, write_predictions
 from fedlora.results.store import (
     ADAPTER_DIR,
     CURVES_FILE,
@@ -143,6 +144,11 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
     """The run folder's results from a finished run (any runtime); returns the summary."""
     config = prepared.config
     summary = write_run(folder, config, outcome, prepared.task)
+    learner = prepared.learner
+    if learner.global_predictions is None:  # resumed after the final evaluation: redo it
+        learner.evaluate(outcome.global_state)
+    assert learner.global_predictions is not None
+    write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)
     write_adapter_folder(
         outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
     )

@@ -12,6 +12,7 @@ from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.client.trainer import evaluate, plan_batches, train_local
 from fedlora.config import ExperimentConfig
 from fedlora.data.encoding import EncodedSplit
+from fedlora.results.predictions import Predictions
 
 
 class ModelLearner:
@@ -39,6 +40,7 @@ class ModelLearner:
         self.config = config
         self.pad_token_id = pad_token_id
         self._initial = model.state()
+        self.global_predictions: Predictions | None = None
 
     def initial_state(self) -> AdapterState:
         return self._initial
@@ -63,7 +65,11 @@ class ModelLearner:
         )
 
     def evaluate(self, state: AdapterState) -> dict[str, float]:
-        return self._evaluate(state, self.eval_data)
+        """The global model on the eval split; its per-example outputs are kept in
+        ``global_predictions`` (the latest global evaluation's: the run's final one at the end)."""
+        metrics, logits = self._scored(state, self.eval_data)
+        self.global_predictions = Predictions.from_logits(logits, self.eval_data.labels.numpy())
+        return metrics
 
     def evaluate_client(self, client: int, state: AdapterState) -> ClientEvaluation | None:
         """A client's trained model on its own local test split and on the global eval
@@ -76,6 +82,11 @@ class ModelLearner:
     def _evaluate(
         self, state: AdapterState, data: EncodedSplit, indices: np.ndarray | None = None
     ) -> dict[str, float]:
+        return self._scored(state, data, indices)[0]
+
+    def _scored(
+        self, state: AdapterState, data: EncodedSplit, indices: np.ndarray | None = None
+    ) -> tuple[dict[str, float], np.ndarray]:
         return evaluate(
             self.model,
             state,

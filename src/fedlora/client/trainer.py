@@ -123,12 +123,12 @@ def evaluate(
     bf16: bool,
     pad_token_id: int,
     indices: np.ndarray | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], np.ndarray]:
     """The task's metrics (e.g. accuracy and F1) and the loss of ``state`` on ``data`` (only
-    its examples ``indices`` when given: a client's local test split)."""
+    its examples ``indices`` when given: a client's local test split), with the logits scored."""
     chosen = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(chosen) == 0:
         raise ValueError("evaluate: no examples to evaluate")
     logits, loss = predict(model, state, data, chosen, batch_size, bf16, pad_token_id)
     labels = data.labels.numpy()[chosen]
-    return {**compute_metrics(metrics, logits.argmax(axis=1), labels), "loss": loss}
+    return {**compute_metrics(metrics, logits.argmax(axis=1), labels), "loss": loss}, logits

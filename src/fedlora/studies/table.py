@@ -15,8 +15,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fedlora.results.predictions import PREDICTIONS_FILE
 from fedlora.results.report import speedup
 from fedlora.results.store import read_metrics, read_summary
+from fedlora.studies.paired import compare_runs
 from fedlora.studies.sweep import Cell
 
 
@@ -53,7 +55,9 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
     virtual seconds to the target, speedups against the ``baselines`` arms, the mean
     staleness of accepted results, the mean share of time clients had no job, traffic, and
     where clients held local test splits, how their own trained models did on them and on
-    the dev set. A column with no value in any row is left out.
+    the dev set, and, where cells wrote predictions, each arm's paired accuracy and loss
+    differences against the baselines (:mod:`fedlora.studies.paired`). A column with no value
+    in any row is left out.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
     seed gives both the same clients and speeds) and then averaged over the seeds where both
@@ -70,9 +74,12 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
             *(f"speedup vs {b}" for b in present),
             *_COLUMNS[7:],
             *_LOCAL_COLUMNS,
+            *(f"Δ {m} vs {b} [95% CI]" for b in present for m in ("acc", "loss")),
         ]
-        rows = [_row(by_seed, summaries, present) for by_seed in summaries.values()]
-        rows = [[arm, *row] for arm, row in zip(summaries, rows, strict=True)]
+        rows = [
+            [arm, *_row(summaries[arm], summaries, present), *_paired(arms, arm, present)]
+            for arm in summaries
+        ]
         shown = [i for i in range(len(header)) if any(row[i] != "—" for row in rows)]
         lines += [
             f"### {group}",
@@ -127,6 +134,27 @@ def _row(
         _spread([entry["own"]["std"] for entry in local]),
         _spread([entry["dev"]["mean"] for entry in local]),
     ]
+
+
+def _paired(arms: dict[str, list[Cell]], arm: str, baselines: Sequence[str]) -> list[str]:
+    """Per baseline, the arm's paired accuracy and loss differences over the seeds both ran
+    ("—" for the baseline itself or where a cell has no predictions.csv); "*" marks an
+    interval that excludes 0."""
+    cells: list[str] = []
+    for baseline in baselines:
+        reference = {c.seed: c.folder for c in arms[baseline]}
+        pairs = [(reference[c.seed], c.folder) for c in arms[arm] if c.seed in reference]
+        folders = [f for pair in pairs for f in pair]
+        if (
+            arm == baseline
+            or not pairs
+            or not all((f / PREDICTIONS_FILE).is_file() for f in folders)
+        ):
+            cells += ["—", "—"]
+            continue
+        differences = compare_runs([a for a, _ in pairs], [b for _, b in pairs])
+        cells += [str(differences["accuracy"]), str(differences["loss"])]
+    return cells
 
 
 def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> None:

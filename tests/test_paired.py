@@ -1,0 +1,91 @@
+"""Paired differences between arms: exact on hand-made predictions, antisymmetric in the arms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedlora.results.predictions import Predictions, read_predictions, write_predictions
+from fedlora.studies.paired import compare_runs, paired_difference
+
+
+def test_identical_arms_differ_by_exactly_zero() -> None:
+    rng = np.random.default_rng(0)
+    seeds = [rng.integers(0, 2, 50).astype(float) for _ in range(3)]
+    difference = paired_difference(seeds, seeds)
+    assert (difference.estimate, difference.low, difference.high) == (0.0, 0.0, 0.0)
+    assert not difference.real
+
+
+def test_a_constant_shift_is_that_shift_with_no_width() -> None:
+    rng = np.random.default_rng(1)
+    losses = [rng.integers(0, 16, 40) / 8 for _ in range(2)]  # eighths: the shift is exact
+    difference = paired_difference(losses, [seed + 0.25 for seed in losses])
+    assert difference.low == difference.estimate == difference.high == 0.25
+    assert difference.real
+
+
+def test_a_noisy_gain_is_real_and_a_coin_flip_is_not() -> None:
+    rng = np.random.default_rng(2)
+    reference = [rng.integers(0, 2, 400).astype(float) for _ in range(4)]
+    better = [np.maximum(r, rng.random(400) < 0.3) for r in reference]  # fixes ~30 % of errors
+    assert paired_difference(reference, better).real
+    coin = [rng.integers(0, 2, 400).astype(float) for _ in range(4)]
+    noise = paired_difference(reference, coin)
+    assert noise.low < 0 < noise.high
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.integers(2, 30),
+    st.integers(0, 2**32 - 1),
+)
+def test_swapping_the_arms_negates_the_interval(seeds: int, examples: int, data_seed: int) -> None:
+    rng = np.random.default_rng(data_seed)
+    a = [rng.normal(size=examples) for _ in range(seeds)]
+    b = [rng.normal(size=examples) for _ in range(seeds)]
+    forward, backward = (
+        paired_difference(a, b, resamples=500),
+        paired_difference(b, a, resamples=500),
+    )
+    assert backward.estimate == pytest.approx(-forward.estimate, abs=1e-12)
+    assert backward.low == pytest.approx(-forward.high, abs=1e-12)
+    assert backward.high == pytest.approx(-forward.low, abs=1e-12)
+
+
+def test_mismatched_seeds_or_examples_are_named() -> None:
+    with pytest.raises(ValueError, match="2 reference seeds against 1 arm seeds"):
+        paired_difference([np.zeros(3), np.zeros(3)], [np.zeros(3)])
+    with pytest.raises(ValueError, match="different numbers of examples"):
+        paired_difference([np.zeros(3), np.zeros(4)], [np.zeros(3), np.zeros(4)])
+
+
+def _run(folder: Path, logits: np.ndarray, labels: np.ndarray) -> Path:
+    folder.mkdir()
+    write_predictions(folder / "predictions.csv", Predictions.from_logits(logits, labels))
+    return folder
+
+
+def test_compare_runs_reads_predictions_and_checks_the_examples(tmp_path: Path) -> None:
+    labels = np.array([0, 1, 1, 0])
+    wrong = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # every prediction wrong
+    right = wrong[:, ::-1]
+    reference = _run(tmp_path / "ref", wrong, labels)
+    arm = _run(tmp_path / "arm", right, labels)
+    round_trip = read_predictions(arm / "predictions.csv")
+    assert list(round_trip.predicted) == list(labels)
+    differences = compare_runs([reference], [arm])
+    assert (differences["accuracy"].low, differences["accuracy"].high) == (1.0, 1.0)
+    assert differences["loss"].high < 0
+    other = _run(tmp_path / "other", right, 1 - labels)
+    with pytest.raises(ValueError, match="other: its eval examples differ"):
+        compare_runs([reference], [other])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "predictions.csv").write_text("index,label\n0,x\n")
+    with pytest.raises(ValueError, match=r"bad/predictions\.csv: not a readable"):
+        compare_runs([reference], [tmp_path / "bad"])
