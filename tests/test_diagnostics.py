@@ -19,10 +19,11 @@ from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation import WeightedState, client_results
 from fedlora.aggregation.diagnostics import client_spread, diagnose, energy_above, merge_error
 from fedlora.cli import app
-from fedlora.client.trainer import LocalResult
-from fedlora.config import ConfigError, LoraConfig
+from fedlora.client.protocol import LocalResult
+from fedlora.config import ConfigError, LoraConfig, build_config
 from fedlora.data.tasks import generic_task
 from fedlora.policies import Source
+from fedlora.preflight import check
 from fedlora.results.diagnostics_plot import write_diagnostics_plot
 from fedlora.results.store import summarize
 
@@ -244,10 +245,13 @@ def test_merge_events_and_summary_carry_the_diagnostics() -> None:
     assert summary["shadow"]["hlora"]["last"] == merges[-1]["shadow"]["hlora"]
 
 
-def test_a_shadow_that_cannot_serve_the_setup_is_a_config_error() -> None:
+def test_a_shadow_that_cannot_serve_the_setup_is_a_config_error(tiny_config: dict) -> None:
     cfg = config(eval={"shadow": ["flora"]})
     with pytest.raises(ConfigError, match=r"eval\.shadow: flora: server\.update"):
         simulate(cfg, FakeLearner([5, 5, 5, 5]))
+    tiny_config["eval"]["shadow"] = ["flora"]  # and before any file or weight, in preflight
+    with pytest.raises(ConfigError, match=r"eval\.shadow: flora: server\.update"):
+        check(build_config(tiny_config))
 
 
 def test_fedsa_charges_the_mean_b_on_a_clients_first_job_only() -> None:

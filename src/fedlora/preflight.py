@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
 from fedlora import aggregation
+from fedlora.aggregation.diagnostics import shadow_aggregators
 from fedlora.client.model import _gguf, model_path
 from fedlora.config import ConfigError, ExperimentConfig, ModelConfig, resolve_data_dir
 from fedlora.data.federated import _subset
@@ -119,7 +120,8 @@ def check(config: ExperimentConfig) -> None:
 
 
 def _check_aggregator(config: ExperimentConfig) -> None:
-    """The aggregator's options, and whether it can merge the ranks the clients will draw."""
+    """The aggregator's options, and whether it (and every ``eval.shadow`` one) can merge the
+    ranks the clients will draw."""
     ranks = [profile.rank for profile in draw_profiles(config.clients, config.lora.r, config.seed)]
     try:
         aggregator = aggregation.create(
@@ -131,6 +133,7 @@ def _check_aggregator(config: ExperimentConfig) -> None:
         aggregator.check_setup(ranks, config.server)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    shadow_aggregators(config, sorted(set(ranks)))  # raises ConfigError naming eval.shadow
 
 
 def _model_facts(config: ModelConfig) -> _ModelFacts:
