@@ -204,3 +204,17 @@ def test_flora_stacks_exactly_and_restarts_clients_fresh() -> None:
     assert merged.lora["q"].rank == 2  # the numerical rank of the sum
     nxt = agg.combine(delta_terms(merged, [(CLIENT_1, agg.project(merged, 1), 1.0)]))
     assert torch.allclose(delta(nxt), TRUE_MEAN + delta(CLIENT_1), atol=1e-6)
+
+
+def test_rslora_gives_every_rank_the_scaling_alpha_over_root_rank() -> None:
+    """Under rsLoRA a rank-r factor carries α·√r, so its standard scaling α·√r / r = α/√r; the
+    merge and the projection keep ΔW exact across ranks."""
+    lora = LoraConfig(r=4, alpha=2.0, rslora=True)
+    assert [lora.alpha_at(r) / r for r in (1, 4, 16)] == [2.0, 1.0, 0.5]
+    agg = aggregation.create("hlora", lora, 4)
+    client = one_module([[1.0, 0.0], [0.0, 0.5]], [[1.0, 0.0], [0.0, 1.0]], alpha=lora.alpha_at(2))
+    merged = agg.combine(client_results([client], [1.0]))
+    assert merged.lora["q"].alpha == 4.0 and torch.allclose(delta(merged), delta(client))
+    one = agg.project(merged, 1)
+    assert one.lora["q"].alpha == 2.0 and one.lora["q"].scaling == 2.0
+    assert torch.allclose(delta(one), torch.tensor([[1.0, 0.0], [0.0, 0.0]]) * 2**0.5, atol=1e-6)

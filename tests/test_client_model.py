@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from peft import PeftModel
 
 from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.client.model import ResidentModel, build_resident_model
+from fedlora.client.model import (
+    ResidentModel,
+    build_resident_model,
+    load_backbone,
+    model_path,
+    write_adapter_folder,
+)
 from fedlora.client.trainer import plan_batches, train_local
 from fedlora.config import LoraConfig, ModelConfig, TrainConfig
-from fedlora.data.encoding import EncodedSplit
+from fedlora.data.encoding import EncodedSplit, collate
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +139,28 @@ def test_old_slots_are_evicted(resident: ResidentModel) -> None:
         resident.load(random_state(like, rank, 16.0, seed=rank))
     assert len(resident.model.peft_config) <= ResidentModel.max_slots
     assert resident.state().rank == 11
+
+
+def test_rslora_adapter_trains_at_alpha_over_root_rank_and_loads_in_stock_peft(
+    tmp_path: Path,
+) -> None:
+    """Inside, a rank-r rsLoRA slot is standard LoRA at alpha α·√r; the exported folder says
+    ``use_rslora`` with α itself, and stock PEFT computes the very same outputs from it."""
+    lora, model = LoraConfig(r=4, alpha=6.0, rslora=True), ModelConfig(init="random")
+    resident, _ = build_resident_model(model, lora, 2, seed=3)
+    initial = resident.state()
+    assert initial.alpha == 12.0 and {f.scaling for f in initial.lora.values()} == {3.0}
+    state = random_state(resident.state(), 4, 12.0, seed=1)
+    resident.load(state)
+    write_adapter_folder(state, tmp_path, lora, model_path(None))
+    written = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert written["use_rslora"] is True and written["lora_alpha"] == 6.0 and written["r"] == 4
+
+    torch.manual_seed(3)
+    base = load_backbone(model, 2, pad_token_id=0)
+    stock = PeftModel.from_pretrained(base, str(tmp_path)).eval()
+    resident.model.eval()
+    batch = collate(tiny_data(4), np.arange(4), pad_token_id=0)
+    with torch.no_grad():
+        expected = resident.forward(batch).logits
+        assert torch.allclose(stock(**batch).logits, expected, atol=1e-5)

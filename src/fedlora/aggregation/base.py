@@ -3,8 +3,8 @@
 Pure tensor math with no I/O and no clock, so any aggregator runs under any policy and any
 runtime. Aggregators work on the *effective* update: each state's scaling alpha/r is folded into
 B before combining (:func:`effective_b`), and the receiver's scaling is unfolded on the way out
-(:func:`from_effective`). The global adapter is kept at ``global_rank`` with alpha
-``lora.alpha``; every client trains with that alpha at its own rank.
+(:func:`from_effective`). The global adapter is kept at ``global_rank``; every rank r carries
+the alpha ``lora.alpha_at(r)`` (``lora.alpha`` itself, or α·√r under rsLoRA).
 """
 
 from __future__ import annotations
@@ -119,12 +119,15 @@ class Aggregator(ABC):
                 raise ValueError(
                     f"cannot serve a rank-{rank} client from a rank-{factors.rank} global adapter"
                 )
-            if rank == factors.rank and factors.alpha == self.lora.alpha:
+            if rank == factors.rank and factors.alpha == self.lora.alpha_at(rank):
                 lora[module] = factors
             else:
-                b = effective_b(factors)[:, :rank]
-                lora[module] = from_effective(b, factors.A[:rank], self.lora.alpha)
+                lora[module] = self.factors(effective_b(factors)[:, :rank], factors.A[:rank])
         return AdapterState(lora=lora, extra=global_state.extra)
+
+    def factors(self, b: torch.Tensor, a: torch.Tensor) -> LoraFactors:
+        """ΔW = b·a as factors at rank ``a.shape[0]`` with this run's alpha for that rank."""
+        return from_effective(b, a, self.lora.alpha_at(a.shape[0]))
 
     def personalize(self, sent: AdapterState, client: int) -> AdapterState:
         """The adapter ``client`` starts from, given its projection of the global adapter.

@@ -20,7 +20,6 @@ from fedlora.aggregation.base import (
     WeightedState,
     average_extra,
     effective_b,
-    from_effective,
     registry,
     weighted_sum,
 )
@@ -49,7 +48,7 @@ class FedAvg(Aggregator):
             factors = [t.state.lora[module] for t in terms]
             a = weighted_sum([_pad_rows(f.A, rank) for f in factors], weights)
             b = weighted_sum([_pad_rows(effective_b(f).T, rank).T for f in factors], weights)
-            lora[module] = from_effective(b, a, self.lora.alpha)
+            lora[module] = self.factors(b, a)
         return AdapterState(lora=lora, extra=average_extra(terms, weights))
 
     def reweight(self, terms: Sequence[WeightedState]) -> list[float]:

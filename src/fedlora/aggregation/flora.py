@@ -25,7 +25,6 @@ from fedlora.aggregation.base import (
     WeightedState,
     average_extra,
     effective_b,
-    from_effective,
     registry,
 )
 from fedlora.aggregation.lowrank import stacked_svd
@@ -77,7 +76,7 @@ class FLoRA(Aggregator):
                 b = torch.cat([b, b.new_zeros(b.shape[0], rank - keep)], dim=1)
                 a = torch.cat([a, a.new_zeros(rank - keep, a.shape[1])])
             dtype = terms[0].state.lora[module].A.dtype
-            lora[module] = from_effective(b.to(dtype), a.to(dtype), self.lora.alpha)
+            lora[module] = self.factors(b.to(dtype), a.to(dtype))
         return AdapterState(lora=lora, extra=average_extra(terms))
 
     def project(self, global_state: AdapterState, rank: int) -> AdapterState:
@@ -87,5 +86,7 @@ class FLoRA(Aggregator):
             out_features, in_features = factors.B.shape[0], factors.A.shape[1]
             bound = in_features**-0.5
             a = (torch.rand(rank, in_features, generator=self._fresh) * 2 - 1) * bound
-            fresh[module] = LoraFactors(a, torch.zeros(out_features, rank), self.lora.alpha)
+            fresh[module] = LoraFactors(
+                a, torch.zeros(out_features, rank), self.lora.alpha_at(rank)
+            )
         return AdapterState(lora=fresh, extra=global_state.extra, frozen=global_state.lora)

@@ -20,7 +20,6 @@ from fedlora.aggregation.base import (
     WeightedState,
     average_extra,
     effective_b,
-    from_effective,
     registry,
 )
 from fedlora.aggregation.lowrank import weighted_sum_factors
@@ -53,5 +52,5 @@ class HLoRA(Aggregator):
                 self.global_rank,
                 split=self.options.split,
             )
-            lora[module] = from_effective(b, a, self.lora.alpha)
+            lora[module] = self.factors(b, a)
         return AdapterState(lora=lora, extra=average_extra(terms))

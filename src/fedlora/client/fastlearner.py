@@ -91,7 +91,9 @@ class FastLearner:
 
     def initial_state(self) -> AdapterState:
         rank = self.config.global_rank
-        lora = LoraFactors(torch.zeros(rank, 1), torch.zeros(1, rank), self.config.lora.alpha)
+        lora = LoraFactors(
+            torch.zeros(rank, 1), torch.zeros(1, rank), self.config.lora.alpha_at(rank)
+        )
         weights = torch.zeros(self.task.features + 1, dtype=torch.float64)
         return AdapterState({"unused": lora}, {WEIGHTS: weights})
 

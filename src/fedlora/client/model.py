@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -119,9 +120,10 @@ class ResidentModel:
     ) -> None:
         self.lora = lora
         self.base_model = base_model
-        first = self._slot_name(rank, lora.alpha)
+        alpha = lora.alpha_at(rank)
+        first = self._slot_name(rank, alpha)
         self.model: PeftModel = get_peft_model(
-            backbone, peft_config(lora, rank, lora.alpha, base_model), adapter_name=first
+            backbone, peft_config(lora, rank, alpha, base_model), adapter_name=first
         )
         self._active = first
         self._recent = [first]  # slots, least recently used first
@@ -216,5 +218,8 @@ def write_adapter_folder(
 ) -> None:
     """The PEFT adapter folder for ``state``: stock PEFT loads it onto ``base_model``."""
     config = peft_config(lora, state.rank, state.alpha, base_model)
+    if lora.rslora:  # stock PEFT then scales α/√r itself: the α that gives state.alpha / r
+        config.use_rslora = True
+        config.lora_alpha = state.alpha / math.sqrt(state.rank)  # type: ignore[assignment]
     config.inference_mode = True
     state.save_peft_folder(folder, config)

@@ -6,6 +6,7 @@ the loader can add the file and line and the user sees which key to change.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -106,6 +107,14 @@ class LoraConfig(_Section):
     alpha: Annotated[float, Field(gt=0)] = 16.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     target_modules: Annotated[list[str], Field(min_length=1)] = ["query", "value"]
+    # rsLoRA (PEFT's use_rslora): scale α/√r instead of α/r, so that at one alpha every rank
+    # trains at a comparable step size (under α/r a rank-2 update moves 8× a rank-16 one).
+    rslora: bool = False
+
+    def alpha_at(self, rank: int) -> float:
+        """The alpha that gives ``rank`` this config's scaling in the standard form α/r, which
+        fedlora keeps everywhere inside (α·√r under rsLoRA); exports convert back."""
+        return self.alpha * math.sqrt(rank) if self.rslora else self.alpha
 
 
 class ConstantSpeed(_Section):
