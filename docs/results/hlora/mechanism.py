@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from fedlora.results.diagnostics_plot import merge_diagnostics
 from fedlora.results.store import SUMMARY_FILE
@@ -35,18 +36,26 @@ def finished_runs(root: Path) -> dict[str, Path]:
 def main(root: Path, out: Path) -> None:
     runs = {name: merge_diagnostics(folder) for name, folder in finished_runs(root).items()}
     runs = {name: merges for name, merges in runs.items() if merges}
-    figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
+    width = 4.2 * len(runs)
+    figure, axes = plt.subplots(1, len(runs), figsize=(width, 3.6), squeeze=False, sharey=True)
     rows = []
     for ax, (name, merges) in zip(axes[0], runs.items(), strict=True):
         merge_numbers = range(1, len(merges) + 1)
-        errors = {aggregator: [m["shadow"][aggregator] for m in merges] for aggregator in merges[0]["shadow"]}
+        errors = {
+            aggregator: [m["shadow"][aggregator] for m in merges]
+            for aggregator in merges[0]["shadow"]
+        }
         for aggregator, values in errors.items():
             ax.plot(merge_numbers, values, marker="o", markersize=3, label=aggregator)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("merge")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        energy = {r: statistics.mean(m["energy_above"][r] for m in merges) for r in merges[0]["energy_above"]}
+        energy = {
+            r: statistics.mean(m["energy_above"][r] for m in merges)
+            for r in merges[0]["energy_above"]
+        }
         rows.append(
             f"| {name} | {len(merges)} | "
             + " | ".join(f"{statistics.mean(v):.3f}" for v in errors.values())
@@ -56,7 +65,7 @@ def main(root: Path, out: Path) -> None:
         )
     axes[0][0].set_ylabel("‖G − Σ w ΔW‖ / ‖Σ w ΔW‖")
     axes[0][0].legend(fontsize=8)
-    figure.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.88, wspace=0.25)
+    figure.subplots_adjust(left=0.8 / width, right=0.99, bottom=0.16, top=0.88, wspace=0.1)
     figure.savefig(out / "mechanism.png", dpi=120)
     first = next(iter(runs.values()))[0]
     header = (
