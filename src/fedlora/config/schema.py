@@ -51,8 +51,9 @@ class DegradeConfig(_Section):
     """Lower the text quality of a random ``share`` of clients' training examples.
 
     ``dropout`` deletes each word with probability ``rate``; ``shuffle`` puts the sentences
-    of each text segment in a new order (a one-sentence segment is left as is); ``truncate``
-    cuts the last ``rate`` share of each segment's words. At least one word always stays.
+    of each text segment in a new order (a segment of one sentence, or of one sentence
+    repeated, is left as is); ``truncate`` cuts the last ``rate`` share of each segment's
+    words. At least one word always stays.
     """
 
     share: Annotated[float, Field(gt=0, le=1)]
