@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from fakes import FakeLearner, config, run_cli, simulate
 from hypothesis import given
@@ -96,12 +97,18 @@ def test_partition_command_describes_clients_and_writes_a_plot(
     out = tmp_path / "partition"
     result = runner.invoke(app, ["partition", str(config_file), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "mean JS divergence from all" in result.output and "(* degraded)" in result.output
+    assert "score divergence: mean JS from all" in result.output
+    assert "size divergence: coefficient of variation 0.000" in result.output
+    assert "(* degraded)" in result.output
     assert (out / "length.png").stat().st_size > 0
     described = json.loads((out / "length.json").read_text())
     clients = described["clients"]
     assert sum(c["examples"] for c in clients) == described["overall"]["examples"] == 120
     assert sum(c["degraded"] for c in clients) == 1
+    assert {c["examples"] for c in clients} == {120 // len(clients)}  # sorted bands: equal sizes
+    assert (described["size_variation"], described["size_ratio"]) == (0.0, 1.0)
+    mean_js = sum(c["divergence"] for c in clients) / len(clients)
+    assert described["mean_divergence"] == pytest.approx(mean_js, abs=1e-12)
     undegraded = [c for c in clients if not c["degraded"]]
     # strict sorted bands on clean lengths: the bands of untouched clients do not overlap
     for low, high in itertools.pairwise(sorted(undegraded, key=lambda c: c["client"])):
