@@ -84,6 +84,20 @@ def test_run_with_context_skew_degradation_and_local_splits(
     for event in local:
         assert set(event["own"]) == set(event["dev"]) == {"accuracy", "f1", "loss"}
     assert summary["local"]["global_dev"] == summary["final"]["accuracy"]
+    clients = summary["local"]["clients"].values()
+    assert all(c["examples"] >= 2 and c["own_loss"] > 0 for c in clients)  # min_size 8, share 1/4
+    assert summary["local"]["own_loss"]["mean"] == pytest.approx(
+        np.mean([c["own_loss"] for c in clients])
+    )
+    by_length = summary["final"]["by_length"]
+    assert (
+        sum(t["examples"] for t in by_length.values())
+        == len((out / "predictions.csv").read_text().splitlines()) - 1
+    )
+    weighted = sum(t["examples"] * t["accuracy"] for t in by_length.values())
+    assert weighted / sum(t["examples"] for t in by_length.values()) == pytest.approx(
+        summary["final"]["accuracy"]
+    )
     assert 0 <= summary["local"]["own"]["min"] <= summary["local"]["own"]["max"] <= 1
 
 
