@@ -57,6 +57,19 @@ def test_simulator_logs_every_trained_model_and_summarises_the_latest_per_client
     assert summary["global_dev"] == outcome.evaluations[-1].metrics["accuracy"]
 
 
+def test_local_from_scores_only_jobs_that_started_from_that_version() -> None:
+    cfg = config(server={"per_round": 4, "rounds": 3}, eval={"local_from": 2})
+    outcome, events = simulate(cfg, FakeLearner([5] * 4, local=True))
+    local = [e for e in events if e["type"] == "local_eval"]
+    assert outcome.accepted == 12 and len(local) == 4
+    assert {e["started_from"] for e in local} == {2} and {e["client"] for e in local} == {
+        0,
+        1,
+        2,
+        3,
+    }
+
+
 def test_without_local_splits_nothing_is_logged() -> None:
     outcome, events = simulate(config(server={"per_round": 2, "rounds": 2}), FakeLearner([5] * 4))
     assert not outcome.local_evaluations and all(e["type"] != "local_eval" for e in events)
@@ -74,6 +87,7 @@ def test_run_with_context_skew_degradation_and_local_splits(
     }
     tiny_config["data"]["degrade"] = {"share": 0.5, "kind": "truncate", "rate": 0.5}
     tiny_config["eval"]["local_share"] = 0.25
+    tiny_config["eval"]["local_dev"] = False  # own splits only: the global split costs more
     out = tmp_path / "run"
     run_cli(tmp_path, tiny_config, out)
     summary = json.loads((out / "summary.json").read_text())
@@ -82,7 +96,8 @@ def test_run_with_context_skew_degradation_and_local_splits(
     assert len(local) == summary["updates_accepted"] == 9
     assert {e["client"] for e in local} == {int(c) for c in summary["local"]["clients"]}
     for event in local:
-        assert set(event["own"]) == set(event["dev"]) == {"accuracy", "f1", "loss"}
+        assert set(event["own"]) == {"accuracy", "f1", "loss"} and event["dev"] == {}
+    assert "dev" not in summary["local"] and "dev_loss" not in summary["local"]
     assert summary["local"]["global_dev"] == summary["final"]["accuracy"]
     clients = summary["local"]["clients"].values()
     assert all(c["examples"] >= 2 and c["own_loss"] > 0 for c in clients)  # min_size 8, share 1/4

@@ -33,6 +33,7 @@ from fedlora.results.store import (
     EVENTS_FILE,
     read_checkpoint,
     remove_checkpoint,
+    summarize,
     write_checkpoint,
     write_config,
     write_run,
@@ -150,7 +151,9 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
     tests = prepared.data.client_test
     local_sizes = None if tests is None else [len(indices) for indices in tests]
     summary = write_run(
-        folder, config, outcome, prepared.task, learner.global_predictions, local_sizes
+        folder,
+        outcome,
+        summarize(config, outcome, prepared.task, learner.global_predictions, local_sizes),
     )
     write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)
     write_adapter_folder(

@@ -79,7 +79,8 @@ class ModelLearner:
         if self.local_test is None:
             return None
         own = self._evaluate(state, self.train_data, self.local_test[client])
-        return ClientEvaluation(own=own, dev=self._evaluate(state, self.eval_data))
+        dev = self._evaluate(state, self.eval_data) if self.config.eval.local_dev else {}
+        return ClientEvaluation(own=own, dev=dev)
 
     def _evaluate(
         self, state: AdapterState, data: EncodedSplit, indices: np.ndarray | None = None

@@ -150,24 +150,21 @@ def _local_summary(
             "max": max(values),
         }
 
-    own = [latest[c].own[metric] for c in clients]
-    dev = [latest[c].dev[metric] for c in clients]
     per_client: dict[int, dict[str, Any]] = {
-        c: {"started_from": latest[c].started_from, "own": o, "dev": d}
-        for c, o, d in zip(clients, own, dev, strict=True)
+        c: {"started_from": latest[c].started_from} for c in clients
     }
-    summary: dict[str, Any] = {
-        "metric": metric,
-        "evaluations": len(outcome.local_evaluations),
-        "own": spread(own),
-        "dev": spread(dev),
-    }
-    for name, side in (("own_loss", "own"), ("dev_loss", "dev")):
-        if all("loss" in getattr(latest[c], side) for c in clients):
-            losses = [getattr(latest[c], side)["loss"] for c in clients]
-            summary[name] = spread(losses)
-            for c, loss in zip(clients, losses, strict=True):
-                per_client[c][name] = loss
+    summary: dict[str, Any] = {"metric": metric, "evaluations": len(outcome.local_evaluations)}
+    for name, side, key in (
+        ("own", "own", metric),
+        ("dev", "dev", metric),
+        ("own_loss", "own", "loss"),
+        ("dev_loss", "dev", "loss"),
+    ):
+        if all(key in getattr(latest[c], side) for c in clients):  # dev: with eval.local_dev
+            values = [getattr(latest[c], side)[key] for c in clients]
+            summary[name] = spread(values)
+            for c, value in zip(clients, values, strict=True):
+                per_client[c][name] = value
     if local_sizes is not None:
         sizes = [local_sizes[c] for c in clients]
         summary["examples"] = spread([float(n) for n in sizes])
@@ -221,22 +218,15 @@ def _idle_fractions(config: ExperimentConfig, outcome: Outcome) -> list[float]:
     ]
 
 
-def write_run(
-    folder: Path,
-    config: ExperimentConfig,
-    outcome: Outcome,
-    task: TaskSpec,
-    predictions: Predictions | None = None,
-    local_sizes: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """Write metrics.csv, summary.json and the global adapter; returns the summary (see
-    :func:`summarize` for the optional arguments)."""
+def write_run(folder: Path, outcome: Outcome, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write metrics.csv, ``summary`` (:func:`summarize`'s) as summary.json and the global
+    adapter; returns the summary as written, non-finite values as null."""
     rows = [_evaluation_row(e) for e in outcome.evaluations]
     with (folder / METRICS_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summary = strict_json(summarize(config, outcome, task, predictions, local_sizes))
+    summary = strict_json(summary)
     text = json.dumps(summary, indent=2, allow_nan=False)
     (folder / SUMMARY_FILE).write_text(text + "\n", encoding="utf-8")
     (folder / GLOBAL_FILE).write_bytes(outcome.global_state.to_bytes())

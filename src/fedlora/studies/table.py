@@ -147,7 +147,7 @@ def _row(
         _spread([entry["own"]["std"] for entry in local]),
         _spread([entry["own_loss"]["mean"] for entry in local if "own_loss" in entry]),
         _spread([entry["examples"]["mean"] for entry in local if "examples" in entry], 1),
-        _spread([entry["dev"]["mean"] for entry in local]),
+        _spread([entry["dev"]["mean"] for entry in local if "dev" in entry]),
     ]
 
 
@@ -204,7 +204,7 @@ def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> N
 _LOCAL_BARS = (
     ("global model, dev", lambda s: s["final"]["accuracy"]),
     ("client models, own split", lambda s: s["local"]["own"]["mean"]),
-    ("client models, dev", lambda s: s["local"]["dev"]["mean"]),
+    ("client models, dev", lambda s: s["local"].get("dev", {}).get("mean", math.nan)),
 )
 
 
