@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from fakes import FakeLearner, config, run_cli, simulate
 from hypothesis import given
@@ -56,6 +57,19 @@ def test_simulator_logs_every_trained_model_and_summarises_the_latest_per_client
     assert summary["global_dev"] == outcome.evaluations[-1].metrics["accuracy"]
 
 
+def test_local_from_scores_only_jobs_that_started_from_that_version() -> None:
+    cfg = config(server={"per_round": 4, "rounds": 3}, eval={"local_from": 2})
+    outcome, events = simulate(cfg, FakeLearner([5] * 4, local=True))
+    local = [e for e in events if e["type"] == "local_eval"]
+    assert outcome.accepted == 12 and len(local) == 4
+    assert {e["started_from"] for e in local} == {2} and {e["client"] for e in local} == {
+        0,
+        1,
+        2,
+        3,
+    }
+
+
 def test_without_local_splits_nothing_is_logged() -> None:
     outcome, events = simulate(config(server={"per_round": 2, "rounds": 2}), FakeLearner([5] * 4))
     assert not outcome.local_evaluations and all(e["type"] != "local_eval" for e in events)
@@ -73,6 +87,7 @@ def test_run_with_context_skew_degradation_and_local_splits(
     }
     tiny_config["data"]["degrade"] = {"share": 0.5, "kind": "truncate", "rate": 0.5}
     tiny_config["eval"]["local_share"] = 0.25
+    tiny_config["eval"]["local_dev"] = False  # own splits only: the global split costs more
     out = tmp_path / "run"
     run_cli(tmp_path, tiny_config, out)
     summary = json.loads((out / "summary.json").read_text())
@@ -81,8 +96,23 @@ def test_run_with_context_skew_degradation_and_local_splits(
     assert len(local) == summary["updates_accepted"] == 9
     assert {e["client"] for e in local} == {int(c) for c in summary["local"]["clients"]}
     for event in local:
-        assert set(event["own"]) == set(event["dev"]) == {"accuracy", "f1", "loss"}
+        assert set(event["own"]) == {"accuracy", "f1", "loss"} and event["dev"] == {}
+    assert "dev" not in summary["local"] and "dev_loss" not in summary["local"]
     assert summary["local"]["global_dev"] == summary["final"]["accuracy"]
+    clients = summary["local"]["clients"].values()
+    assert all(c["examples"] >= 2 and c["own_loss"] > 0 for c in clients)  # min_size 8, share 1/4
+    assert summary["local"]["own_loss"]["mean"] == pytest.approx(
+        np.mean([c["own_loss"] for c in clients])
+    )
+    by_length = summary["final"]["by_length"]
+    assert (
+        sum(t["examples"] for t in by_length.values())
+        == len((out / "predictions.csv").read_text().splitlines()) - 1
+    )
+    weighted = sum(t["examples"] * t["accuracy"] for t in by_length.values())
+    assert weighted / sum(t["examples"] for t in by_length.values()) == pytest.approx(
+        summary["final"]["accuracy"]
+    )
     assert 0 <= summary["local"]["own"]["min"] <= summary["local"]["own"]["max"] <= 1
 
 
@@ -96,12 +126,18 @@ def test_partition_command_describes_clients_and_writes_a_plot(
     out = tmp_path / "partition"
     result = runner.invoke(app, ["partition", str(config_file), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "mean JS divergence from all" in result.output and "(* degraded)" in result.output
+    assert "score divergence: mean JS from all" in result.output
+    assert "size divergence: coefficient of variation 0.000" in result.output
+    assert "(* degraded)" in result.output
     assert (out / "length.png").stat().st_size > 0
     described = json.loads((out / "length.json").read_text())
     clients = described["clients"]
     assert sum(c["examples"] for c in clients) == described["overall"]["examples"] == 120
     assert sum(c["degraded"] for c in clients) == 1
+    assert {c["examples"] for c in clients} == {120 // len(clients)}  # sorted bands: equal sizes
+    assert (described["size_variation"], described["size_ratio"]) == (0.0, 1.0)
+    mean_js = sum(c["divergence"] for c in clients) / len(clients)
+    assert described["mean_divergence"] == pytest.approx(mean_js, abs=1e-12)
     undegraded = [c for c in clients if not c["degraded"]]
     # strict sorted bands on clean lengths: the bands of untouched clients do not overlap
     for low, high in itertools.pairwise(sorted(undegraded, key=lambda c: c["client"])):

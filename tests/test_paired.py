@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora.results.predictions import Predictions, read_predictions, write_predictions
-from fedlora.studies.paired import compare_runs, paired_difference
+from fedlora.studies.paired import compare_local, compare_runs, paired_difference
 
 
 def test_identical_arms_differ_by_exactly_zero() -> None:
@@ -89,3 +89,37 @@ def test_compare_runs_reads_predictions_and_checks_the_examples(tmp_path: Path) 
     (tmp_path / "bad" / "predictions.csv").write_text("index,label\n0,x\n")
     with pytest.raises(ValueError, match=r"bad/predictions\.csv: not a readable"):
         compare_runs([reference], [tmp_path / "bad"])
+
+
+def _local(own: list[float], losses: list[float] | None = None) -> dict:
+    clients = {
+        str(c): {"own": o} | ({} if losses is None else {"own_loss": losses[c]})
+        for c, o in enumerate(own)
+    }
+    return {"local": {"clients": clients}}
+
+
+def test_compare_local_pairs_clients_by_id_within_each_seed() -> None:
+    reference = [_local([0.5, 0.75], [1.0, 0.5]), _local([0.25, 0.5], [2.0, 1.0])]
+    arm = [_local([0.75, 1.0], [0.75, 0.25]), _local([0.5, 0.75], [1.75, 0.75])]
+    differences = compare_local(reference, arm)
+    assert differences["local"].low == differences["local"].high == 0.25  # every client +0.25
+    assert differences["local loss"].estimate == -0.25 and differences["local loss"].real
+    without_loss = compare_local([_local([0.5, 0.5])], [_local([0.5, 0.5], [1.0, 1.0])])
+    assert set(without_loss) == {"local"} and without_loss["local"].estimate == 0.0
+
+
+def test_compare_runs_slices_the_eval_split_by_length_tercile(tmp_path: Path) -> None:
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    lengths = np.array([10.0, 20, 30, 40, 50, 60])
+    wrong = np.array([[0.0, 1.0], [1.0, 0.0]] * 3)  # every prediction wrong
+    right_on_long = wrong.copy()
+    right_on_long[4:] = wrong[4:, ::-1]
+    for name, logits in (("ref", wrong), ("arm", right_on_long)):
+        (tmp_path / name).mkdir()
+        predictions = Predictions.from_logits(logits, labels, lengths)
+        write_predictions(tmp_path / name / "predictions.csv", predictions)
+    differences = compare_runs([tmp_path / "ref"], [tmp_path / "arm"])
+    assert differences["accuracy, long"].estimate == 1.0
+    assert differences["accuracy, short"].estimate == differences["accuracy, middle"].high == 0
+    assert differences["accuracy"].estimate == pytest.approx(1 / 3)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora.config import PartitionConfig
+from fedlora.data.describe import score_divergences, size_variation
 from fedlora.data.partition import PartitionError, partition
 
 
@@ -150,3 +151,35 @@ def test_sorted_bands_are_strict_at_one_and_blur_towards_iid() -> None:
     assert spreads == sorted(spreads)
     pooled = within_client_spread(scores, [np.arange(len(scores))])
     assert spreads[-1] == pytest.approx(pooled, rel=0.1)
+
+
+# Score-divergence floor of strict length bands (10 clients, deciles of a lognormal length):
+# a client holding one decile is 0.76 bits from the pooled histogram; band edges cost a little.
+STRICT_BANDS_FLOOR = 0.6
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), strictness=st.sampled_from([1.0, 0.7]))
+def test_sorted_bands_skew_the_score_at_equal_sizes_unlike_dirichlet(
+    seed: int, strictness: float
+) -> None:
+    """The factor each arm moves: sorted bands move only the score (every client the same size
+    ±1), Dirichlet over score buckets moves the sizes too."""
+    lengths = np.random.default_rng(seed).lognormal(3.8, 0.35, 3668).round()  # MRPC-like
+    bands = partition(
+        lengths, 10, PartitionConfig(method="sorted", by="length", strictness=strictness), seed
+    )
+    sizes = [len(c) for c in bands]
+    assert max(sizes) - min(sizes) <= 1
+    assert size_variation(sizes) < 0.002
+    floor = STRICT_BANDS_FLOOR if strictness == 1.0 else 0.25
+    assert np.mean(score_divergences(lengths, bands)) > floor
+    shuffled = partition(lengths, 10, PartitionConfig(method="iid"), seed)
+    assert np.mean(score_divergences(lengths, shuffled)) < 0.02
+    dirichlet = PartitionConfig(method="dirichlet", by="length", alpha=0.1)
+    assert size_variation([len(c) for c in partition(lengths, 10, dirichlet, seed)]) > 0.3
+
+
+def test_size_variation_is_exact() -> None:
+    assert size_variation([5, 5, 5]) == 0.0
+    assert size_variation([1, 3]) == 0.5  # sd 1 over mean 2

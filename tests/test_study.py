@@ -139,7 +139,11 @@ def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_confi
     assert "| Δ acc vs sync [95% CI] | Δ loss vs sync [95% CI] |" in table
     rows = [line for line in table.splitlines() if line.startswith(("| sync", "| fa"))]
     sync_row, fa_row = rows[:2]
-    assert sync_row.endswith("| — | — |") and fa_row.count("[") == 2
+    assert sync_row.endswith("| — | — | — | — | — |") and fa_row.count("[") == 5
+    assert (
+        "| Δ acc short vs sync [95% CI] |" in table and "| Δ acc long vs sync [95% CI] |" in table
+    )
+    assert "| update spread |" in table and "Δ local acc" not in table
 
     study["baselines"] = ["nope"]
     path.write_text(yaml.safe_dump(study))

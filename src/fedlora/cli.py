@@ -384,7 +384,11 @@ def _print_partition(description: PartitionDescription) -> None:
     out_console = Console() if Console().is_terminal else Console(width=200)
     out_console.print(table)
     note = " (* degraded)" if any(c.degraded for c in description.clients) else ""
-    typer.echo(f"mean JS divergence from all: {description.mean_divergence:.3f} bits{note}")
+    typer.echo(
+        f"score divergence: mean JS from all {description.mean_divergence:.3f} bits{note};"
+        f" size divergence: coefficient of variation {description.size_variation:.3f},"
+        f" largest/smallest {description.size_ratio:.2f}"
+    )
 
 
 @app.command(name="list")

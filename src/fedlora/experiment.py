@@ -33,6 +33,7 @@ from fedlora.results.store import (
     EVENTS_FILE,
     read_checkpoint,
     remove_checkpoint,
+    summarize,
     write_checkpoint,
     write_config,
     write_run,
@@ -143,11 +144,17 @@ def run_experiment(
 def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[str, Any]:
     """The run folder's results from a finished run (any runtime); returns the summary."""
     config = prepared.config
-    summary = write_run(folder, config, outcome, prepared.task)
     learner = prepared.learner
     if learner.global_predictions is None:  # resumed after the final evaluation: redo it
         learner.evaluate(outcome.global_state)
     assert learner.global_predictions is not None
+    tests = prepared.data.client_test
+    local_sizes = None if tests is None else [len(indices) for indices in tests]
+    summary = write_run(
+        folder,
+        outcome,
+        summarize(config, outcome, prepared.task, learner.global_predictions, local_sizes),
+    )
     write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)
     write_adapter_folder(
         outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)

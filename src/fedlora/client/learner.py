@@ -68,7 +68,9 @@ class ModelLearner:
         """The global model on the eval split; its per-example outputs are kept in
         ``global_predictions`` (the latest global evaluation's: the run's final one at the end)."""
         metrics, logits = self._scored(state, self.eval_data)
-        self.global_predictions = Predictions.from_logits(logits, self.eval_data.labels.numpy())
+        self.global_predictions = Predictions.from_logits(
+            logits, self.eval_data.labels.numpy(), self.eval_data.scores.get("length")
+        )
         return metrics
 
     def evaluate_client(self, client: int, state: AdapterState) -> ClientEvaluation | None:
@@ -77,7 +79,8 @@ class ModelLearner:
         if self.local_test is None:
             return None
         own = self._evaluate(state, self.train_data, self.local_test[client])
-        return ClientEvaluation(own=own, dev=self._evaluate(state, self.eval_data))
+        dev = self._evaluate(state, self.eval_data) if self.config.eval.local_dev else {}
+        return ClientEvaluation(own=own, dev=dev)
 
     def _evaluate(
         self, state: AdapterState, data: EncodedSplit, indices: np.ndarray | None = None

@@ -23,7 +23,8 @@ class LocalResult:
 @dataclass(frozen=True)
 class ClientEvaluation:
     """A client's locally trained model, scored on its own held-out data and on the global
-    eval split: the local and the global effect of its data."""
+    eval split (empty when ``eval.local_dev`` is off): the local and the global effect of its
+    data."""
 
     own: dict[str, float]
     dev: dict[str, float]

@@ -51,8 +51,9 @@ class DegradeConfig(_Section):
     """Lower the text quality of a random ``share`` of clients' training examples.
 
     ``dropout`` deletes each word with probability ``rate``; ``shuffle`` puts the sentences
-    of each text segment in a new order (a one-sentence segment is left as is); ``truncate``
-    cuts the last ``rate`` share of each segment's words. At least one word always stays.
+    of each text segment in a new order (a segment of one sentence, or of one sentence
+    repeated, is left as is); ``truncate`` cuts the last ``rate`` share of each segment's
+    words. At least one word always stays.
     """
 
     share: Annotated[float, Field(gt=0, le=1)]
@@ -307,6 +308,11 @@ class EvalConfig(_Section):
     # Share of each client's examples held out as its local test split; > 0 also evaluates
     # every trained client model on it and on the global eval split (local vs global effects).
     local_share: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Each local evaluation costs an eval pass: only jobs that started from global version
+    # >= local_from are scored (synchronous rounds: the round, from 0; the summary keeps each
+    # client's latest), and the global eval split only with local_dev.
+    local_from: Annotated[int, Field(ge=0)] = 0
+    local_dev: bool = True
     target: TargetConfig | None = None
     # Aggregators that also merge every merge's terms, only to log their merge error beside
     # the run's own (a paired, noise-free comparison); they never change the run.

@@ -31,10 +31,10 @@ def degrade_text(text: str, config: DegradeConfig, rng: np.random.Generator) -> 
     """One text segment after the configured degradation; never empty when the input is not."""
     if config.kind == "shuffle":
         sentences = _SENTENCE.split(text.strip())
-        order = rng.permutation(len(sentences))
-        if len(order) > 1 and (order == np.arange(len(order))).all():
-            order = np.roll(order, 1)  # a shuffle that changes nothing would spare the text
-        return " ".join(sentences[i] for i in order)
+        shuffled = [sentences[i] for i in rng.permutation(len(sentences))]
+        if shuffled == sentences:  # the identity, or a swap of repeated sentences, spares it:
+            shuffled = sentences[-1:] + sentences[:-1]  # a rotation changes all but A A … A
+        return " ".join(shuffled)
     words = text.split()
     if not words:
         return text

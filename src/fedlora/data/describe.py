@@ -1,8 +1,15 @@
 """What each client of a partition holds: sizes, label mix, a context score's distribution, and
-how far each client's distribution is from everyone's (``fedlora partition``)."""
+how far each client's distribution is from everyone's (``fedlora partition``).
+
+Two divergences tell which factor a partition moves: the **score divergence** (mean
+Jensen-Shannon divergence, in bits, of each client's score histogram from the pooled one) and
+the **size divergence** (coefficient of variation of the client sizes, with the largest over the
+smallest). A Dirichlet over score buckets moves both; ``sorted`` bands move only the first.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +47,27 @@ class PartitionDescription:
 
     @property
     def mean_divergence(self) -> float:
+        """The score divergence: mean JS (bits) of the clients' histograms from the pooled one."""
         return float(np.mean([c.divergence for c in self.clients]))
 
+    @property
+    def size_variation(self) -> float:
+        """The size divergence: coefficient of variation of the client sizes."""
+        return size_variation([c.examples for c in self.clients])
+
+    @property
+    def size_ratio(self) -> float:
+        """The largest client's size over the smallest's."""
+        sizes = [c.examples for c in self.clients]
+        return max(sizes) / min(sizes)
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "mean_divergence": self.mean_divergence}
+        return {
+            **asdict(self),
+            "mean_divergence": self.mean_divergence,
+            "size_variation": self.size_variation,
+            "size_ratio": self.size_ratio,
+        }
 
 
 def client_examples(data: FederatedData) -> list[np.ndarray]:
@@ -66,6 +90,23 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     return (kl(p) + kl(q)) / 2
 
 
+def size_variation(sizes: Sequence[int]) -> float:
+    """Population standard deviation of the sizes over their mean: 0 for equal clients."""
+    values = np.asarray(sizes, dtype=np.float64)
+    return float(values.std() / values.mean())
+
+
+def score_divergences(scores: np.ndarray, clients: Sequence[np.ndarray]) -> list[float]:
+    """Each client's JS divergence (bits) from the pooled histogram of ``scores`` over the
+    examples the clients hold together."""
+    held = np.concatenate(clients)
+    edges = _bins(scores[held])
+    pooled = np.histogram(scores[held], edges)[0].astype(float)
+    return [
+        jensen_shannon(np.histogram(scores[c], edges)[0].astype(float), pooled) for c in clients
+    ]
+
+
 def _bins(scores: np.ndarray) -> np.ndarray:
     """Histogram edges: one bin per value for a few-valued score, else pooled deciles."""
     values = np.unique(scores)
@@ -79,13 +120,10 @@ def describe_partition(data: FederatedData, score: str) -> PartitionDescription:
     degradation), and its divergence from the pooled distribution."""
     scores = data.train.scores[score]
     labels = data.train.labels.numpy()
-    edges = _bins(scores)
-    pooled = np.histogram(scores, edges)[0].astype(float)
 
-    def describe(client: int, indices: np.ndarray) -> ClientDescription:
+    def describe(client: int, indices: np.ndarray, divergence: float) -> ClientDescription:
         values = scores[indices]
         q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75])
-        histogram = np.histogram(values, edges)[0].astype(float)
         return ClientDescription(
             client=client,
             examples=len(indices),
@@ -94,13 +132,16 @@ def describe_partition(data: FederatedData, score: str) -> PartitionDescription:
             q1=float(q1),
             median=float(median),
             q3=float(q3),
-            divergence=jensen_shannon(histogram, pooled),
+            divergence=divergence,
             degraded=client in data.degraded_clients,
         )
 
     held = client_examples(data)
-    clients = [describe(c, indices) for c, indices in enumerate(held)]
-    overall = describe(-1, np.concatenate(held))
+    divergences = score_divergences(scores, held)
+    clients = [
+        describe(c, idx, d) for c, (idx, d) in enumerate(zip(held, divergences, strict=True))
+    ]
+    overall = describe(-1, np.concatenate(held), 0.0)
     return PartitionDescription(score, list(data.task.label_names), clients, overall)
 
 

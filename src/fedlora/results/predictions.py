@@ -24,13 +24,17 @@ class Predictions:
     labels: npt.NDArray[np.int64]
     probabilities: npt.NDArray[np.float64]  # examples x classes
     losses: npt.NDArray[np.float64]  # per-example cross-entropy
+    lengths: npt.NDArray[np.float64] | None = None  # context length score, to slice by length
 
     @classmethod
-    def from_logits(cls, logits: np.ndarray, labels: np.ndarray) -> Predictions:
+    def from_logits(
+        cls, logits: np.ndarray, labels: np.ndarray, lengths: np.ndarray | None = None
+    ) -> Predictions:
         log_p = log_softmax(np.asarray(logits, dtype=np.float64), axis=1)
         labels = np.asarray(labels, dtype=np.int64)
         losses = -log_p[np.arange(len(labels)), labels]
-        return cls(labels=labels, probabilities=np.exp(log_p), losses=losses)
+        kept = None if lengths is None else np.asarray(lengths, dtype=np.float64)
+        return cls(labels=labels, probabilities=np.exp(log_p), losses=losses, lengths=kept)
 
     @property
     def predicted(self) -> npt.NDArray[np.int64]:
@@ -43,10 +47,12 @@ class Predictions:
 
 def write_predictions(path: Path, predictions: Predictions) -> None:
     classes = predictions.probabilities.shape[1]
+    lengths = predictions.lengths
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             ["index", "label", "predicted", *(f"p_{c}" for c in range(classes)), "loss"]
+            + ([] if lengths is None else ["length"])
         )
         for i, (label, predicted, probs, loss) in enumerate(
             zip(
@@ -59,11 +65,13 @@ def write_predictions(path: Path, predictions: Predictions) -> None:
         ):
             writer.writerow(
                 [i, int(label), int(predicted), *map(repr, probs.tolist()), repr(float(loss))]
+                + ([] if lengths is None else [repr(float(lengths[i]))])
             )
 
 
 def read_predictions(path: Path) -> Predictions:
-    """The rows of ``path``; a missing column or a non-number names the file."""
+    """The rows of ``path``; a missing column or a non-number names the file. Files written
+    before the ``length`` column existed read with ``lengths`` None."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -72,6 +80,7 @@ def read_predictions(path: Path) -> Predictions:
             labels=np.array([int(r["label"]) for r in rows], dtype=np.int64),
             probabilities=np.array([[float(r[k]) for k in classes] for r in rows]),
             losses=np.array([float(r["loss"]) for r in rows]),
+            lengths=np.array([float(r["length"]) for r in rows]) if "length" in rows[0] else None,
         )
     except (OSError, IndexError, KeyError, ValueError) as error:
         raise ValueError(f"{path}: not a readable {PREDICTIONS_FILE} ({error!r})") from error

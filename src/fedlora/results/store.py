@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, TargetConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
 from fedlora.results.errors import RunFolderError
+from fedlora.results.predictions import Predictions
+from fedlora.results.slices import length_terciles
 from fedlora.results.target import first_reaching
 from fedlora.server.outcome import Evaluation, Outcome
 from fedlora.server.snapshot import Snapshot, write_atomically
@@ -44,8 +47,18 @@ def _evaluation_row(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dict[str, Any]:
-    """The run's headline numbers; the task's first metric is the one ``best`` maximises."""
+def summarize(
+    config: ExperimentConfig,
+    outcome: Outcome,
+    task: TaskSpec,
+    predictions: Predictions | None = None,
+    local_sizes: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The run's headline numbers; the task's first metric is the one ``best`` maximises.
+
+    With the final model's ``predictions`` (carrying context lengths), ``final.by_length``
+    slices its accuracy and loss by length tercile; ``local_sizes`` are the clients' own test
+    split sizes, reported beside their local scores."""
     metrics = task.metrics
     final = outcome.evaluations[-1]
     best = max(outcome.evaluations, key=lambda e: e.metrics[metrics[0]])
@@ -82,8 +95,10 @@ def summarize(config: ExperimentConfig, outcome: Outcome, task: TaskSpec) -> dic
         "staleness": _staleness_summary(config, outcome),
         "client_idle_fraction": _idle_fractions(config, outcome),
     }
+    if predictions is not None and predictions.lengths is not None:
+        summary["final"]["by_length"] = length_terciles(predictions)
     if outcome.local_evaluations:
-        summary["local"] = _local_summary(outcome, metrics[0])
+        summary["local"] = _local_summary(outcome, metrics[0], local_sizes)
     if outcome.diagnostics:
         summary["diagnostics"] = _diagnostics_summary(outcome.diagnostics)
     if config.eval.target is not None:
@@ -117,9 +132,13 @@ def _target_summary(target: TargetConfig, outcome: Outcome) -> dict[str, Any]:
     return summary
 
 
-def _local_summary(outcome: Outcome, metric: str) -> dict[str, Any]:
+def _local_summary(
+    outcome: Outcome, metric: str, local_sizes: Sequence[int] | None
+) -> dict[str, Any]:
     """Each client's latest trained model on its own test split and on the global eval split:
-    mean, spread across clients and range, against the final global model."""
+    mean, spread across clients and range, against the final global model; the losses beside
+    (``own_loss``, ``dev_loss``) where the evaluations scored them, and the size of each
+    client's own split (``examples``) where known, since accuracy on a handful is noise."""
     latest = {e.client: e for e in outcome.local_evaluations}  # later evaluations win
     clients = sorted(latest)
 
@@ -131,18 +150,30 @@ def _local_summary(outcome: Outcome, metric: str) -> dict[str, Any]:
             "max": max(values),
         }
 
-    own = [latest[c].own[metric] for c in clients]
-    dev = [latest[c].dev[metric] for c in clients]
+    per_client: dict[int, dict[str, Any]] = {
+        c: {"started_from": latest[c].started_from} for c in clients
+    }
+    summary: dict[str, Any] = {"metric": metric, "evaluations": len(outcome.local_evaluations)}
+    for name, side, key in (
+        ("own", "own", metric),
+        ("dev", "dev", metric),
+        ("own_loss", "own", "loss"),
+        ("dev_loss", "dev", "loss"),
+    ):
+        if all(key in getattr(latest[c], side) for c in clients):  # dev: with eval.local_dev
+            values = [getattr(latest[c], side)[key] for c in clients]
+            summary[name] = spread(values)
+            for c, value in zip(clients, values, strict=True):
+                per_client[c][name] = value
+    if local_sizes is not None:
+        sizes = [local_sizes[c] for c in clients]
+        summary["examples"] = spread([float(n) for n in sizes])
+        for c, size in zip(clients, sizes, strict=True):
+            per_client[c]["examples"] = size
     return {
-        "metric": metric,
-        "evaluations": len(outcome.local_evaluations),
-        "own": spread(own),
-        "dev": spread(dev),
+        **summary,
         "global_dev": outcome.evaluations[-1].metrics[metric],
-        "clients": {
-            str(c): {"started_from": latest[c].started_from, "own": o, "dev": d}
-            for c, o, d in zip(clients, own, dev, strict=True)
-        },
+        "clients": {str(c): entry for c, entry in per_client.items()},
     }
 
 
@@ -187,16 +218,15 @@ def _idle_fractions(config: ExperimentConfig, outcome: Outcome) -> list[float]:
     ]
 
 
-def write_run(
-    folder: Path, config: ExperimentConfig, outcome: Outcome, task: TaskSpec
-) -> dict[str, Any]:
-    """Write metrics.csv, summary.json and the global adapter; returns the summary."""
+def write_run(folder: Path, outcome: Outcome, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write metrics.csv, ``summary`` (:func:`summarize`'s) as summary.json and the global
+    adapter; returns the summary as written, non-finite values as null."""
     rows = [_evaluation_row(e) for e in outcome.evaluations]
     with (folder / METRICS_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summary = strict_json(summarize(config, outcome, task))
+    summary = strict_json(summary)
     text = json.dumps(summary, indent=2, allow_nan=False)
     (folder / SUMMARY_FILE).write_text(text + "\n", encoding="utf-8")
     (folder / GLOBAL_FILE).write_bytes(outcome.global_state.to_bytes())

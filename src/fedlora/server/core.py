@@ -292,6 +292,8 @@ class ServerCore:
             self.progress(self.outcome)
 
     def _evaluate_client(self, job: Job, state: AdapterState, now: float) -> None:
+        if job.version < self.config.eval.local_from:
+            return
         scores = self.evaluator.evaluate_client(job.client, state)
         if scores is None:
             return

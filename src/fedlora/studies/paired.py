@@ -12,14 +12,16 @@ seeds disagree) or ignore the example noise inside each seed (too narrow with fe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedlora.results.predictions import PREDICTIONS_FILE, Predictions, read_predictions
+from fedlora.results.slices import TERCILES, tercile_ids
 
 _CHUNK = 256  # bootstrap draws materialised at once: bounds memory at seeds x examples x chunk
 
@@ -77,12 +79,18 @@ def compare_runs(
     reference: Sequence[Path], arm: Sequence[Path], confidence: float = 0.95
 ) -> dict[str, PairedDifference]:
     """Accuracy and mean-loss differences of ``arm`` against ``reference`` from their run
-    folders' predictions, paired seed by seed (the folders in the same seed order)."""
+    folders' predictions, paired seed by seed (the folders in the same seed order); where the
+    predictions carry context lengths, also the accuracy within each length tercile of the
+    eval split (``"accuracy, short"``, ``"accuracy, middle"``, ``"accuracy, long"``; a
+    tercile whose size differs between seeds, as seeded eval subsets may give, is left out)."""
     pairs = [(_predictions(a), _predictions(b)) for a, b in zip(reference, arm, strict=True)]
     for (a, b), folder in zip(pairs, arm, strict=True):
-        if not np.array_equal(a.labels, b.labels):
+        same_lengths = (
+            a.lengths is None or b.lengths is None or np.array_equal(a.lengths, b.lengths)
+        )
+        if not np.array_equal(a.labels, b.labels) or not same_lengths:
             raise ValueError(f"{folder}: its eval examples differ from the reference's")
-    return {
+    differences = {
         "accuracy": paired_difference(
             [a.correct for a, _ in pairs], [b.correct for _, b in pairs], confidence
         ),
@@ -90,6 +98,49 @@ def compare_runs(
             [a.losses for a, _ in pairs], [b.losses for _, b in pairs], confidence
         ),
     }
+    if any(a.lengths is None or b.lengths is None for a, b in pairs):
+        return differences
+    ids = [tercile_ids(a.lengths) for a, _ in pairs]  # type: ignore[arg-type]
+    for tercile, name in enumerate(TERCILES):
+        masks = [of_seed == tercile for of_seed in ids]
+        if len({int(m.sum()) for m in masks}) == 1 and masks[0].any():
+            differences[f"accuracy, {name}"] = paired_difference(
+                [a.correct[m] for (a, _), m in zip(pairs, masks, strict=True)],
+                [b.correct[m] for (_, b), m in zip(pairs, masks, strict=True)],
+                confidence,
+            )
+    return differences
+
+
+def compare_local(
+    reference: Sequence[Mapping[str, Any]],
+    arm: Sequence[Mapping[str, Any]],
+    confidence: float = 0.95,
+) -> dict[str, PairedDifference]:
+    """Differences of the clients' own models on their own test splits (``local``: the task's
+    first metric, ``local loss`` where scored), from two arms' summaries in the same seed order.
+
+    Within a seed, client ``c`` of the arm is set against client ``c`` of the reference (the
+    clients both evaluated). The arms give a client different examples, so this pairing
+    removes no shared noise: the interval is about as wide as an unpaired one, and the
+    estimate is the difference of the client means.
+    """
+    pairs = [
+        (a["local"]["clients"], b["local"]["clients"]) for a, b in zip(reference, arm, strict=True)
+    ]
+    per_seed = [(a, b, sorted(set(a) & set(b), key=int)) for a, b in pairs]
+
+    def difference(key: str) -> PairedDifference:
+        return paired_difference(
+            [[a[c][key] for c in clients] for a, _, clients in per_seed],
+            [[b[c][key] for c in clients] for _, b, clients in per_seed],
+            confidence,
+        )
+
+    differences = {"local": difference("own")}
+    if all("own_loss" in entry for a, b in pairs for entry in (*a.values(), *b.values())):
+        differences["local loss"] = difference("own_loss")
+    return differences
 
 
 def _predictions(folder: Path) -> Predictions:

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from fedlora.results.predictions import PREDICTIONS_FILE
 from fedlora.results.report import speedup
 from fedlora.results.store import read_metrics, read_summary
-from fedlora.studies.paired import compare_runs
+from fedlora.studies.paired import PairedDifference, compare_local, compare_runs
 from fedlora.studies.sweep import Cell
 
 
@@ -46,18 +46,26 @@ def _by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
 
 
 _COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "rounds to target",
-            "virtual s to target", "mean staleness", "idle share", "MB sent")  # fmt: skip
-_LOCAL_COLUMNS = ("local acc, own split", "client sd, own split", "local acc, dev")
+            "virtual s to target", "mean staleness", "idle share", "MB sent",
+            "update spread")  # fmt: skip
+_LOCAL_COLUMNS = ("local acc, own split", "client sd, own split", "local loss, own split",
+                  "own split size", "local acc, dev")  # fmt: skip
+# (column label, key of compare_runs / compare_local): each against every baseline
+_PAIRED = (("acc", "accuracy"), ("loss", "loss"), ("acc short", "accuracy, short"),
+           ("acc middle", "accuracy, middle"), ("acc long", "accuracy, long"),
+           ("local acc", "local"), ("local loss", "local loss"))  # fmt: skip
 
 
 def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
     """One markdown table per task (and setting): final and best dev metrics, rounds and
     virtual seconds to the target, speedups against the ``baselines`` arms, the mean
-    staleness of accepted results, the mean share of time clients had no job, traffic, and
-    where clients held local test splits, how their own trained models did on them and on
-    the dev set, and, where cells wrote predictions, each arm's paired accuracy and loss
-    differences against the baselines (:mod:`fedlora.studies.paired`). A column with no value
-    in any row is left out.
+    staleness of accepted results, the mean share of time clients had no job, traffic, the
+    spread of client updates around their mean (per merge, averaged over the run's merges),
+    and where clients held local test splits, how their own trained models did on them (with
+    loss and split size) and on the dev set. Where cells wrote predictions, each arm's paired
+    differences against the baselines (:mod:`fedlora.studies.paired`): accuracy and loss,
+    accuracy per length tercile of the eval split, and the clients' local accuracy and loss.
+    A column with no value in any row is left out.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
     seed gives both the same clients and speeds) and then averaged over the seeds where both
@@ -74,10 +82,14 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
             *(f"speedup vs {b}" for b in present),
             *_COLUMNS[7:],
             *_LOCAL_COLUMNS,
-            *(f"Δ {m} vs {b} [95% CI]" for b in present for m in ("acc", "loss")),
+            *(f"Δ {label} vs {b} [95% CI]" for b in present for label, _ in _PAIRED),
         ]
         rows = [
-            [arm, *_row(summaries[arm], summaries, present), *_paired(arms, arm, present)]
+            [
+                arm,
+                *_row(summaries[arm], summaries, present),
+                *_paired(arms, summaries, arm, present),
+            ]
             for arm in summaries
         ]
         shown = [i for i in range(len(header)) if any(row[i] != "—" for row in rows)]
@@ -130,30 +142,40 @@ def _row(
             2,
         ),
         _spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1),
+        _spread([s["diagnostics"]["spread"]["mean"] for s in runs if "diagnostics" in s]),
         _spread([entry["own"]["mean"] for entry in local]),
         _spread([entry["own"]["std"] for entry in local]),
-        _spread([entry["dev"]["mean"] for entry in local]),
+        _spread([entry["own_loss"]["mean"] for entry in local if "own_loss" in entry]),
+        _spread([entry["examples"]["mean"] for entry in local if "examples" in entry], 1),
+        _spread([entry["dev"]["mean"] for entry in local if "dev" in entry]),
     ]
 
 
-def _paired(arms: dict[str, list[Cell]], arm: str, baselines: Sequence[str]) -> list[str]:
-    """Per baseline, the arm's paired accuracy and loss differences over the seeds both ran
-    ("—" for the baseline itself or where a cell has no predictions.csv); "*" marks an
-    interval that excludes 0."""
+def _paired(
+    arms: dict[str, list[Cell]],
+    summaries: dict[str, dict[int, dict[str, Any]]],
+    arm: str,
+    baselines: Sequence[str],
+) -> list[str]:
+    """Per baseline, the arm's paired differences (:data:`_PAIRED`) over the seeds both ran:
+    global ones where every cell has a predictions.csv, local ones where every summary has a
+    local block; "—" for the baseline itself and for what is missing. "*" marks an interval
+    that excludes 0."""
     cells: list[str] = []
     for baseline in baselines:
         reference = {c.seed: c.folder for c in arms[baseline]}
         pairs = [(reference[c.seed], c.folder) for c in arms[arm] if c.seed in reference]
         folders = [f for pair in pairs for f in pair]
-        if (
-            arm == baseline
-            or not pairs
-            or not all((f / PREDICTIONS_FILE).is_file() for f in folders)
-        ):
-            cells += ["—", "—"]
-            continue
-        differences = compare_runs([a for a, _ in pairs], [b for _, b in pairs])
-        cells += [str(differences["accuracy"]), str(differences["loss"])]
+        differences: dict[str, PairedDifference] = {}
+        if arm != baseline and pairs:
+            if all((f / PREDICTIONS_FILE).is_file() for f in folders):
+                differences |= compare_runs([a for a, _ in pairs], [b for _, b in pairs])
+            seeds = [c.seed for c in arms[arm] if c.seed in reference]
+            mine = [summaries[arm][seed] for seed in seeds]
+            theirs = [summaries[baseline][seed] for seed in seeds]
+            if all("local" in s for s in (*mine, *theirs)):
+                differences |= compare_local(theirs, mine)
+        cells += [str(differences[key]) if key in differences else "—" for _, key in _PAIRED]
     return cells
 
 
@@ -182,7 +204,7 @@ def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> N
 _LOCAL_BARS = (
     ("global model, dev", lambda s: s["final"]["accuracy"]),
     ("client models, own split", lambda s: s["local"]["own"]["mean"]),
-    ("client models, dev", lambda s: s["local"]["dev"]["mean"]),
+    ("client models, dev", lambda s: s["local"].get("dev", {}).get("mean", math.nan)),
 )
 
 

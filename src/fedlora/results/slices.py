@@ -1,0 +1,47 @@
+"""The final global model's accuracy and loss per length tercile of the eval split.
+
+Does a length skew hurt the global model on long texts or on short ones? The tercile edges are
+the eval split's own 1/3 and 2/3 quantiles of the context length, so every arm of a study
+slices the same examples the same way and a tercile can be compared pair by pair like the
+whole split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedlora.results.predictions import Predictions
+
+TERCILES = ("short", "middle", "long")
+
+
+def tercile_ids(lengths: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """0, 1 or 2 per example: at most the 1/3 quantile, at most the 2/3 quantile, above."""
+    values = np.asarray(lengths, dtype=np.float64)
+    edges = np.quantile(values, [1 / 3, 2 / 3])
+    return np.searchsorted(edges, values, side="left").astype(np.int64)
+
+
+def length_terciles(predictions: Predictions) -> dict[str, dict[str, Any]]:
+    """Per tercile with examples: their number, length range, accuracy and mean loss.
+
+    Weighted by ``examples`` the terciles' accuracies and losses average to the whole split's.
+    """
+    if predictions.lengths is None:
+        raise ValueError("length terciles: these predictions carry no context lengths")
+    ids = tercile_ids(predictions.lengths)
+    sliced: dict[str, dict[str, Any]] = {}
+    for tercile, name in enumerate(TERCILES):
+        mask = ids == tercile
+        if mask.any():
+            lengths = predictions.lengths[mask]
+            sliced[name] = {
+                "examples": int(mask.sum()),
+                "lengths": [float(lengths.min()), float(lengths.max())],
+                "accuracy": float(predictions.correct[mask].mean()),
+                "loss": float(predictions.losses[mask].mean()),
+            }
+    return sliced
