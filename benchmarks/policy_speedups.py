@@ -5,18 +5,19 @@ One speedup from one draw of client speeds says little: the draw decides most of
 every policy on the fast logistic learner (``fedlora.client.fastlearner``) for ``--seeds``
 draws of Pareto(1) speeds capped at 20 (20 clients, 10 at work, K = 5), IID and label-skewed,
 with the same number of client updates for every arm. The server step size η of FedBuff and of
-FedFa-delta is tuned on a small grid (the η with the lowest median time to target), so the
-comparison is best-tuned against best-tuned.
+FedFa-delta is tuned (the η with the lowest median time to the loss target), starting from a
+grid that is widened by ×1.5 past its edge for as long as the best η sits at an edge, so the
+comparison is best-tuned against best-tuned and no best η is a grid edge.
 
-Every arm is evaluated after every merge, so the global at any virtual time is known exactly;
-its scores are read off grids of virtual times shared by every arm of a draw (the latest
-global at each point, FedAvg included). Time to target is the first point of a fine grid with
-dev loss ≤ the loss target, and the first point of a coarser evaluation grid where the mean
-accuracy of the last three points ≥ the accuracy target. The targets sit a little way (a
-tenth for the loss, 3 % for the accuracy) from the pooled reference (full-batch gradient
-descent on all clients' examples) back towards the untrained model. Per pair, the speedup is
-the baseline's time over FedFa's, per draw; the table gives its median, quartiles and range
-over the draws where both reached the target (``n``; ``missed`` counts an arm's misses).
+Every arm is evaluated on the simulator's virtual-time grid (``eval.grid_seconds``, a
+twentieth of the fastest client's job): the latest global at the same times for every arm,
+FedAvg included. Time to target is the first grid point with dev loss ≤ the loss target, and
+the first point of every fifth grid point (an evaluation period) where the mean accuracy of the
+last three such points ≥ the accuracy target. The targets sit a little way (a tenth for the
+loss, 3 % for the accuracy) from the pooled reference (full-batch gradient descent on all
+clients' examples) back towards the untrained model. Per pair, the speedup is the baseline's
+time over FedFa's, per draw; the table gives its median, quartiles and range over the draws
+where both reached the target (``n``; ``missed`` counts an arm's misses).
 
     python benchmarks/policy_speedups.py [--seeds 20] [--rounds 25]
 """
@@ -28,7 +29,8 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,7 +42,7 @@ from fedlora.results.target import first_reaching
 from fedlora.server import Evaluation
 from fedlora.sim.engine import build_simulation
 
-# arm → (server settings, the η grid it is tuned on; None: no server step size)
+# arm → (server settings, the η grid its tuning starts from; None: no server step size)
 ARMS: dict[str, tuple[dict[str, Any], list[float] | None]] = {
     "fedavg": ({"policy": "fedavg", "per_round": 10}, None),
     "semiasync": ({"policy": "semiasync", "staleness_bound": 10}, None),
@@ -54,17 +56,21 @@ PAIRS = [
     for baseline in ("fedavg", "semiasync", "fedbuff")
 ]
 SMOOTH = 3
-# Grid spacings, as shares of the fastest client's job time: fine for the loss (the global is
-# known exactly between merges), an evaluation period for the smoothed accuracy.
-FINE_STEP = 1 / 20
-EVAL_STEP = 1 / 4
+# The evaluation grid, as a share of the fastest client's job time: fine for the loss; every
+# EVAL_EVERY-th point is an evaluation period for the smoothed accuracy.
+GRID_STEP = 1 / 20
+EVAL_EVERY = 5
+# A best η at an edge of its grid widens the grid by this factor, at most this many times.
+WIDEN = 1.5
+MAX_WIDENINGS = 8
 # Targets: this share of the way from the pooled reference back to the untrained model (the
 # accuracy saturates early, so its target sits closer to the reference).
 TARGET_GAP = {"loss": 0.1, "accuracy": 0.03}
+MEASURES = ("loss", "smoothed_accuracy")
 
 
 def make_config(
-    server: dict[str, Any], eta: float | None, seed: int, rounds: int
+    server: dict[str, Any], eta: float | None, seed: int, rounds: int, grid: float | None = None
 ) -> ExperimentConfig:
     return build_config(
         {
@@ -85,6 +91,7 @@ def make_config(
                 **server,
                 **({} if eta is None else {"server_lr": eta}),
             },
+            "eval": {"grid_seconds": grid},
         }
     )
 
@@ -96,25 +103,28 @@ def simulate(config: ExperimentConfig, task: FastTask) -> list[Evaluation]:
 
 
 def on_grid(evaluations: Sequence[Evaluation], grid: np.ndarray) -> list[dict[str, float]]:
-    """The scores of the latest global at each grid time (evaluations come after every merge)."""
+    """The scores of the latest global at each grid time (the run's own grid points, then its
+    final global from its end on)."""
     times = np.array([e.time for e in evaluations])
     latest = np.searchsorted(times, grid, side="right") - 1
     return [evaluations[i].metrics for i in latest]
 
 
 def time_to_targets(
-    evaluations: Sequence[Evaluation], horizon: float, job: float, targets: dict[str, float]
+    evaluations: Sequence[Evaluation], step: float, targets: dict[str, float]
 ) -> dict[str, float]:
-    """Virtual time to the loss target on the fine grid, and to the accuracy target by the
-    running mean of ``SMOOTH`` points of the evaluation grid; inf if never."""
+    """Virtual time to the loss target on the grid of ``step`` seconds, and to the accuracy
+    target by the running mean of ``SMOOTH`` evaluation periods; inf if never."""
+    end = evaluations[-1].time
+    # the same floats as the simulator's grid, long enough for a smoothed mean after the end
+    grid = np.arange(0.0, end + step * EVAL_EVERY * (SMOOTH + 1), step)
     found = {}
-    for measure, metric, step, smooth in (
-        ("loss", "loss", FINE_STEP, 1),
-        ("smoothed_accuracy", "accuracy", EVAL_STEP, SMOOTH),
+    for measure, metric, points, smooth in (
+        ("loss", "loss", grid, 1),
+        ("smoothed_accuracy", "accuracy", grid[::EVAL_EVERY], SMOOTH),
     ):
-        grid = np.arange(0.0, horizon + job * step, job * step)
-        index = first_reaching(on_grid(evaluations, grid), metric, targets[metric], smooth)
-        found[measure] = math.inf if index is None else float(grid[index])
+        index = first_reaching(on_grid(evaluations, points), metric, targets[metric], smooth)
+        found[measure] = math.inf if index is None else float(points[index])
     return found
 
 
@@ -141,6 +151,38 @@ def spread(values: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
+Times = dict[str, list[float]]  # measure → per-draw virtual times to target (inf: missed)
+
+
+def median_time(times: Times) -> float:
+    return statistics.median(times["loss"])  # inf when most draws miss the target
+
+
+def tune(times_at: Callable[[float], Times], etas: Sequence[float]) -> dict[float, Times]:
+    """Times to target at each η of ``etas``, widened past an edge while the best η is there
+    (strictly better than its neighbour), until it is interior or ``MAX_WIDENINGS`` ran out."""
+    found = {eta: times_at(eta) for eta in etas}
+    for _ in range(MAX_WIDENINGS):
+        grid = sorted(found)
+        medians = [median_time(found[eta]) for eta in grid]
+        if not math.isfinite(min(medians)):
+            break
+        if medians[0] < min(medians[1:]):
+            wider = grid[0] / WIDEN
+        elif medians[-1] < min(medians[:-1]):
+            wider = grid[-1] * WIDEN
+        else:
+            break
+        found[wider] = times_at(wider)
+    return dict(sorted(found.items()))
+
+
+def interior(eta: float | None, grid: Iterable[float | None]) -> bool:
+    """Whether a tuned ``eta`` lies strictly inside its grid (trivially, without a step size)."""
+    etas = [e for e in grid if e is not None]
+    return eta is None or min(etas) < eta < max(etas)
+
+
 def study(task: FastTask, seeds: int, rounds: int) -> dict[str, Any]:
     config = make_config({}, None, 0, rounds)
     probe = FastLearner(config, task)
@@ -151,30 +193,28 @@ def study(task: FastTask, seeds: int, rounds: int) -> dict[str, Any]:
         for metric, gap in TARGET_GAP.items()
     }
     job = (  # the fastest client's job time (slowness 1), transfers aside
-        config.train.local_steps  # type: ignore[operator]
+        config.train.local_steps
         * config.train.batch_size
         * task.tokens_per_example
         * config.clients.seconds_per_token
     )
-    # time[arm][eta][measure] = per-seed times to target
-    times: dict[str, dict[float | None, dict[str, list[float]]]] = {}
-    runs = {}
-    for seed in range(seeds):
-        for arm, (server, etas) in ARMS.items():
-            for eta in etas or [None]:
-                runs[arm, eta, seed] = simulate(make_config(server, eta, seed, rounds), task)
-        # one pair of grids per draw, shared by every arm, up to the longest run
-        horizon = max(e[-1].time for e in runs.values())
-        for (arm, eta, _), evaluations in runs.items():
-            found = time_to_targets(evaluations, horizon, job, targets)
-            per = times.setdefault(arm, {}).setdefault(eta, {"loss": [], "smoothed_accuracy": []})
-            for measure, t in found.items():
+    step = job * GRID_STEP
+
+    def times_of(server: dict[str, Any], eta: float | None) -> Times:
+        per: Times = {measure: [] for measure in MEASURES}
+        for seed in range(seeds):
+            evaluations = simulate(make_config(server, eta, seed, rounds, step), task)
+            for measure, t in time_to_targets(evaluations, step, targets).items():
                 per[measure].append(t)
-        runs.clear()
+        return per
 
-    def median_time(per: dict[str, list[float]]) -> float:
-        return statistics.median(per["loss"])  # inf when most draws miss the target
-
+    # times[arm][eta]: per-draw times to target; eta None for an arm without a step size
+    times: dict[str, dict[float | None, Times]] = {}
+    for arm, (server, etas) in ARMS.items():
+        if etas is None:
+            times[arm] = {None: times_of(server, None)}
+        else:
+            times[arm] = {eta: t for eta, t in tune(partial(times_of, server), etas).items()}
     best = {
         arm: min(by_eta, key=lambda eta: median_time(by_eta[eta])) for arm, by_eta in times.items()
     }
@@ -182,6 +222,7 @@ def study(task: FastTask, seeds: int, rounds: int) -> dict[str, Any]:
     arms = {
         arm: {
             "eta": best[arm],
+            "eta_interior": interior(best[arm], times[arm]),
             "eta_grid": {
                 str(eta): {
                     "median_s": _finite_or_none(median_time(per)),
@@ -202,7 +243,7 @@ def study(task: FastTask, seeds: int, rounds: int) -> dict[str, Any]:
                     for f, b in zip(tuned[fedfa][measure], tuned[baseline][measure], strict=True)
                 ]
             )
-            for measure in ("loss", "smoothed_accuracy")
+            for measure in MEASURES
         }
         for fedfa, baseline in PAIRS
     }
@@ -215,7 +256,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25, help="client updates ÷ 10, every arm")
     args = parser.parse_args()
     started = time.perf_counter()
-    report = {
+    report: dict[str, Any] = {
         "settings": {
             "seeds": args.seeds,
             "client_updates": args.rounds * 10,
@@ -223,7 +264,10 @@ def main() -> None:
             "concurrency": 10,
             "window": 5,
             "speed": "pareto alpha 1, cap 20",
-            "arms": {arm: {**server, "eta_grid": etas} for arm, (server, etas) in ARMS.items()},
+            "arms": {arm: {**server, "eta_start": etas} for arm, (server, etas) in ARMS.items()},
+            "eta_widen": WIDEN,
+            "grid_step_of_job": GRID_STEP,
+            "eval_every": EVAL_EVERY,
             "target_gap": TARGET_GAP,
             "smooth": SMOOTH,
         },

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from fedlora import policies
 from fedlora.config import ConfigError, ServerConfig, build_config
-from fedlora.policies import Arrival, ClientInfo, Decision, Dispatch, Merge, Policy
+from fedlora.policies import Arrival, ClientInfo, Decision, Dispatch, Merge, Policy, Source
 from tests.fakes import FakeLearner, config, simulate
 
 
@@ -169,6 +169,27 @@ def test_staleness_in_updates_matches_across_fedfa_and_fedbuff() -> None:
     assert fedfa[6:] == [3] * 10 and fedbuff[6:] == [4, 2] * 5
     merges_fa, merges_fb = fedfa_and_fedbuff_staleness(order, "merges")
     assert merges_fa[6:] == [3] * 10 and merges_fb[6:] == [2, 1] * 5  # K = 2 times apart
+
+
+@pytest.mark.parametrize("name", ["fedfa", "fedbuff"])
+def test_s_of_tau_weighs_by_the_staleness_in_updates(name: str) -> None:
+    """s(τ) reads the figure ``staleness_of`` reports (absorbed updates) under both policies:
+    in every merge, each result's weight times (τ + 1) is the same (s = (τ + 1)^−1)."""
+    policy = make(name, 4, concurrency=4, window=2, staleness={"function": "polynomial", "a": 1})
+    run = Runtime(policy)
+    tau: dict[int, int] = {}
+    stale_merges = 0
+    for client in [0, 1, 2, 3] * 4:
+        job = run.job_of(client)
+        decisions = run.arrive(client)
+        tau[job] = run.staleness[-1]
+        for merge in (d for d in decisions if isinstance(d, Merge)):
+            updates = [t for t in merge.terms if t.source is Source.UPDATE]
+            taus = [tau[t.job] for t in updates if t.job is not None]
+            scaled = {round(t.weight * (age + 1), 12) for t, age in zip(updates, taus, strict=True)}
+            assert len(scaled) == 1, (name, taus, [t.weight for t in updates])
+            stale_merges += len(set(taus)) > 1
+    assert stale_merges > 3  # the weights were put to the test
 
 
 @settings(max_examples=60, deadline=None)

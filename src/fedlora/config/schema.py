@@ -303,6 +303,10 @@ class EvalConfig(_Section):
     # Instead of every n steps: the first merge once this many virtual seconds have passed
     # since the last evaluation (asynchronous policies merge far more often than rounds).
     every_seconds: Annotated[float | None, Field(gt=0)] = None
+    # Or on a grid of virtual times shared by every policy: the latest global at 0, G, 2G, …
+    # up to the run's end (the simulator schedules them, independent of merges), so arms that
+    # merge at different rates are evaluated equally often, at identical times.
+    grid_seconds: Annotated[float | None, Field(gt=0)] = None
     split: str = "dev"
     batch_size: Annotated[int, Field(ge=1)] = 64
     # Share of each client's examples held out as its local test split; > 0 also evaluates
@@ -317,6 +321,12 @@ class EvalConfig(_Section):
     # Aggregators that also merge every merge's terms, only to log their merge error beside
     # the run's own (a paired, noise-free comparison); they never change the run.
     shadow: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> EvalConfig:
+        if self.every_seconds is not None and self.grid_seconds is not None:
+            raise ValueError("eval.grid_seconds: set either it or eval.every_seconds, not both")
+        return self
 
 
 class RuntimeConfig(_Section):

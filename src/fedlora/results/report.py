@@ -23,15 +23,21 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.1f}"
 
 
-def time_to_target(summary: dict[str, Any]) -> float | None:
-    """Virtual seconds until the global model first reached ``eval.target`` (None: never)."""
+def time_to_target(summary: dict[str, Any], measure: str | None = None) -> float | None:
+    """Virtual seconds until the global model first reached ``eval.target`` (None: never): its
+    first crossing, or by ``measure``, ``smoothed`` (the running mean) or ``on_loss``."""
     target = summary.get("target") or {}
+    if measure is not None:
+        target = target.get(measure) or {}
     return float(target["virtual_time_s"]) if target.get("reached") else None
 
 
-def speedup(baseline: dict[str, Any], run: dict[str, Any]) -> float | None:
-    """How many times sooner ``run`` reached the target than ``baseline`` (None: either never)."""
-    base, this = time_to_target(baseline), time_to_target(run)
+def speedup(
+    baseline: dict[str, Any], run: dict[str, Any], measure: str | None = None
+) -> float | None:
+    """How many times sooner ``run`` reached the target than ``baseline`` (None: either never),
+    by :func:`time_to_target`'s ``measure``."""
+    base, this = time_to_target(baseline, measure), time_to_target(run, measure)
     if base is None or this is None or this == 0:
         return None
     return base / this

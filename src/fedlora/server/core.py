@@ -166,6 +166,11 @@ class ServerCore:
         self._emit("lost", now, job=job.id, client=job.client, reason=reason)
         return self._apply(self.policy.on_lost(job.id, job.client), now)
 
+    def evaluate(self, now: float) -> None:
+        """Evaluate the current global at ``now``: for a runtime that keeps an evaluation grid
+        of its own (``eval.grid_seconds``), independent of merges."""
+        self._evaluate(now)
+
     def stop(self, reason: str) -> None:
         """Stop for a reason only the runtime knows (e.g. its time limit)."""
         if self.stopped is None:
@@ -264,6 +269,8 @@ class ServerCore:
     # -- evaluation and bookkeeping -----------------------------------------------------------
 
     def _evaluation_due(self, now: float) -> bool:
+        if self.config.eval.grid_seconds is not None:
+            return False  # the runtime evaluates on its grid
         every_seconds = self.config.eval.every_seconds
         if every_seconds is not None:
             return now - self._last_eval_time >= every_seconds

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from fedlora.results.predictions import PREDICTIONS_FILE
-from fedlora.results.report import speedup
+from fedlora.results.report import speedup, time_to_target
 from fedlora.results.store import read_metrics, read_summary
 from fedlora.studies.paired import PairedDifference, compare_local, compare_runs
 from fedlora.studies.sweep import Cell
@@ -37,6 +37,12 @@ def _reached(values: Sequence[float], runs: int, digits: int) -> str:
     return f"{_spread(values, digits)} ({len(values)}/{runs})"
 
 
+def _measured(summary: dict[str, Any], measure: str | None) -> bool:
+    """Whether a summary has the target ``measure`` (older summaries or no max_loss: not)."""
+    target = summary.get("target") or {}
+    return bool(target) if measure is None else measure in target
+
+
 def _by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
     grouped: dict[str, dict[str, list[Cell]]] = defaultdict(lambda: defaultdict(list))
     for cell in cells:
@@ -45,9 +51,11 @@ def _by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
     return grouped
 
 
-_COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "rounds to target",
-            "virtual s to target", "mean staleness", "idle share", "MB sent",
-            "update spread")  # fmt: skip
+_COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "final loss", "rounds to target",
+            "virtual s to target", "s to smoothed target", "s to loss target",
+            "mean staleness", "idle share", "MB sent", "update spread")  # fmt: skip
+# Time to target, and speedups, by the first crossing, the running mean, and the loss target.
+_MEASURES = {None: "", "smoothed": " (smoothed)", "on_loss": " (loss)"}
 _LOCAL_COLUMNS = ("local acc, own split", "client sd, own split", "local loss, own split",
                   "own split size", "local acc, dev")  # fmt: skip
 # (column label, key of compare_runs / compare_local): each against every baseline
@@ -78,9 +86,9 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
         }
         present = [b for b in baselines if b in summaries]
         header = [
-            *_COLUMNS[:7],
-            *(f"speedup vs {b}" for b in present),
-            *_COLUMNS[7:],
+            *_COLUMNS[:10],
+            *(f"speedup vs {b}{label}" for b in present for label in _MEASURES.values()),
+            *_COLUMNS[10:],
             *_LOCAL_COLUMNS,
             *(f"Δ {label} vs {b} [95% CI]" for b in present for label, _ in _PAIRED),
         ]
@@ -118,17 +126,23 @@ def _row(
         _spread([s["final"]["accuracy"] for s in runs]),
         _spread([s["final"]["f1"] for s in runs if "f1" in s["final"]]),
         _spread([s["best"]["accuracy"] for s in runs]),
+        _spread([s["final"]["loss"] for s in runs if "loss" in s["final"]]),
         _reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—",
-        _reached([t["virtual_time_s"] for t in hits], len(runs), 0) if targets[0] else "—",
     ]
+    for measure in _MEASURES:
+        reached = [time_to_target(s, measure) for s in runs]
+        times = [t for t in reached if t is not None]
+        measured = any(_measured(s, measure) for s in runs)
+        row.append(_reached(times, len(runs), 0) if measured else "—")
     for baseline in baselines:
-        ratios = [
-            ratio
-            for seed, s in by_seed.items()
-            if seed in summaries[baseline]
-            and (ratio := speedup(summaries[baseline][seed], s)) is not None
-        ]
-        row.append(_spread(ratios, 2) + "×" if ratios else "—")
+        for measure in _MEASURES:
+            ratios = [
+                ratio
+                for seed, s in by_seed.items()
+                if seed in summaries[baseline]
+                and (ratio := speedup(summaries[baseline][seed], s, measure)) is not None
+            ]
+            row.append(_spread(ratios, 2) + "×" if ratios else "—")
     local = [s["local"] for s in runs if "local" in s]
     return [
         *row,
