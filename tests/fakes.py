@@ -121,3 +121,34 @@ def delta_terms(
             WeightedState(sent, -weight, Source.SENT, job),
         ]
     return terms
+
+
+def stock_peft_accuracy(adapter: Path, raw: dict) -> float:
+    """Dev accuracy of ``adapter`` loaded with stock PEFT onto the tiny random base a user
+    rebuilds from the config (same seed, same sizes), as a user of the exported folder would."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from fedlora.client.model import model_path
+
+    torch.manual_seed(raw["seed"])
+    base_config = AutoConfig.from_pretrained(
+        model_path(None),
+        num_labels=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    base = AutoModelForSequenceClassification.from_config(base_config)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path(None))
+    dev_lines = Path(raw["data"]["files"]["dev"]).read_text().splitlines()[1:]
+    dev = [line.split(",") for line in dev_lines]
+    batch = tokenizer(
+        [a for a, _, _ in dev], [b for _, b, _ in dev], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        predictions = model(**batch).logits.argmax(-1).numpy()
+    labels = np.array([1 if label == "same" else 0 for _, _, label in dev])
+    return float((predictions == labels).mean())
