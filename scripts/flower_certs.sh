@@ -52,5 +52,6 @@ chmod 644 ca.crt server.pem
 for ((k = 0; k < nodes; k++)); do
     rm -f "node-$k" "node-$k.pub"
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedlora-node-$k" -f "node-$k"
+    chmod 644 "node-$k.pub"
 done
 echo "wrote CA, SuperLink certificate (SANs $sans) and $nodes SuperNode key pairs to $PWD"
