@@ -17,7 +17,7 @@ from fedlora.cli import app
 from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.policies import Policy, Source
-from fedlora.results.events import EventLog
+from fedlora.results.events import EventLog, read_events
 from fedlora.server import Outcome
 from fedlora.sim.engine import build_simulation
 from fedlora.sim.profiles import ClientProfile
@@ -152,3 +152,22 @@ def stock_peft_accuracy(adapter: Path, raw: dict) -> float:
         predictions = model(**batch).logits.argmax(-1).numpy()
     labels = np.array([1 if label == "same" else 0 for _, _, label in dev])
     return float((predictions == labels).mean())
+
+
+def merged_jobs(run: Path) -> list[list[int]]:
+    """The jobs each merge of a run folder took, in order."""
+    return [sorted(e["jobs"]) for e in read_events(run / "events.jsonl") if e["type"] == "merge"]
+
+
+def assert_same_global(run: Path, other: Path) -> None:
+    """Two runs' global adapters are the same model: equal ΔW per module (the SVD basis of
+    an HLoRA merge may differ) and equal head tensors."""
+    ours, theirs = (
+        AdapterState.from_bytes((folder / "global.safetensors").read_bytes())
+        for folder in (run, other)
+    )
+    assert ours.lora.keys() == theirs.lora.keys()
+    for module, factors in ours.lora.items():
+        torch.testing.assert_close(factors.delta(), theirs.lora[module].delta())
+    for name, tensor in ours.extra.items():
+        torch.testing.assert_close(tensor, theirs.extra[name])
