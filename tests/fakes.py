@@ -17,7 +17,7 @@ from fedlora.cli import app
 from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.policies import Policy, Source
-from fedlora.results.events import EventLog
+from fedlora.results.events import EventLog, read_events
 from fedlora.server import Outcome
 from fedlora.sim.engine import build_simulation
 from fedlora.sim.profiles import ClientProfile
@@ -121,3 +121,53 @@ def delta_terms(
             WeightedState(sent, -weight, Source.SENT, job),
         ]
     return terms
+
+
+def stock_peft_accuracy(adapter: Path, raw: dict) -> float:
+    """Dev accuracy of ``adapter`` loaded with stock PEFT onto the tiny random base a user
+    rebuilds from the config (same seed, same sizes), as a user of the exported folder would."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from fedlora.client.model import model_path
+
+    torch.manual_seed(raw["seed"])
+    base_config = AutoConfig.from_pretrained(
+        model_path(None),
+        num_labels=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    base = AutoModelForSequenceClassification.from_config(base_config)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path(None))
+    dev_lines = Path(raw["data"]["files"]["dev"]).read_text().splitlines()[1:]
+    dev = [line.split(",") for line in dev_lines]
+    batch = tokenizer(
+        [a for a, _, _ in dev], [b for _, b, _ in dev], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        predictions = model(**batch).logits.argmax(-1).numpy()
+    labels = np.array([1 if label == "same" else 0 for _, _, label in dev])
+    return float((predictions == labels).mean())
+
+
+def merged_jobs(run: Path) -> list[list[int]]:
+    """The jobs each merge of a run folder took, in order."""
+    return [sorted(e["jobs"]) for e in read_events(run / "events.jsonl") if e["type"] == "merge"]
+
+
+def assert_same_global(run: Path, other: Path) -> None:
+    """Two runs' global adapters are the same model: equal ΔW per module (the SVD basis of
+    an HLoRA merge may differ) and equal head tensors."""
+    ours, theirs = (
+        AdapterState.from_bytes((folder / "global.safetensors").read_bytes())
+        for folder in (run, other)
+    )
+    assert ours.lora.keys() == theirs.lora.keys()
+    for module, factors in ours.lora.items():
+        torch.testing.assert_close(factors.delta(), theirs.lora[module].delta())
+    for name, tensor in ours.extra.items():
+        torch.testing.assert_close(tensor, theirs.extra[name])

@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fakes import run_cli
-from peft import PeftModel
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from fakes import run_cli, stock_peft_accuracy
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
 from fedlora.cli import app
-from fedlora.client.model import model_path
 from fedlora.results.events import read_events, without_wall_clock
 from fedlora.results.predictions import read_predictions
 from fedlora.results.report import speedup, time_to_target
@@ -145,32 +143,9 @@ def test_export_loads_in_stock_peft_with_identical_predictions(
     assert result.exit_code == 0, result.output
     assert_plain_file_modes(tmp_path / "adapter")
 
-    # A user rebuilds the same random base (same seed, same sizes) and loads the adapter.
-    torch.manual_seed(tiny_config["seed"])
-    base_config = AutoConfig.from_pretrained(
-        model_path(None),
-        num_labels=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    base = AutoModelForSequenceClassification.from_config(base_config)
-    model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_path(None))
-
-    dev = [
-        line.split(",")
-        for line in Path(tiny_config["data"]["files"]["dev"]).read_text().splitlines()[1:]
-    ]
-    batch = tokenizer(
-        [a for a, _, _ in dev], [b for _, b, _ in dev], padding=True, return_tensors="pt"
-    )
-    with torch.no_grad():
-        predictions = model(**batch).logits.argmax(-1).numpy()
-    labels = np.array([1 if label == "same" else 0 for _, _, label in dev])
     summary = json.loads((run / "summary.json").read_text())
-    assert float((predictions == labels).mean()) == pytest.approx(summary["final"]["accuracy"])
+    accuracy = stock_peft_accuracy(tmp_path / "adapter", tiny_config)
+    assert accuracy == pytest.approx(summary["final"]["accuracy"])
 
 
 def test_export_merged_model_predicts_like_the_adapter(tmp_path: Path, tiny_config: dict) -> None:

@@ -44,14 +44,16 @@ def discover_clients(
     ``clients`` partitions has a node, or ``wait_s`` passes."""
     deadline = clock() + wait_s
     nodes: dict[int, int] = {}
-    asked: dict[str, int] = {}  # query message id: node
+    asked: set[int] = set()
+    waiting: dict[str, int] = {}  # unanswered query message id: node (a SuperLink answers an
+    # id only once; pulling it again gives a "message unavailable" error)
     while True:
-        known = set(asked.values())
-        fresh = [n for n in grid.get_node_ids() if n not in known]
+        fresh = [n for n in grid.get_node_ids() if n not in asked]
         queries = [Message(RecordDict(), node, MessageType.QUERY) for node in fresh]
-        asked.update(zip(grid.push_messages(queries), fresh, strict=True))
-        for reply in grid.pull_messages(list(asked)):
-            node = asked[reply.metadata.reply_to_message_id]
+        waiting.update(zip(grid.push_messages(queries), fresh, strict=True))
+        asked.update(fresh)
+        for reply in grid.pull_messages(list(waiting)):
+            node = waiting.pop(reply.metadata.reply_to_message_id)
             if reply.has_error():
                 raise FederationError(f"node {node} cannot say its partition: {reply.error.reason}")
             partition = int(reply.content.config_records[PARTITION_KEY]["id"])  # type: ignore[arg-type]

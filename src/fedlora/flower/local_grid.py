@@ -19,8 +19,10 @@ ClientCall = Callable[[Message, Context], Message | None]  # None: the node neve
 class LocalGrid(Grid):
     """Node ``FIRST_NODE + k`` holds ``partition-id`` k; ``apps[k]`` answers for it.
 
-    A pushed message is answered at once; a node can be removed to play one that left. Like
-    Flower's own ServerApp process, it sets this process's task identity (messages need it)."""
+    A pushed message is answered at once; a node can be removed to play one that left. A reply
+    is handed out once: pulling its id again gives the "message unavailable" error a SuperLink
+    gives. Like Flower's own ServerApp process, it sets this process's task identity (messages
+    need it)."""
 
     FIRST_NODE = 1000
 
@@ -40,6 +42,8 @@ class LocalGrid(Grid):
             for node in self._apps
         }
         self._replies: dict[str, Message] = {}
+        self._sent: dict[str, Message] = {}
+        self._delivered: set[str] = set()  # message ids whose reply was pulled
         self._run = Run.create_empty(1)
 
     def set_run(self, run: Run) -> None:
@@ -72,6 +76,7 @@ class LocalGrid(Grid):
             message_id = uuid.uuid4().hex
             message.metadata.__dict__["_message_id"] = message_id  # the SuperLink's job
             ids.append(message_id)
+            self._sent[message_id] = message
             node = message.metadata.dst_node_id
             app = self._apps.get(node)
             reply = None if app is None else self._call(app, message, self._contexts[node])
@@ -89,7 +94,16 @@ class LocalGrid(Grid):
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(m) for m in message_ids if m in self._replies]
+        pulled = []
+        for message_id in message_ids:
+            if message_id in self._delivered:
+                unavailable = Error(ErrorCode.MESSAGE_UNAVAILABLE, "message unavailable")
+                pulled.append(Message(unavailable, reply_to=self._sent[message_id]))
+            elif message_id in self._replies:
+                reply = self._replies.pop(message_id)
+                self._delivered.add(message_id)
+                pulled.append(reply)
+        return pulled
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -46,7 +46,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run = context.run_config
     for key in ("config", "out"):
-        if key not in run:
+        if not run.get(key):  # deploy/flower's pyproject.toml defaults both to ""
             raise ValueError(f"run config: {key!r} is missing (flwr run --run-config '{key}=...')")
     config = load_config(str(run["config"]))
     run_federation(grid, config, Path(str(run["out"])), float(run.get("wait-s", 120.0)))

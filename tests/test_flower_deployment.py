@@ -1,0 +1,68 @@
+"""A real Flower deployment on 127.0.0.1: a SuperLink and two SuperNodes as separate processes,
+with TLS and SuperNode authentication, started with the commands the README gives; a short
+FedFa run with heterogeneous ranks finishes and its ``adapter/`` loads with stock PEFT, and a
+SuperNode whose key was never registered is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from fakes import stock_peft_accuracy
+
+from fedlora.flower.localhost import LocalDeployment
+from fedlora.results.events import read_events
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CERTS_SCRIPT = Path(__file__).parents[1] / "scripts" / "flower_certs.sh"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[LocalDeployment]:
+    missing = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not found: scripts/flower_certs.sh needs them")
+    certs = tmp_path / "certs"
+    command = ["bash", str(CERTS_SCRIPT), "--out", str(certs), "--nodes", "3"]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    with LocalDeployment(certs, tmp_path, nodes=2) as deployment:  # node-2 stays unregistered
+        yield deployment
+
+
+def test_a_fedfa_run_over_a_tls_authenticated_deployment(
+    tmp_path: Path, tiny_config: dict, deployment: LocalDeployment
+) -> None:
+    tiny_config["clients"] |= {"num": 2, "ranks": [2, 4]}
+    tiny_config["server"] |= {
+        "policy": "fedfa", "aggregator": "hlora", "concurrency": 2, "window": 2, "per_round": 2,
+        "rounds": 1, "job_timeout": 600,
+    }  # fmt: skip
+    config, run = tmp_path / "tiny.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(tiny_config))
+    output = deployment.run(config, run, wait_s=300, timeout=720)
+    assert (run / "summary.json").is_file(), output + deployment.log_tails()
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml", "events.jsonl", "metrics.csv", "summary.json", "global.safetensors",
+        "adapter", "predictions.csv",
+    }  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["policy"] == "fedfa" and summary["stop_reason"] == "1 rounds reached"
+    assert summary["jobs_lost"] == 0 and summary["updates_rejected"] == 0
+    events = read_events(run / "events.jsonl")
+    dispatched = {(e["client"], e["rank"]) for e in events if e["type"] == "dispatch"}
+    assert dispatched == {(0, 2), (1, 4)}
+    assert len({e["node"] for e in events if e["type"] == "dispatch"}) == 2
+    accuracy = stock_peft_accuracy(run / "adapter", tiny_config)
+    assert accuracy == pytest.approx(summary["final"]["accuracy"])
+
+
+def test_a_supernode_with_an_unregistered_key_is_refused(deployment: LocalDeployment) -> None:
+    intruder = deployment.supernode(2, "--max-retries", "1")
+    assert intruder.wait(timeout=120) != 0
+    assert "No SuperNode found with the given public key" in deployment.log("superlink")
