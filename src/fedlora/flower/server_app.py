@@ -16,26 +16,41 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import ExperimentConfig, load_config, with_resolved_data_dir
 from fedlora.experiment import prepare, write_results
+from fedlora.flower.grid_jobs import GridJobs
 from fedlora.flower.grid_runtime import GridRuntime, discover_clients
 from fedlora.results.events import EventLog
 from fedlora.results.store import EVENTS_FILE, write_config
 from fedlora.server.build import build_core
+from fedlora.sim.engine import build_simulation
 from fedlora.sim.profiles import draw_profiles
 
 
 def run_federation(
-    grid: Grid, config: ExperimentConfig, folder: Path, wait_s: float = 120.0
+    grid: Grid,
+    config: ExperimentConfig,
+    folder: Path,
+    wait_s: float = 120.0,
+    virtual_clock: bool = False,
 ) -> dict[str, Any]:
-    """Run ``config`` over ``grid`` into ``folder``; returns the summary."""
+    """Run ``config`` over ``grid`` into ``folder``; returns the summary.
+
+    In wall-clock time, replies merged as they come; or, with ``virtual_clock`` (Flower's
+    simulation engine), under the simulator's clock and cost model, the nodes only training:
+    the in-process simulator's event log, with the jobs trained in parallel.
+    """
     prepared = prepare(config)
     nodes = discover_clients(grid, config.clients.num, wait_s)
     write_config(folder, with_resolved_data_dir(config))
     with EventLog(folder / EVENTS_FILE) as log:
         learner = prepared.learner
         sizes = [len(indices) for indices in prepared.data.client_train]
-        ranks = [p.rank for p in draw_profiles(config.clients, config.lora.r, config.seed)]
-        core = build_core(config, learner.initial_state(), sizes, ranks, learner, log)
-        outcome = GridRuntime(grid, core, nodes, config.model_dump_json()).run()
+        if virtual_clock:
+            jobs = GridJobs(grid, nodes, config.model_dump_json())
+            outcome = build_simulation(config, learner, sizes, log, runner=jobs).run()
+        else:
+            ranks = [p.rank for p in draw_profiles(config.clients, config.lora.r, config.seed)]
+            core = build_core(config, learner.initial_state(), sizes, ranks, learner, log)
+            outcome = GridRuntime(grid, core, nodes, config.model_dump_json()).run()
     return write_results(folder, prepared, outcome)
 
 

@@ -1,7 +1,9 @@
 """The same ServerApp and ClientApp under Flower's simulation engine (Ray): one SuperNode per
 client, ``partition-id`` K on node K, Ray actors that keep the ClientApp's resident model
-between messages. Replies are consumed as they come (wall clock), not yet in modelled finish
-order, so only synchronous policies give the in-process simulator's merges.
+between messages. The server keeps the simulator's virtual clock and takes replies in
+modelled finish order (:mod:`fedlora.flower.grid_jobs`), so a run gives the in-process
+simulator's event log for the same config and seed, with the jobs in flight trained in
+parallel.
 
 Ray listens on every interface: run it where that is acceptable, or in a loopback-only
 network namespace (``unshare -rn`` with ``lo`` up), as the tests do.
@@ -26,7 +28,7 @@ def simulate(config: ExperimentConfig, folder: Path, cpus_per_client: float = 1.
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, config, folder)
+        run_federation(grid, config, folder, virtual_clock=True)
 
     run_simulation(
         server_app,

@@ -26,6 +26,7 @@ from fedlora.server import Outcome, Send, ServerCore, Snapshot
 from fedlora.server.build import build_core
 from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
+from fedlora.sim.jobs import InProcess, JobFailed, JobRunner
 from fedlora.sim.profiles import ClientProfile, draw_profiles, job_seconds
 
 
@@ -53,7 +54,8 @@ class Simulation:
 
     ``checkpoint`` (if given) is called at safe points with the whole state when one is due
     (every ``runtime.checkpoint_every`` merges, or ``runtime.checkpoint_seconds`` of wall
-    time); ``interrupted`` is polled at the same points and stops the run there.
+    time); ``interrupted`` is polled at the same points and stops the run there. ``runner``
+    trains the jobs (default: the learner, in this process).
     """
 
     def __init__(
@@ -64,9 +66,11 @@ class Simulation:
         profiles: Sequence[ClientProfile],
         checkpoint: Callable[[Snapshot], None] | None = None,
         interrupted: Callable[[], bool] = lambda: False,
+        runner: JobRunner | None = None,
     ) -> None:
         self.config = config
         self.learner = learner
+        self.runner = runner or InProcess(learner)
         self.core = core
         self.profiles = list(profiles)
         self.clock: EventClock[SimJob] = EventClock()
@@ -114,8 +118,10 @@ class Simulation:
         now = self.clock.now
         if job.lost is not None:  # never trained: its result would never have arrived
             return self.core.lost(job.id, job.lost, now)
-        sent = self.core.in_flight[job.id].sent
-        result = self.learner.train(sent, job.batches, job.seed)
+        try:
+            result = self.runner.result(self.core.in_flight[job.id], job.batches, job.seed)
+        except JobFailed as failure:
+            return self.core.lost(job.id, str(failure), now)
         return self.core.arrival(job.id, result.state, result.examples, result.loss, now)
 
     def _send(self, sends: Sequence[Send]) -> None:
@@ -137,6 +143,8 @@ class Simulation:
             lost, cost = lost or f"no result within job_timeout {timeout:g}s", timeout
         self.clock.schedule(cost, SimJob(send.job, batches, seed, lost))
         self.core.sent(send, now, tokens=tokens, duration=cost)
+        if lost is None:
+            self.runner.submit(self.core.in_flight[send.job], batches, seed)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -185,6 +193,7 @@ def build_simulation(
     progress: Callable[[Outcome], None] | None = None,
     checkpoint: Callable[[Snapshot], None] | None = None,
     interrupted: Callable[[], bool] = lambda: False,
+    runner: JobRunner | None = None,
 ) -> Simulation:
     """The config's policy and aggregator in a server core, driven in virtual time over
     clients holding ``client_sizes`` examples (profiles drawn from the config unless given)."""
@@ -200,4 +209,4 @@ def build_simulation(
         policy=policy,
         progress=progress,
     )
-    return Simulation(config, learner, core, profiles, checkpoint, interrupted)
+    return Simulation(config, learner, core, profiles, checkpoint, interrupted, runner)
