@@ -13,12 +13,12 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedlora.client.protocol import LocalResult
-from fedlora.flower.client_app import put_experiment
-from fedlora.flower.records import JobFields, ResultFields, get_state, put_state
+from fedlora.flower.grid_runtime import read_result, train_message
+from fedlora.flower.records import JobFields
 from fedlora.server.core import Job
 from fedlora.sim.jobs import JobFailed
 
@@ -44,13 +44,8 @@ class GridJobs:
         self._replies: dict[str, Message] = {}  # message id: a reply pulled before it was due
 
     def submit(self, job: Job, batches: Sequence[np.ndarray], seed: int) -> None:
-        content = RecordDict()
-        put_state(content, job.sent)
-        JobFields(job.id, job.client, job.version, job.sent.rank).put(content)
-        put_experiment(content, self.config_json)
-        message = Message(
-            content, self.nodes[job.client], MessageType.TRAIN, group_id=str(job.version)
-        )
+        fields = JobFields(job.id, job.client, job.version, job.sent.rank)
+        message = train_message(job.sent, fields, self.nodes[job.client], self.config_json)
         (self._pushed[job.id],) = self.grid.push_messages([message])
 
     def result(self, job: Job, batches: Sequence[np.ndarray], seed: int) -> LocalResult:
@@ -70,12 +65,8 @@ class GridJobs:
                 checked = time.monotonic()
             if not replies:
                 time.sleep(self.poll_s)
-        reply = self._replies.pop(message_id)
-        if reply.has_error():
-            raise JobFailed(f"node {node}: {reply.error.reason}")
         try:
-            fields = ResultFields.get(reply.content)
-            state = get_state(reply.content)
-        except (KeyError, ValueError) as error:  # InvalidUpdate is a ValueError
-            raise JobFailed(f"node {node}: malformed reply: {error}") from None
+            fields, state = read_result(self._replies.pop(message_id), node)
+        except ValueError as failure:
+            raise JobFailed(str(failure)) from None
         return LocalResult(state, fields.loss, fields.examples, steps=len(batches))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedlora.adapters import AdapterState
 from fedlora.flower.client_app import PARTITION_KEY, put_experiment
 from fedlora.flower.records import JobFields, ResultFields, get_state, payload_bytes, put_state
 from fedlora.server import Outcome, Send, ServerCore
@@ -31,6 +32,28 @@ class Pending:
     job: int
     node: int
     since: float
+
+
+def train_message(
+    state: AdapterState, fields: JobFields, node: int, config_json: str, ttl: float | None = None
+) -> Message:
+    """A job for ``node``: the adapter it starts from, the job's fields and the experiment."""
+    content = RecordDict()
+    put_state(content, state)
+    fields.put(content)
+    put_experiment(content, config_json)
+    return Message(content, node, MessageType.TRAIN, ttl=ttl, group_id=str(fields.version))
+
+
+def read_result(reply: Message, node: int) -> tuple[ResultFields, AdapterState]:
+    """What ``node`` replied to a job; ``ValueError`` naming the node when the reply is an
+    error or malformed (the job is then lost)."""
+    if reply.has_error():
+        raise ValueError(f"node {node}: {reply.error.reason}")
+    try:
+        return ResultFields.get(reply.content), get_state(reply.content)
+    except (KeyError, ValueError) as error:  # InvalidUpdate is a ValueError
+        raise ValueError(f"node {node}: malformed reply: {error}") from None
 
 
 def discover_clients(
@@ -118,34 +141,23 @@ class GridRuntime:
 
     def _push(self, sends: Sequence[Send]) -> None:
         for send in sends:
-            content = RecordDict()
-            put_state(content, send.state)
-            JobFields(send.job, send.client, send.version, send.rank).put(content)
-            put_experiment(content, self.config_json)
             node = self.nodes[send.client]
-            message = Message(
-                content, node, MessageType.TRAIN, ttl=self.timeout, group_id=str(send.version)
-            )
+            fields = JobFields(send.job, send.client, send.version, send.rank)
+            message = train_message(send.state, fields, node, self.config_json, self.timeout)
             (message_id,) = self.grid.push_messages([message])
             now = self.now()
             self._pending[message_id] = Pending(send.job, node, now)
-            self.core.sent(send, now, node=node, wire_bytes=payload_bytes(content))
+            self.core.sent(send, now, node=node, wire_bytes=payload_bytes(message.content))
 
     def _receive(self, reply: Message) -> None:
         pending = self._pending.pop(reply.metadata.reply_to_message_id, None)
         if pending is None:
             return
         now = self.now()
-        if reply.has_error():
-            reason = f"node {pending.node}: {reply.error.reason}"
-            self._push(self.core.lost(pending.job, reason, now))
-            return
         try:
-            result = ResultFields.get(reply.content)
-            update = get_state(reply.content)
-        except (KeyError, ValueError) as error:  # InvalidUpdate is a ValueError
-            reason = f"node {pending.node}: malformed reply: {error}"
-            self._push(self.core.lost(pending.job, reason, now))
+            result, update = read_result(reply, pending.node)
+        except ValueError as failure:
+            self._push(self.core.lost(pending.job, str(failure), now))
             return
         self._push(self.core.arrival(pending.job, update, result.examples, result.loss, now))
 
