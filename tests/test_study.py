@@ -116,6 +116,7 @@ def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_confi
             "skew": {"data.partition.alpha": 0.3},
         },
         "baselines": ["sync"],
+        "contrasts": [["sync", "fa"]],
     }
     study["arms"] = {"sync": study["arms"]["sync"], "fa": study["arms"]["fa"]}
     path.write_text(yaml.safe_dump(study, sort_keys=False))
@@ -148,7 +149,17 @@ def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_confi
     )
     assert "| update spread |" in table and "Δ local acc" not in table
 
-    study["baselines"] = ["nope"]
-    path.write_text(yaml.safe_dump(study))
-    with pytest.raises(ConfigError, match="baselines: nope not among the arms"):
-        load_study(path)
+    # the contrast is the baseline comparison turned round: the same interval, negated
+    def interval(cell: str) -> list[float]:
+        return [float(x) for x in cell.translate(str.maketrans("", "", "[],*|")).split()]
+
+    contrast = next(line for line in table.splitlines() if line.startswith("| sync | fa | 0 |"))
+    fa_acc, fa_loss = fa_row.split(" | ")[-5:-3]
+    for against_sync, cell in zip((fa_acc, fa_loss), contrast.split(" | ")[3:5], strict=True):
+        estimate, low, high = interval(against_sync)
+        assert interval(cell) == pytest.approx([-estimate, -high, -low], abs=1e-9)
+
+    for key, value in (("baselines", ["nope"]), ("contrasts", [["fa", "nope"]])):
+        path.write_text(yaml.safe_dump({**study, key: value}))
+        with pytest.raises(ConfigError, match=f"{key}: nope not among the arms"):
+            load_study(path)

@@ -307,7 +307,7 @@ def study(
     ] + [f"--set {pair}" for pair in set_ or []]
     docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
     docs.mkdir(parents=True, exist_ok=True)
-    table = study_table(planned, spec.baselines)
+    table = study_table(planned, spec.baselines, spec.contrasts)
     if narrowing:
         table = f"Not the committed study: run with {' '.join(narrowing)}.\n\n{table}"
     (docs / "table.md").write_text(table + "\n", encoding="utf-8")

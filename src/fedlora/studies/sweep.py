@@ -40,12 +40,19 @@ class StudyConfig(BaseModel):
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # arms the table states speedups against (time-to-target ratios, per seed)
     baselines: list[str] = Field(default_factory=list)
+    # [arm, reference] pairs the table also compares paired, beyond the baselines (e.g. an
+    # upper bound against a lower one)
+    contrasts: list[tuple[str, str]] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _baselines_are_arms(self) -> StudyConfig:
-        unknown = [b for b in self.baselines if b not in self.arms]
-        if unknown:
-            raise ValueError(f"baselines: {', '.join(unknown)} not among the arms")
+    def _named_arms_exist(self) -> StudyConfig:
+        for key, names in (
+            ("baselines", self.baselines),
+            ("contrasts", [name for pair in self.contrasts for name in pair]),
+        ):
+            unknown = sorted({name for name in names if name not in self.arms})
+            if unknown:
+                raise ValueError(f"{key}: {', '.join(unknown)} not among the arms")
         return self
 
 

@@ -64,7 +64,11 @@ _PAIRED = (("acc", "accuracy"), ("loss", "loss"), ("acc short", "accuracy, short
            ("local acc", "local"), ("local loss", "local loss"))  # fmt: skip
 
 
-def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
+def study_table(
+    cells: Sequence[Cell],
+    baselines: Sequence[str] = (),
+    contrasts: Sequence[tuple[str, str]] = (),
+) -> str:
     """One markdown table per task (and setting): final and best dev metrics, rounds and
     virtual seconds to the target, speedups against the ``baselines`` arms, the mean
     staleness of accepted results, the mean share of time clients had no job, traffic, the
@@ -73,7 +77,8 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
     loss and split size) and on the dev set. Where cells wrote predictions, each arm's paired
     differences against the baselines (:mod:`fedlora.studies.paired`): accuracy and loss,
     accuracy per length tercile of the eval split, and the clients' local accuracy and loss.
-    A column with no value in any row is left out.
+    A column with no value in any row is left out. Below it, for each of the ``contrasts``
+    (arm, reference) both ran with predictions, their paired accuracy and loss differences.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
     seed gives both the same clients and speeds) and then averaged over the seeds where both
@@ -108,8 +113,39 @@ def study_table(cells: Sequence[Cell], baselines: Sequence[str] = ()) -> str:
             "|" + " --- |" * len(shown),
             *("| " + " | ".join(row[i] for i in shown) + " |" for row in rows),
             "",
+            *_contrast_table(arms, contrasts),
         ]
     return "\n".join(lines)
+
+
+def _seed_pairs(arms: dict[str, list[Cell]], reference: str, arm: str) -> list[tuple[Cell, Cell]]:
+    """(reference cell, arm cell) for every seed both finished."""
+    by_seed = {c.seed: c for c in arms.get(reference, [])}
+    return [(by_seed[c.seed], c) for c in arms.get(arm, []) if c.seed in by_seed]
+
+
+def _contrast_table(arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]]) -> list[str]:
+    """Markdown lines: each contrast's paired accuracy and loss differences over the seeds
+    both arms finished with predictions (none: no lines)."""
+    rows = []
+    for arm, reference in contrasts:
+        pairs = _seed_pairs(arms, reference, arm)
+        folders = [c.folder for pair in pairs for c in pair]
+        if not pairs or not all((f / PREDICTIONS_FILE).is_file() for f in folders):
+            continue
+        differences = compare_runs([a.folder for a, _ in pairs], [b.folder for _, b in pairs])
+        seeds = ", ".join(str(b.seed) for _, b in pairs)
+        rows.append(
+            f"| {arm} | {reference} | {seeds} | {differences['accuracy']} | {differences['loss']} |"
+        )
+    if not rows:
+        return []
+    return [
+        "| arm | against | seeds | Δ acc [95% CI] | Δ loss [95% CI] |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
 
 
 def _row(
@@ -177,14 +213,15 @@ def _paired(
     that excludes 0."""
     cells: list[str] = []
     for baseline in baselines:
-        reference = {c.seed: c.folder for c in arms[baseline]}
-        pairs = [(reference[c.seed], c.folder) for c in arms[arm] if c.seed in reference]
-        folders = [f for pair in pairs for f in pair]
+        pairs = _seed_pairs(arms, baseline, arm)
+        folders = [c.folder for pair in pairs for c in pair]
         differences: dict[str, PairedDifference] = {}
         if arm != baseline and pairs:
             if all((f / PREDICTIONS_FILE).is_file() for f in folders):
-                differences |= compare_runs([a for a, _ in pairs], [b for _, b in pairs])
-            seeds = [c.seed for c in arms[arm] if c.seed in reference]
+                differences |= compare_runs(
+                    [a.folder for a, _ in pairs], [b.folder for _, b in pairs]
+                )
+            seeds = [b.seed for _, b in pairs]
             mine = [summaries[arm][seed] for seed in seeds]
             theirs = [summaries[baseline][seed] for seed in seeds]
             if all("local" in s for s in (*mine, *theirs)):
