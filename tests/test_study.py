@@ -56,6 +56,12 @@ def test_sweep_runs_skips_finished_cells_and_writes_the_table(
     assert "| avg | 1 |" in table and "| hl | 1 |" in table and "### CSV" in table
     assert "| virtual s to target |" in table and "speedup" not in table
     assert (docs / "accuracy.png").stat().st_size > 10_000
+    assert table.startswith("Not the committed study: run with --seeds 0.\n\n2 of the study's 4")
+
+    only = runner.invoke(app, [*args[:6], "--table-only"])  # every cell, none run
+    assert only.exit_code == 0, only.output
+    assert "running" not in only.output and not (out / "csv" / "hl" / "seed1").exists()
+    assert (docs / "table.md").read_text().startswith("2 of the study's 4 cells finished")
 
     (out / "csv" / "avg" / "seed1.partial").mkdir(parents=True)  # an interrupted cell
     result = runner.invoke(

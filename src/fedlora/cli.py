@@ -238,10 +238,15 @@ def study(
         list[str] | None, typer.Option("--set", help="Override a key in every cell.")
     ] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="List the cells, run nothing.")] = False,
+    table_only: Annotated[
+        bool,
+        typer.Option("--table-only", help="Write the table and plot of the finished cells only."),
+    ] = False,
 ) -> None:
     """Run a study's sweep (finished cells are skipped), then write its table and plot.
 
-    --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
+    --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell,
+    and say how many of the study's cells that is.
 
     Only the study as committed writes docs/results/<name>; a narrowed run writes beside its runs.
 
@@ -279,7 +284,7 @@ def study(
         console.print(f"{status}: {cell.folder}", highlight=False)
 
     preflight = Preflight()
-    for cell in cells:
+    for cell in [] if table_only else cells:
         if not cell.done:
             try:
                 preflight.check(cell.config)
@@ -294,7 +299,7 @@ def study(
             return summary
 
         try:
-            run_sweep(cells, run_cell, announce)
+            run_sweep([] if table_only else cells, run_cell, announce)
         except _USER_ERRORS as error:
             raise _fail(error) from None
         except Interrupted as stop:
@@ -308,6 +313,10 @@ def study(
     docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
     docs.mkdir(parents=True, exist_ok=True)
     table = study_table(planned, spec.baselines, spec.contrasts)
+    finished = sum(cell.done for cell in planned)
+    if finished < len(planned):
+        covers = f"{finished} of the study's {len(planned)} cells finished; this covers those."
+        table = f"{covers}\n\n{table}"
     if narrowing:
         table = f"Not the committed study: run with {' '.join(narrowing)}.\n\n{table}"
     (docs / "table.md").write_text(table + "\n", encoding="utf-8")
