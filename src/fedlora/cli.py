@@ -245,8 +245,9 @@ def study(
 ) -> None:
     """Run a study's sweep (finished cells are skipped), then write its table and plot.
 
-    --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell,
-    and say how many of the study's cells that is.
+    --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
+
+    The table's first line says how many of the study's cells it covers.
 
     Only the study as committed writes docs/results/<name>; a narrowed run writes beside its runs.
 

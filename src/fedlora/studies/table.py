@@ -231,12 +231,13 @@ def _paired(
 
 
 def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> None:
-    """Per task (and setting), the seed-mean of ``metric`` against the round and against
-    virtual time, one line per arm."""
+    """Per task (and setting), the seed-mean of ``metric`` on the eval split against the round
+    and against virtual time, one line per arm."""
     grouped = _by_group_arm(cells)
     rows = max(1, len(grouped))
     figure, axes = plt.subplots(rows, 2, figsize=(13, 4.5 * rows), squeeze=False)
     for ax_row, (group, arms) in zip(axes, grouped.items(), strict=False):
+        split = next(iter(arms.values()))[0].config.eval.split  # a task's arms share it
         for arm, done in arms.items():
             runs = [read_metrics(c.folder) for c in done]
             for ax, x_key in zip(ax_row, ("round", "virtual_time_s"), strict=True):
@@ -244,7 +245,7 @@ def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> N
         for ax, x_label in zip(ax_row, ("round", "virtual time (s)"), strict=True):
             ax.set_title(f"{group} (mean over seeds)")
             ax.set_xlabel(x_label)
-            ax.set_ylabel(f"dev {metric}")
+            ax.set_ylabel(f"{split} {metric}")
             ax.grid(alpha=0.3)
         ax_row[0].legend(fontsize=8)
     figure.tight_layout()
