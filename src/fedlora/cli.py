@@ -280,12 +280,14 @@ def study(
         for cell in cells:
             typer.echo(f"{'done' if cell.done else 'todo'}  {cell.folder}")
         return
+    if table_only:
+        cells = []  # nothing to check or run: straight to the table
 
     def announce(cell: Cell, status: str) -> None:
         console.print(f"{status}: {cell.folder}", highlight=False)
 
     preflight = Preflight()
-    for cell in [] if table_only else cells:
+    for cell in cells:
         if not cell.done:
             try:
                 preflight.check(cell.config)
@@ -300,7 +302,7 @@ def study(
             return summary
 
         try:
-            run_sweep([] if table_only else cells, run_cell, announce)
+            run_sweep(cells, run_cell, announce)
         except _USER_ERRORS as error:
             raise _fail(error) from None
         except Interrupted as stop:

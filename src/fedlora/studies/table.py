@@ -124,16 +124,24 @@ def _seed_pairs(arms: dict[str, list[Cell]], reference: str, arm: str) -> list[t
     return [(by_seed[c.seed], c) for c in arms.get(arm, []) if c.seed in by_seed]
 
 
+def _compared_predictions(pairs: Sequence[tuple[Cell, Cell]]) -> dict[str, PairedDifference]:
+    """:func:`compare_runs` of the (reference, arm) cell pairs; empty when there are none or
+    a cell wrote no predictions."""
+    folders = [c.folder for pair in pairs for c in pair]
+    if not pairs or not all((f / PREDICTIONS_FILE).is_file() for f in folders):
+        return {}
+    return compare_runs([a.folder for a, _ in pairs], [b.folder for _, b in pairs])
+
+
 def _contrast_table(arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]]) -> list[str]:
     """Markdown lines: each contrast's paired accuracy and loss differences over the seeds
     both arms finished with predictions (none: no lines)."""
     rows = []
     for arm, reference in contrasts:
         pairs = _seed_pairs(arms, reference, arm)
-        folders = [c.folder for pair in pairs for c in pair]
-        if not pairs or not all((f / PREDICTIONS_FILE).is_file() for f in folders):
+        differences = _compared_predictions(pairs)
+        if not differences:
             continue
-        differences = compare_runs([a.folder for a, _ in pairs], [b.folder for _, b in pairs])
         seeds = ", ".join(str(b.seed) for _, b in pairs)
         rows.append(
             f"| {arm} | {reference} | {seeds} | {differences['accuracy']} | {differences['loss']} |"
@@ -214,13 +222,9 @@ def _paired(
     cells: list[str] = []
     for baseline in baselines:
         pairs = _seed_pairs(arms, baseline, arm)
-        folders = [c.folder for pair in pairs for c in pair]
         differences: dict[str, PairedDifference] = {}
         if arm != baseline and pairs:
-            if all((f / PREDICTIONS_FILE).is_file() for f in folders):
-                differences |= compare_runs(
-                    [a.folder for a, _ in pairs], [b.folder for _, b in pairs]
-                )
+            differences |= _compared_predictions(pairs)
             seeds = [b.seed for _, b in pairs]
             mine = [summaries[arm][seed] for seed in seeds]
             theirs = [summaries[baseline][seed] for seed in seeds]
