@@ -144,6 +144,26 @@ def test_partition_command_describes_clients_and_writes_a_plot(
         assert low["q3"] <= high["q1"]
     bad = runner.invoke(app, ["partition", str(config_file), "--score", "column"])
     assert bad.exit_code == 2 and "--score" in bad.output
+    within = runner.invoke(
+        app,
+        [
+            "partition",
+            str(config_file),
+            "--out",
+            str(out),
+            "--set",
+            "data.partition.within_labels=true",
+        ],
+    )
+    assert within.exit_code == 0, within.output
+    described = json.loads((out / "length.json").read_text())
+    pooled = np.array(described["overall"]["labels"], dtype=float)
+    mixes = [np.array(c["labels"], dtype=float) for c in described["clients"]]
+    label_js = [jensen_shannon(mix, pooled) for mix in mixes]
+    assert described["label_divergence"] == pytest.approx(np.mean(label_js), abs=1e-12)
+    share = pooled / pooled.sum()  # banded within labels: every client keeps the label mix
+    assert all(np.abs(mix - share * mix.sum()).max() <= 1 for mix in mixes)
+    assert f"label divergence: {described['label_divergence']:.3f} bits" in within.output
 
 
 def test_jensen_shannon_bounds() -> None:

@@ -398,6 +398,7 @@ def _print_partition(description: PartitionDescription) -> None:
     note = " (* degraded)" if any(c.degraded for c in description.clients) else ""
     typer.echo(
         f"score divergence: mean JS from all {description.mean_divergence:.3f} bits{note};"
+        f" label divergence: {description.label_divergence:.3f} bits;"
         f" size divergence: coefficient of variation {description.size_variation:.3f},"
         f" largest/smallest {description.size_ratio:.2f}"
     )

@@ -36,7 +36,9 @@ class PartitionConfig(_Section):
     ``dirichlet`` gives each client a Dir(alpha) share of every group: a label, or with
     ``by`` a context score, a quantile bucket of it (``buckets``). ``sorted`` orders the
     examples by ``by`` and deals out contiguous bands; ``strictness`` 1 is a strict order,
-    0 a random one (IID).
+    0 a random one (IID). ``within_labels`` ranks each example among those of its own label,
+    so the bands skew the score while every client keeps the pooled label mix (where the
+    score and the label are correlated, plain bands skew both).
     """
 
     method: Literal["iid", "dirichlet", "sorted"] = "iid"
@@ -45,6 +47,15 @@ class PartitionConfig(_Section):
     buckets: Annotated[int, Field(ge=1)] = 5
     strictness: Annotated[float, Field(ge=0, le=1)] = 1.0
     min_size: Annotated[int, Field(ge=1)] = 2
+    within_labels: bool = False
+
+    @model_validator(mode="after")
+    def _within_labels_bands_a_score(self) -> PartitionConfig:
+        if self.within_labels and (self.method != "sorted" or self.by == "label"):
+            raise ValueError(
+                "data.partition.within_labels: applies to method: sorted with by a score"
+            )
+        return self
 
 
 class DegradeConfig(_Section):

@@ -1,10 +1,12 @@
 """What each client of a partition holds: sizes, label mix, a context score's distribution, and
 how far each client's distribution is from everyone's (``fedlora partition``).
 
-Two divergences tell which factor a partition moves: the **score divergence** (mean
-Jensen-Shannon divergence, in bits, of each client's score histogram from the pooled one) and
-the **size divergence** (coefficient of variation of the client sizes, with the largest over the
-smallest). A Dirichlet over score buckets moves both; ``sorted`` bands move only the first.
+Three divergences tell which factors a partition moves: the **score divergence** (mean
+Jensen-Shannon divergence, in bits, of each client's score histogram from the pooled one), the
+**label divergence** (the same over the label counts) and the **size divergence** (coefficient
+of variation of the client sizes, with the largest over the smallest). A Dirichlet over score
+buckets moves the sizes too; ``sorted`` bands do not, and banded ``within_labels`` they keep
+the labels where they were even when the score and the label are correlated.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ class PartitionDescription:
         return float(np.mean([c.divergence for c in self.clients]))
 
     @property
+    def label_divergence(self) -> float:
+        """The label divergence: mean JS (bits) of the clients' label mix from the pooled one."""
+        pooled = np.asarray(self.overall.labels, dtype=np.float64)
+        mixes = [np.asarray(c.labels, dtype=np.float64) for c in self.clients]
+        return float(np.mean([jensen_shannon(mix, pooled) for mix in mixes]))
+
+    @property
     def size_variation(self) -> float:
         """The size divergence: coefficient of variation of the client sizes."""
         return size_variation([c.examples for c in self.clients])
@@ -65,6 +74,7 @@ class PartitionDescription:
         return {
             **asdict(self),
             "mean_divergence": self.mean_divergence,
+            "label_divergence": self.label_divergence,
             "size_variation": self.size_variation,
             "size_ratio": self.size_ratio,
         }

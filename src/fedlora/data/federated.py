@@ -93,6 +93,7 @@ def prepare_data(config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -
         config.clients.num,
         config.data.partition,
         seed,
+        labels=train.labels.numpy(),
     )
     degraded: list[int] = []
     if config.data.degrade is not None:

@@ -4,7 +4,7 @@ The key is the label or a context score (:mod:`fedlora.data.context`). ``dirichl
 each client's share of every group (a label, or a quantile bucket of the score), so one
 ``alpha`` dials from near-IID (large) to nearly one group per client (small). ``sorted`` deals
 out contiguous bands of the examples ordered by the key, blurred towards random by
-``1 - strictness``.
+``1 - strictness``; ranked within each label, the bands keep every client's label mix.
 """
 
 from __future__ import annotations
@@ -27,12 +27,17 @@ class PartitionError(ValueError):
 
 
 def partition(
-    keys: npt.ArrayLike, num_clients: int, config: PartitionConfig, seed: int
+    keys: npt.ArrayLike,
+    num_clients: int,
+    config: PartitionConfig,
+    seed: int,
+    labels: npt.ArrayLike | None = None,
 ) -> list[Indices]:
     """One sorted index array per client; every example goes to exactly one client.
 
-    ``keys`` are the examples' labels, or their scores when ``config.by`` names a score.
-    Deterministic in its arguments: the same seed gives the same clients on every machine.
+    ``keys`` are the examples' labels, or their scores when ``config.by`` names a score;
+    ``labels`` are needed only to band ``within_labels``. Deterministic in its arguments:
+    the same seed gives the same clients on every machine.
     """
     groups = np.asarray(keys)
     if groups.ndim != 1:
@@ -46,6 +51,12 @@ def partition(
             f" but there are {len(groups)}"
         )
     rng = np.random.default_rng(seed)
+    if config.within_labels:
+        if labels is None or np.shape(labels) != groups.shape:
+            raise PartitionError(
+                "data.partition.within_labels: needs one label per example to rank within"
+            )
+        return sorted_bands(groups, num_clients, config, rng, np.asarray(labels))
     return _METHODS[config.method](groups, num_clients, config, rng)
 
 
@@ -83,19 +94,38 @@ def dirichlet(
 
 
 def sorted_bands(
-    keys: np.ndarray, num_clients: int, config: PartitionConfig, rng: np.random.Generator
+    keys: np.ndarray,
+    num_clients: int,
+    config: PartitionConfig,
+    rng: np.random.Generator,
+    labels: np.ndarray | None = None,
 ) -> list[Indices]:
     """Contiguous bands of the examples ordered by a blend of key rank and noise.
 
     The sort key is ``strictness · rank + (1 − strictness) · uniform`` on [0, 1], so bands
-    are strict at 1 and random (IID) at 0; ties in the key fall in random order.
+    are strict at 1 and random (IID) at 0; ties in the key fall in random order. Given
+    ``labels``, both the rank and the blend are ranked among the examples of the same label:
+    every label spreads evenly over [0, 1], so each band holds its share of every label.
     """
+    strata = np.zeros(len(keys), dtype=np.int64) if labels is None else labels
     tie_break = rng.random(len(keys))
-    rank = np.empty(len(keys))
-    rank[np.lexsort((tie_break, keys))] = np.arange(len(keys)) / max(1, len(keys) - 1)
+    rank = _ranks(strata, tie_break, keys)
     blended = config.strictness * rank + (1 - config.strictness) * rng.random(len(keys))
+    if labels is not None:  # even spacing within every label: each band gets its share
+        blended = _ranks(strata, blended)
     order = np.argsort(blended, kind="stable").astype(np.int64)
     return [np.sort(band) for band in np.array_split(order, num_clients)]
+
+
+def _ranks(strata: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Each example's rank by ``keys`` (the last is the primary) among the examples of its
+    stratum, on [0, 1]."""
+    rank = np.empty(len(strata))
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        order = members[np.lexsort(tuple(key[members] for key in keys))]
+        rank[order] = np.arange(len(members)) / max(1, len(members) - 1)
+    return rank
 
 
 Method = Callable[[np.ndarray, int, PartitionConfig, np.random.Generator], list[Indices]]
