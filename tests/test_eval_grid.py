@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fakes import FakeLearner, config, simulate
 
+from fedlora.adapters import AdapterState
 from fedlora.config import ConfigError
 
 POLICIES = ["fedavg", "fedbuff", "fedfa", "semiasync", "fedasync"]
@@ -52,3 +53,30 @@ def test_the_grid_replaces_the_evaluation_after_merges() -> None:
 def test_grid_and_every_seconds_together_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"eval\.grid_seconds"):
         config(eval={"grid_seconds": 10.0, "every_seconds": 10.0})
+
+
+class CountingLearner(FakeLearner):
+    def __init__(self) -> None:
+        super().__init__([3, 4, 5, 6, 7])
+        self.scored = 0
+
+    def evaluate(self, state: AdapterState) -> dict[str, float]:
+        self.scored += 1
+        return super().evaluate(state)
+
+
+def test_a_global_unchanged_since_the_last_grid_point_is_not_scored_again() -> None:
+    """A synchronous round spans several grid points: each repeats the last score of the same
+    global version, and the evaluator runs once per version."""
+    cfg = config(
+        clients={"num": 5}, server={"policy": "fedavg", "per_round": 3}, eval={"grid_seconds": GRID}
+    )
+    learner = CountingLearner()
+    _, events = simulate(cfg, learner)
+    evals = [e for e in events if e["type"] == "eval"]
+    by_version: dict[int, list[dict]] = {}
+    for e in evals:
+        by_version.setdefault(e["version"], []).append(e["metrics"])
+    assert len(evals) > 2 * len(by_version)  # most grid points fall inside a round
+    assert learner.scored == len(by_version)
+    assert all(all(m == scores[0] for m in scores) for scores in by_version.values())

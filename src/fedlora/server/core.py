@@ -83,6 +83,10 @@ class ServerCore:
         self._applied: set[int] = set()
         self._next_job = 0
         self._last_eval_time = 0.0
+        # The global version this process last scored: a grid point with no merge since then
+        # reuses its metrics (eval mode is deterministic), which saves synchronous runs most of
+        # their grid evaluations. Not checkpointed, so a resumed run scores afresh.
+        self._scored: tuple[int, dict[str, float]] | None = None
 
     # -- what a runtime calls ---------------------------------------------------------------
 
@@ -278,7 +282,9 @@ class ServerCore:
 
     def _evaluate(self, now: float) -> None:
         self._last_eval_time = now
-        metrics = self.evaluator.evaluate(self.outcome.global_state)
+        if self._scored is None or self._scored[0] != self.policy.version:
+            self._scored = (self.policy.version, self.evaluator.evaluate(self.outcome.global_state))
+        metrics = dict(self._scored[1])
         evaluation = Evaluation(
             step=self.policy.version,
             round=self.policy.rounds,
