@@ -109,6 +109,28 @@ def test_a_key_added_with_its_default_keeps_a_finished_cell(
     assert "done already" in runner.invoke(app, [*args, "--set", "runtime.threads=1"]).output
 
 
+def test_a_plan_given_no_data_folder_keeps_the_cells_run_with_one(
+    tmp_path: Path, tiny_config: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing a study or writing its table needs no data: without data.dir or $FEDLORA_DATA
+    a cell run with a data folder is still done; given another folder, it runs again."""
+    path = write_study(tmp_path, tiny_config, {"avg": {}})
+    out = tmp_path / "runs"
+    args = ["study", str(path), "--out", str(out), "--docs", str(tmp_path / "d"), "--seeds", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    stored = out / "csv" / "avg" / "seed0" / "config.yaml"
+    raw = yaml.safe_load(stored.read_text())
+    (tmp_path / "glue").mkdir()
+    raw["data"]["dir"] = str(tmp_path / "glue")  # as a cell run with $FEDLORA_DATA stores it
+    stored.write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("FEDLORA_DATA", raising=False)
+    listed = runner.invoke(app, [*args, "--plan"])
+    assert listed.exit_code == 0 and listed.output.startswith("done"), listed.output
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("FEDLORA_DATA", str(tmp_path / "elsewhere"))
+    assert runner.invoke(app, [*args, "--plan"]).output.startswith("todo")
+
+
 def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_config: dict) -> None:
     path = write_study(
         tmp_path,

@@ -89,9 +89,19 @@ class Cell:
 
 
 def _same_experiment(stored: ExperimentConfig, planned: ExperimentConfig) -> bool:
-    """The same experiment: runtime settings aside, the data folder as each resolves it."""
+    """The same experiment: runtime settings aside, the data folder as each resolves it.
+
+    A plan given no data folder at all (no ``data.dir``, no ``$FEDLORA_DATA``) cannot tell
+    one folder from another, so it takes the stored one: listing a study or writing its table
+    needs no data, and running a cell stops at its preflight with a message saying how to
+    give one.
+    """
     stored = with_resolved_data_dir(stored).model_copy(update={"runtime": planned.runtime})
-    return stored == with_resolved_data_dir(planned)
+    planned = with_resolved_data_dir(planned)
+    if planned.data.dir is None:
+        data = planned.data.model_copy(update={"dir": stored.data.dir})
+        planned = planned.model_copy(update={"data": data})
+    return stored == planned
 
 
 def _resumable(folder: Path, config: ExperimentConfig) -> bool:
