@@ -191,3 +191,23 @@ def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_confi
         path.write_text(yaml.safe_dump({**study, key: value}))
         with pytest.raises(ConfigError, match=f"{key}: nope not among the arms"):
             load_study(path)
+
+
+def _summary(reached_at: float | None, length: float = 60.0) -> dict:
+    target = {"reached": reached_at is not None, "virtual_time_s": reached_at}
+    return {"target": target, "virtual_time_s": length}
+
+
+def test_a_run_that_never_reached_the_target_bounds_the_speedup_by_its_length() -> None:
+    """A straggler can keep FedAvg from the target for the whole run: the arm that reached it
+    at 15 s of a 60 s run is at least 4x sooner, not "no speedup"."""
+    from fedlora.studies.table import _speedups
+
+    exact = [(_summary(60.0), _summary(30.0)), (_summary(40.0), _summary(10.0))]
+    assert _speedups(exact, None) == "3.00 ± 1.41×"
+    assert _speedups([(_summary(None), _summary(15.0))], None) == "≥4.00×"
+    assert _speedups([(_summary(30.0), _summary(None, 50.0))], None) == "≤0.60×"
+    mixed = [(_summary(30.0), _summary(15.0)), (_summary(None), _summary(20.0))]
+    assert _speedups(mixed, None) == "2.00×, ≥3.00×"
+    assert _speedups([(_summary(None), _summary(None))], None) == "—"
+    assert _speedups([(_summary(5.0), _summary(0.0))], None) == "—"  # reached at the start

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from fedlora.results.predictions import PREDICTIONS_FILE
-from fedlora.results.report import speedup, time_to_target
+from fedlora.results.report import time_to_target
 from fedlora.results.store import read_metrics, read_summary
 from fedlora.studies.paired import PairedDifference, compare_local, compare_runs
 from fedlora.studies.sweep import Cell
@@ -81,8 +81,8 @@ def study_table(
     (arm, reference) both ran with predictions, their paired accuracy and loss differences.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
-    seed gives both the same clients and speeds) and then averaged over the seeds where both
-    reached the target.
+    seed gives both the same clients and speeds) and then averaged over the seeds; a run that
+    never reached the target bounds it by its length (:func:`_speedups`).
     """
     lines: list[str] = []
     for group, arms in _by_group_arm(cells).items():
@@ -179,14 +179,12 @@ def _row(
         measured = any(_measured(s, measure) for s in runs)
         row.append(_reached(times, len(runs), 0) if measured else "—")
     for baseline in baselines:
-        for measure in _MEASURES:
-            ratios = [
-                ratio
-                for seed, s in by_seed.items()
-                if seed in summaries[baseline]
-                and (ratio := speedup(summaries[baseline][seed], s, measure)) is not None
-            ]
-            row.append(_spread(ratios, 2) + "×" if ratios else "—")
+        pairs = [
+            (summaries[baseline][seed], s)
+            for seed, s in by_seed.items()
+            if seed in summaries[baseline]
+        ]
+        row += [_speedups(pairs, measure) for measure in _MEASURES]
     local = [s["local"] for s in runs if "local" in s]
     return [
         *row,
@@ -207,6 +205,28 @@ def _row(
         _spread([entry["examples"]["mean"] for entry in local if "examples" in entry], 1),
         _spread([entry["dev"]["mean"] for entry in local if "dev" in entry]),
     ]
+
+
+def _speedups(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], measure: str | None) -> str:
+    """The baseline's time to target over the arm's, per seed, as mean ± sd; where one of the
+    two never reached the target, its run's length bounds the ratio (≥ where the baseline
+    never did, ≤ where the arm never did), and each seed's value is listed instead."""
+    values: list[float] = []
+    shown: list[str] = []
+    for baseline, run in pairs:
+        theirs, mine = time_to_target(baseline, measure), time_to_target(run, measure)
+        if mine == 0 or (theirs is None and mine is None):
+            continue
+        if theirs is not None and mine is not None:
+            values.append(theirs / mine)
+            shown.append(f"{theirs / mine:.2f}×")
+        elif mine is not None:  # the baseline ran its whole length without reaching it
+            shown.append(f"≥{baseline['virtual_time_s'] / mine:.2f}×")
+        elif theirs is not None:
+            shown.append(f"≤{theirs / run['virtual_time_s']:.2f}×")
+    if len(values) == len(shown):
+        return _spread(values, 2) + "×" if values else "—"
+    return ", ".join(shown)
 
 
 def _paired(
