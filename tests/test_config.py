@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedlora.config import (
     ConfigError,
@@ -14,6 +15,7 @@ from fedlora.config import (
     parse_overrides,
     resolve_data_dir,
 )
+from fedlora.studies.sweep import load_study, plan
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -175,3 +177,13 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path: Path) -> None:
     load_config(path)
+
+
+STUDIES = [p for p in sorted(CONFIGS.glob("*/*.yaml")) if "arms" in yaml.safe_load(p.read_text())]
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_studies_plan_every_cell(path: Path, tmp_path: Path) -> None:
+    """Every cell of a shipped study validates, so a sweep cannot stop halfway on a typo."""
+    cells = plan(load_study(path), tmp_path)
+    assert cells and len({c.folder for c in cells}) == len(cells)
