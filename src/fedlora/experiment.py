@@ -68,6 +68,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         config.seed,
         rank=config.global_rank,
         tokenizer=tokenizer,
+        device=config.runtime.device,
     )
     learner = ModelLearner(
         model,

@@ -30,6 +30,18 @@ from fedlora.sim.profiles import draw_profiles
 _ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D)
 
 
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device: {device!r}, but torch sees no CUDA device here")
+    index = torch.device(device).index or 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"runtime.device: {device!r}, but torch sees {torch.cuda.device_count()} CUDA devices"
+        )
+
+
 @dataclass(frozen=True)
 class _ModelFacts:
     """What the checks need of a model: its adaptable layers' names and its positions."""
@@ -50,6 +62,7 @@ class Preflight:
         """Raise :class:`ConfigError` (or ``DataError``, ``PartitionError``) naming the key or
         file at fault."""
         _check_aggregator(config)
+        _check_device(config.runtime.device)
         self._check_model(config)
         self._check_data(config)
 

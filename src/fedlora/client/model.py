@@ -116,15 +116,24 @@ class ResidentModel:
     max_slots = 6
 
     def __init__(
-        self, backbone: PreTrainedModel, lora: LoraConfig, base_model: str, rank: int
+        self,
+        backbone: PreTrainedModel,
+        lora: LoraConfig,
+        base_model: str,
+        rank: int,
+        device: torch.device | str = "cpu",
     ) -> None:
+        """The model lives on ``device``; adapter states go in and come out on the CPU, so the
+        server and the files never see where a client trained."""
         self.lora = lora
         self.base_model = base_model
+        self.device = torch.device(device)
         alpha = lora.alpha_at(rank)
         first = self._slot_name(rank, alpha)
         self.model: PeftModel = get_peft_model(
             backbone, peft_config(lora, rank, alpha, base_model), adapter_name=first
         )
+        self.model.to(self.device)  # after the LoRA init, which is drawn on the CPU
         self._active = first
         self._recent = [first]  # slots, least recently used first
         self._pristine: dict[str, torch.Tensor] = {}  # base weights before any frozen update
@@ -134,7 +143,8 @@ class ResidentModel:
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
         """The model's output on a collated batch, given only the inputs the model takes."""
-        return self.model(**{key: value for key, value in batch.items() if key in self._inputs})
+        inputs = {key: value.to(self.device) for key, value in batch.items() if key in self._inputs}
+        return self.model(**inputs)
 
     @staticmethod
     def _slot_name(rank: int, alpha: float) -> str:
@@ -163,7 +173,7 @@ class ResidentModel:
                 self._pristine[module] = weight.detach().clone()
             target = self._pristine[module]
             if module in frozen:
-                target = target + frozen[module].delta().to(target.dtype)
+                target = target + frozen[module].delta().to(target)
             weight.data.copy_(target)
         self._shifted = set(frozen)
 
@@ -183,7 +193,7 @@ class ResidentModel:
         """A detached copy of the active adapter's tensors."""
         raw = get_peft_model_state_dict(self.model, adapter_name=self._active)
         alpha = float(self.active_peft_config().lora_alpha)
-        copied = {key: tensor.detach().clone() for key, tensor in raw.items()}
+        copied = {key: tensor.detach().to("cpu", copy=True) for key, tensor in raw.items()}
         return AdapterState.from_peft_state_dict(copied, alpha)
 
     def active_peft_config(self) -> PeftLoraConfig:
@@ -202,14 +212,15 @@ def build_resident_model(
     seed: int,
     rank: int | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str = "cpu",
 ) -> tuple[ResidentModel, PreTrainedTokenizerBase]:
     """Tokenizer (loaded unless given) plus backbone with a LoRA slot of ``rank`` (default
     ``lora.r``), whose initial state is the starting global adapter; ``seed`` fixes the head
-    and LoRA init."""
+    and LoRA init, on every device."""
     tokenizer = tokenizer or load_tokenizer(config)
     torch.manual_seed(seed)
     backbone = load_backbone(config, num_labels, tokenizer.pad_token_id)
-    resident = ResidentModel(backbone, lora, model_path(config.name), rank or lora.r)
+    resident = ResidentModel(backbone, lora, model_path(config.name), rank or lora.r, device)
     return resident, tokenizer
 
 

@@ -38,9 +38,9 @@ def plan_batches(
     return [stream[i : i + batch_size] for i in range(0, total, batch_size)]
 
 
-def _autocast(bf16: bool) -> contextlib.AbstractContextManager[object]:
+def _autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[object]:
     if bf16:
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -63,7 +63,7 @@ def train_local(
     losses = []
     for batch_indices in batches:
         batch = collate(data, batch_indices, pad_token_id)
-        with _autocast(bf16):
+        with _autocast(bf16, model.device):
             loss = model.forward(batch).loss
         loss.backward()
         if train.max_grad_norm is not None:
@@ -107,9 +107,9 @@ def predict(
     loss_sum = 0.0
     for positions, batch_indices in _length_sorted_batches(indices, data.lengths, batch_size):
         batch = collate(data, batch_indices, pad_token_id)
-        with _autocast(bf16):
+        with _autocast(bf16, model.device):
             out = model.forward(batch)
-        logits[torch.as_tensor(positions)] = out.logits.float()
+        logits[torch.as_tensor(positions)] = out.logits.float().cpu()
         loss_sum += float(out.loss) * len(batch_indices)
     return logits.numpy(), loss_sum / len(indices)
 

@@ -7,6 +7,7 @@ the loader can add the file and line and the user sees which key to change.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -341,13 +342,27 @@ class EvalConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    """How a run executes, not what it computes: changing these never changes a result."""
+    """How a run executes, not what it computes: these may change the rounding, never the
+    experiment."""
 
     threads: Annotated[int | None, Field(ge=1)] = None
+    # Where the backbone trains and scores ("cpu", "cuda", "cuda:1"). A GPU sums in another
+    # order, so the rounding differs, but the experiment is the same: a study cell finished
+    # on one device counts as done on any other.
+    device: str = "cpu"
     # A checkpoint (the whole run state, for --resume) after this many merges, and/or after
     # this many wall seconds since the last one; both null: none.
     checkpoint_every: Annotated[int | None, Field(ge=1)] = None
     checkpoint_seconds: Annotated[float | None, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _known_device(self) -> RuntimeConfig:
+        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise ValueError(
+                f"runtime.device: {self.device!r} is not a device fedlora runs on; "
+                "use cpu, cuda or cuda:N"
+            )
+        return self
 
 
 class ExperimentConfig(_Section):

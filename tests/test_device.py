@@ -1,0 +1,86 @@
+"""runtime.device: a bad device is named before anything loads, a GPU run is the CPU run up to
+rounding, and a study cell finished on one device counts as done on another."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakes import run_cli
+
+from fedlora.client.model import build_resident_model
+from fedlora.client.trainer import evaluate, plan_batches, train_local
+from fedlora.config import ConfigError, ExperimentConfig, LoraConfig, ModelConfig, TrainConfig
+from fedlora.data.encoding import EncodedSplit
+from fedlora.preflight import check
+from fedlora.studies.sweep import _same_experiment
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:x", "CUDA"])
+def test_an_unknown_device_is_named(device: str) -> None:
+    with pytest.raises(ValueError, match=r"runtime\.device"):
+        ExperimentConfig.model_validate({"runtime": {"device": device}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_gpu_fails_before_the_model_loads(tiny_config: dict) -> None:
+    config = ExperimentConfig.model_validate({**tiny_config, "runtime": {"device": "cuda"}})
+    with pytest.raises(ConfigError, match=r"runtime\.device: 'cuda', but torch sees no CUDA"):
+        check(config)
+
+
+def test_a_cell_finished_on_a_gpu_is_done_on_the_cpu(tiny_config: dict) -> None:
+    on_gpu = ExperimentConfig.model_validate({**tiny_config, "runtime": {"device": "cuda"}})
+    assert _same_experiment(on_gpu, ExperimentConfig.model_validate(tiny_config))
+
+
+def _data(n: int = 24) -> EncodedSplit:
+    g = torch.Generator().manual_seed(0)
+    ids = [
+        torch.randint(1000, 2000, (int(k),), generator=g)
+        for k in torch.randint(4, 12, (n,), generator=g)
+    ]
+    return EncodedSplit(input_ids=ids, token_type_ids=None, labels=torch.arange(n) % 2)
+
+
+@needs_cuda
+def test_training_on_cuda_is_training_on_the_cpu_up_to_rounding() -> None:
+    lora = LoraConfig(r=4, dropout=0.0)  # dropout draws from each device's own generator
+    data, train = _data(), TrainConfig(local_steps=3, batch_size=4, lr=1e-2)
+    batches = plan_batches(np.arange(12), train, np.random.default_rng(0))
+    results = {}
+    for device in ["cpu", "cuda"]:
+        model, _ = build_resident_model(ModelConfig(init="random"), lora, 2, seed=0, device=device)
+        start = model.state()
+        trained = train_local(model, start, batches, data, train, 0, False, 0)
+        scores, logits = evaluate(model, trained.state, data, ["accuracy"], 8, False, 0)
+        results[device] = (start, trained, scores, logits)
+    (cpu_start, cpu, cpu_scores, cpu_logits), (gpu_start, gpu, gpu_scores, gpu_logits) = (
+        results["cpu"],
+        results["cuda"],
+    )
+    for module, factors in cpu_start.lora.items():  # the same initial adapter, bit for bit
+        assert torch.equal(gpu_start.lora[module].A, factors.A)
+    for module, factors in cpu.state.lora.items():  # and back on the CPU after training
+        assert gpu.state.lora[module].A.device.type == "cpu"
+        assert torch.allclose(gpu.state.lora[module].A, factors.A, atol=1e-4)
+        assert torch.allclose(gpu.state.lora[module].B, factors.B, atol=1e-4)
+    assert gpu.loss == pytest.approx(cpu.loss, abs=1e-4)
+    assert gpu_scores["loss"] == pytest.approx(cpu_scores["loss"], abs=1e-4)
+    assert np.allclose(gpu_logits, cpu_logits, atol=1e-3)
+
+
+@needs_cuda
+def test_a_whole_run_on_cuda_ends_where_the_cpu_run_does(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["lora"]["dropout"] = 0.0
+    finals = {}
+    for device in ["cpu", "cuda"]:
+        out = tmp_path / device
+        run_cli(tmp_path, {**tiny_config, "runtime": {"device": device}}, out)
+        finals[device] = json.loads((out / "summary.json").read_text())["final"]
+    assert finals["cuda"]["loss"] == pytest.approx(finals["cpu"]["loss"], abs=1e-3)
