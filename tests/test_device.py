@@ -49,30 +49,24 @@ def _data(n: int = 24) -> EncodedSplit:
 
 
 @needs_cuda
-def test_training_on_cuda_is_training_on_the_cpu_up_to_rounding() -> None:
-    lora = LoraConfig(r=4, dropout=0.0)  # dropout draws from each device's own generator
+def test_cuda_starts_from_the_cpu_adapter_and_hands_states_back_on_the_cpu() -> None:
+    """Adapters trained on the two devices are not compared: AdamW divides each step by the
+    gradient's own size, so rounding can flip the sign of a near-zero gradient's step. Where
+    whole runs end is compared below."""
+    lora = LoraConfig(r=4, dropout=0.0)
     data, train = _data(), TrainConfig(local_steps=3, batch_size=4, lr=1e-2)
     batches = plan_batches(np.arange(12), train, np.random.default_rng(0))
-    results = {}
-    for device in ["cpu", "cuda"]:
-        model, _ = build_resident_model(ModelConfig(init="random"), lora, 2, seed=0, device=device)
-        start = model.state()
-        trained = train_local(model, start, batches, data, train, 0, False, 0)
-        scores, logits = evaluate(model, trained.state, data, ["accuracy"], 8, False, 0)
-        results[device] = (start, trained, scores, logits)
-    (cpu_start, cpu, cpu_scores, cpu_logits), (gpu_start, gpu, gpu_scores, gpu_logits) = (
-        results["cpu"],
-        results["cuda"],
-    )
-    for module, factors in cpu_start.lora.items():  # the same initial adapter, bit for bit
-        assert torch.equal(gpu_start.lora[module].A, factors.A)
-    for module, factors in cpu.state.lora.items():  # and back on the CPU after training
-        assert gpu.state.lora[module].A.device.type == "cpu"
-        assert torch.allclose(gpu.state.lora[module].A, factors.A, atol=1e-4)
-        assert torch.allclose(gpu.state.lora[module].B, factors.B, atol=1e-4)
-    assert gpu.loss == pytest.approx(cpu.loss, abs=1e-4)
-    assert gpu_scores["loss"] == pytest.approx(cpu_scores["loss"], abs=1e-4)
-    assert np.allclose(gpu_logits, cpu_logits, atol=1e-3)
+    cpu, _ = build_resident_model(ModelConfig(init="random"), lora, 2, seed=0)
+    gpu, _ = build_resident_model(ModelConfig(init="random"), lora, 2, seed=0, device="cuda")
+    start = cpu.state()
+    for module, factors in gpu.state().lora.items():  # the same initial adapter, bit for bit
+        assert torch.equal(factors.A, start.lora[module].A)
+    trained = train_local(gpu, start, batches, data, train, 0, False, 0).state
+    assert all(t.device.type == "cpu" for f in trained.lora.values() for t in (f.A, f.B))
+    cpu_scores, cpu_logits = evaluate(cpu, trained, data, ["accuracy"], 8, False, 0)
+    gpu_scores, gpu_logits = evaluate(gpu, trained, data, ["accuracy"], 8, False, 0)
+    assert np.allclose(gpu_logits, cpu_logits, atol=1e-4)  # one state scores the same
+    assert gpu_scores["loss"] == pytest.approx(cpu_scores["loss"], abs=1e-5)
 
 
 @needs_cuda

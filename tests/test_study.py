@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from fedlora.cli import app
 from fedlora.config import ConfigError
 from fedlora.studies.sweep import load_study, plan
+from fedlora.studies.table import local_bars
 
 runner = CliRunner()
 
@@ -211,3 +212,17 @@ def test_a_run_that_never_reached_the_target_bounds_the_speedup_by_its_length() 
     assert _speedups(mixed, None) == "2.00×, ≥3.00×"
     assert _speedups([(_summary(None), _summary(None))], None) == "—"
     assert _speedups([(_summary(5.0), _summary(0.0))], None) == "—"  # reached at the start
+
+
+def test_local_bars_leave_out_a_series_no_cell_scored() -> None:
+    def run(accuracy: float, own: float, dev: float | None = None) -> dict:
+        local = {"own": {"mean": own}} | ({} if dev is None else {"dev": {"mean": dev}})
+        return {"final": {"accuracy": accuracy}, "local": local}
+
+    no_dev = {"iid": [run(0.7, 0.8), run(0.72, 0.81)], "skew": [run(0.6, 0.9), run(0.61, 0.88)]}
+    assert local_bars(no_dev) == {
+        "global model, dev": [[0.7, 0.72], [0.6, 0.61]],
+        "client models, own split": [[0.8, 0.81], [0.9, 0.88]],
+    }
+    with_dev = {"iid": [run(0.7, 0.8, 0.65), run(0.72, 0.81)]}
+    assert len(local_bars(with_dev)) == 3

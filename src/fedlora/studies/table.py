@@ -284,6 +284,19 @@ _LOCAL_BARS = (
 )
 
 
+def local_bars(arms: dict[str, list[dict[str, Any]]]) -> dict[str, list[list[float]]]:
+    """Each bar series' values, per arm and seed; a series no cell scored (client models on
+    the dev set when ``eval.local_dev`` is off) is left out rather than drawn as NaN."""
+    bars = {
+        label: [[value(s) for s in runs] for runs in arms.values()] for label, value in _LOCAL_BARS
+    }
+    return {
+        label: values
+        for label, values in bars.items()
+        if any(math.isfinite(x) for seeds in values for x in seeds)
+    }
+
+
 def plot_local(cells: Sequence[Cell], path: Path) -> bool:
     """Per task (and setting), bars per arm: the final global model on the dev set against
     the clients' own trained models on their local test splits and on the dev set (mean over
@@ -301,16 +314,16 @@ def plot_local(cells: Sequence[Cell], path: Path) -> bool:
     if not grouped:
         return False
     figure, axes = plt.subplots(len(grouped), 1, figsize=(11, 4 * len(grouped)), squeeze=False)
-    width = 0.8 / len(_LOCAL_BARS)
     for ax, (group, arms) in zip(axes[:, 0], grouped.items(), strict=True):
         positions = np.arange(len(arms))
-        for i, (label, value) in enumerate(_LOCAL_BARS):
-            values = [[value(s) for s in runs] for runs in arms.values()]
+        bars = local_bars(arms)
+        width = 0.8 / len(bars)
+        for i, (label, values) in enumerate(bars.items()):
             ax.bar(
-                positions + (i - 1) * width,
-                [statistics.fmean(v) for v in values],
+                positions + (i - (len(bars) - 1) / 2) * width,
+                [float(np.mean(v)) for v in values],
                 width,
-                yerr=[statistics.stdev(v) if len(v) > 1 else math.nan for v in values],
+                yerr=[float(np.std(v, ddof=1)) if len(v) > 1 else math.nan for v in values],
                 label=label,
                 capsize=3,
             )
