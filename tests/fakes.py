@@ -16,6 +16,7 @@ from fedlora.aggregation import WeightedState
 from fedlora.cli import app
 from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
+from fedlora.data.encoding import EncodedSplit
 from fedlora.policies import Policy, Source
 from fedlora.results.events import EventLog, read_events
 from fedlora.server import Outcome
@@ -171,3 +172,13 @@ def assert_same_global(run: Path, other: Path) -> None:
         torch.testing.assert_close(factors.delta(), theirs.lora[module].delta())
     for name, tensor in ours.extra.items():
         torch.testing.assert_close(tensor, theirs.extra[name])
+
+
+def tiny_data(n: int = 24) -> EncodedSplit:
+    """``n`` encoded examples of 4 to 11 random token ids, labels alternating."""
+    g = torch.Generator().manual_seed(0)
+    ids = [
+        torch.randint(1000, 2000, (int(k),), generator=g)
+        for k in torch.randint(4, 12, (n,), generator=g)
+    ]
+    return EncodedSplit(input_ids=ids, token_type_ids=None, labels=torch.arange(n) % 2)

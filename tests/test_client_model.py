@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import tiny_data
 from peft import PeftModel
 
 from fedlora.adapters import AdapterState, LoraFactors
@@ -20,7 +21,7 @@ from fedlora.client.model import (
 )
 from fedlora.client.trainer import plan_batches, train_local
 from fedlora.config import LoraConfig, ModelConfig, TrainConfig
-from fedlora.data.encoding import EncodedSplit, collate
+from fedlora.data.encoding import collate
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +41,6 @@ def random_state(like: AdapterState, rank: int, alpha: float, seed: int) -> Adap
         for m, f in like.lora.items()
     }
     return AdapterState(lora, {n: torch.randn(t.shape, generator=g) for n, t in like.extra.items()})
-
-
-def tiny_data(n: int = 24) -> EncodedSplit:
-    g = torch.Generator().manual_seed(0)
-    ids = [
-        torch.randint(1000, 2000, (int(k),), generator=g)
-        for k in torch.randint(4, 12, (n,), generator=g)
-    ]
-    return EncodedSplit(input_ids=ids, token_type_ids=None, labels=torch.arange(n) % 2)
 
 
 def test_initial_state_matches_the_config(resident: ResidentModel) -> None:

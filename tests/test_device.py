@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import run_cli
+from fakes import run_cli, tiny_data
 
 from fedlora.client.model import build_resident_model
 from fedlora.client.trainer import evaluate, plan_batches, train_local
 from fedlora.config import ConfigError, ExperimentConfig, LoraConfig, ModelConfig, TrainConfig
-from fedlora.data.encoding import EncodedSplit
 from fedlora.preflight import check
 from fedlora.studies.sweep import _same_experiment
 
@@ -39,22 +38,13 @@ def test_a_cell_finished_on_a_gpu_is_done_on_the_cpu(tiny_config: dict) -> None:
     assert _same_experiment(on_gpu, ExperimentConfig.model_validate(tiny_config))
 
 
-def _data(n: int = 24) -> EncodedSplit:
-    g = torch.Generator().manual_seed(0)
-    ids = [
-        torch.randint(1000, 2000, (int(k),), generator=g)
-        for k in torch.randint(4, 12, (n,), generator=g)
-    ]
-    return EncodedSplit(input_ids=ids, token_type_ids=None, labels=torch.arange(n) % 2)
-
-
 @needs_cuda
 def test_cuda_starts_from_the_cpu_adapter_and_hands_states_back_on_the_cpu() -> None:
     """Adapters trained on the two devices are not compared: AdamW divides each step by the
     gradient's own size, so rounding can flip the sign of a near-zero gradient's step. Where
     whole runs end is compared below."""
     lora = LoraConfig(r=4, dropout=0.0)
-    data, train = _data(), TrainConfig(local_steps=3, batch_size=4, lr=1e-2)
+    data, train = tiny_data(), TrainConfig(local_steps=3, batch_size=4, lr=1e-2)
     batches = plan_batches(np.arange(12), train, np.random.default_rng(0))
     cpu, _ = build_resident_model(ModelConfig(init="random"), lora, 2, seed=0)
     gpu, _ = build_resident_model(ModelConfig(init="random"), lora, 2, seed=0, device="cuda")
