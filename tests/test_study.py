@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,9 @@ from typer.testing import CliRunner
 
 from fedlora.cli import app
 from fedlora.config import ConfigError
-from fedlora.studies.sweep import load_study, plan
+from fedlora.results.events import read_events, without_wall_clock
+from fedlora.studies import processes
+from fedlora.studies.sweep import Cell, load_study, plan
 from fedlora.studies.table import local_bars
 
 runner = CliRunner()
@@ -226,3 +231,71 @@ def test_local_bars_leave_out_a_series_no_cell_scored() -> None:
     }
     with_dev = {"iid": [run(0.7, 0.8, 0.65), run(0.72, 0.81)]}
     assert len(local_bars(with_dev)) == 3
+
+
+def test_jobs_run_cells_in_processes_as_one_process_would(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}, "hl": {"server.aggregator": "hlora"}})
+    args = ["study", str(path), "--docs", str(tmp_path / "d"), "--seeds", "1"]
+    alone = runner.invoke(app, [*args, "--out", str(tmp_path / "alone")])
+    assert alone.exit_code == 0, alone.output
+    parallel = runner.invoke(app, [*args, "--out", str(tmp_path / "parallel"), "--jobs", "2"])
+    assert parallel.exit_code == 0, parallel.output
+    assert parallel.output.count("finished: ") == 2
+    for cell in ["avg/seed1", "hl/seed1"]:
+        one, two = (tmp_path / run / "csv" / cell / "events.jsonl" for run in ("alone", "parallel"))
+        assert without_wall_clock(read_events(two)) == without_wall_clock(read_events(one))
+    assert "| avg | 1 |" in (tmp_path / "d" / "table.md").read_text()
+
+
+def _fake_cells(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_config: dict, scripts: dict[str, str]
+) -> list[Cell]:
+    """The study's cells, each "run" by a short Python script per arm instead of fedlora."""
+
+    def launch(cell: Cell, partial: Path, resume: bool, scratch: Path) -> subprocess.Popen:
+        partial.mkdir(parents=True)
+        return subprocess.Popen([sys.executable, "-c", scripts[cell.arm], str(partial / "up")])
+
+    monkeypatch.setattr(processes, "_launch", launch)
+    return plan(
+        load_study(write_study(tmp_path, tiny_config, {arm: {} for arm in scripts})), tmp_path
+    )
+
+
+def test_a_failing_cell_is_named_and_nothing_new_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_config: dict
+) -> None:
+    scripts = {"ok": "import time; time.sleep(2)", "bad": "raise SystemExit(3)"}
+    cells = _fake_cells(monkeypatch, tmp_path, tiny_config, scripts)  # bad/0, ok/0, bad/1, ok/1
+    with pytest.raises(processes.CellsFailed, match=r"1 cells failed.*bad/seed0 \(exit 3\)"):
+        processes.run_sweep_in_processes(cells, 2, lambda c, s: None, lambda: False, 0.05)
+    assert cells[1].folder.is_dir()  # the running one finished and moved into place
+    assert not any(c.folder.with_name(c.folder.name + ".partial").exists() for c in cells[2:])
+
+
+def test_a_stop_request_reaches_every_running_cell_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_config: dict
+) -> None:
+    stops_at_sigint = (
+        "import signal, sys, time, pathlib\n"
+        "signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
+        "pathlib.Path(sys.argv[1]).touch()\n"
+        "time.sleep(60)"
+    )
+    scripts = {"a": stops_at_sigint, "b": stops_at_sigint}
+    cells = _fake_cells(monkeypatch, tmp_path, tiny_config, scripts)  # a/0, b/0, a/1, b/1
+    partials = [c.folder.with_name(c.folder.name + ".partial") for c in cells]
+    started = time.monotonic()
+    with pytest.raises(processes.CellsInterrupted):
+        processes.run_sweep_in_processes(
+            cells,
+            2,
+            lambda c, s: None,
+            lambda: all((p / "up").exists() for p in partials[:2]),
+            0.05,
+        )
+    assert time.monotonic() - started < 30  # the sleeping cells stopped on their signal
+    assert partials[0].is_dir() and partials[1].is_dir()  # left for the next study to resume
+    assert not partials[2].exists() and not partials[3].exists()  # nothing new started

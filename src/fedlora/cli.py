@@ -242,6 +242,12 @@ def study(
         bool,
         typer.Option("--table-only", help="Write the table and plot of the finished cells only."),
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Cells to run at once, each in its own process (cores, or one GPU)."
+        ),
+    ] = 1,
 ) -> None:
     """Run a study's sweep (finished cells are skipped), then write its table and plot.
 
@@ -252,11 +258,14 @@ def study(
     Only the study as committed writes docs/results/<name>; a narrowed run writes beside its runs.
 
     Runs under --set overrides go to a folder of their own, never replacing the study's cells.
+
+    --jobs N runs N cells at once, each in its own process: on N cores, or sharing one GPU (--set runtime.device=cuda).
     """
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
     from fedlora.preflight import Preflight
     from fedlora.results.store import learning_failure
+    from fedlora.studies.processes import CellsFailed, CellsInterrupted, run_sweep_in_processes
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
     from fedlora.studies.table import plot_local, plot_study, study_table
 
@@ -302,11 +311,17 @@ def study(
             return summary
 
         try:
-            run_sweep(cells, run_cell, announce)
-        except _USER_ERRORS as error:
+            if jobs > 1:
+                run_sweep_in_processes(cells, jobs, announce, interrupted)
+            else:
+                run_sweep(cells, run_cell, announce)
+        except (*_USER_ERRORS, CellsFailed) as error:
             raise _fail(error) from None
         except Interrupted as stop:
             console.print(f"{stop}; or run the study again", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=130) from None
+        except CellsInterrupted as stop:
+            console.print(str(stop), highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
     narrowing = [
         f"--{flag} {value}"

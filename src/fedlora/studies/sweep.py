@@ -179,12 +179,24 @@ def run_sweep(
             if announce:
                 announce(cell, "done already")
             continue
-        partial = cell.folder.with_name(cell.folder.name + ".partial")
-        resume = _resumable(partial, cell.config)
-        if not resume:
-            shutil.rmtree(partial, ignore_errors=True)
+        partial, resume = start_partial(cell)
         if announce:
             announce(cell, "resuming" if resume else "running")
         run(cell.config, partial, resume)
-        shutil.rmtree(cell.folder, ignore_errors=True)
-        partial.rename(cell.folder)
+        finish_partial(cell, partial)
+
+
+def start_partial(cell: Cell) -> tuple[Path, bool]:
+    """The folder a cell runs in, ``<folder>.partial``, and whether it resumes a checkpoint
+    there (an unresumable leftover is removed)."""
+    partial = cell.folder.with_name(cell.folder.name + ".partial")
+    resume = _resumable(partial, cell.config)
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+    return partial, resume
+
+
+def finish_partial(cell: Cell, partial: Path) -> None:
+    """A finished run moves into the cell's place (replacing a stale result, if any)."""
+    shutil.rmtree(cell.folder, ignore_errors=True)
+    partial.rename(cell.folder)
