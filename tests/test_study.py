@@ -299,3 +299,19 @@ def test_a_stop_request_reaches_every_running_cell_once(
     assert time.monotonic() - started < 30  # the sleeping cells stopped on their signal
     assert partials[0].is_dir() and partials[1].is_dir()  # left for the next study to resume
     assert not partials[2].exists() and not partials[3].exists()  # nothing new started
+
+
+def test_runtime_overrides_keep_the_study_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_config: dict
+) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}})
+    monkeypatch.chdir(tmp_path)
+    args = ["study", str(path), "--seeds", "0", "--set", "runtime.threads=1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "results" / "studies"
+    assert [p.name for p in root.iterdir()] == ["mini"]  # no folder of its own
+    table = (root / "mini" / "report" / "table.md").read_text()
+    assert table.startswith("Not the committed study: run with --seeds 0.\n")  # no --set named
+    changed = runner.invoke(app, [*args, "--set", "train.lr=0.02", "--plan"])
+    assert "results/studies/mini-set-" in changed.output  # an experiment override still moves

@@ -160,6 +160,12 @@ def _overrides_suffix(overrides: list[str]) -> str:
     return "-set-" + hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
 
 
+def _experiment_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that change a study's experiment: ``runtime`` ones (threads, the device)
+    change how its cells run, so they neither move its folder nor make it another study."""
+    return [pair for pair in overrides if pair.split("=", 1)[0].split(".")[0] != "runtime"]
+
+
 def _out_folder(out: Path | None, default: Path) -> Path:
     """``--out`` (else ``default``), refused early when it names a file."""
     folder = out or default
@@ -259,7 +265,9 @@ def study(
 
     Runs under --set overrides go to a folder of their own, never replacing the study's cells.
 
-    --jobs N runs N cells at once, each in its own process: on N cores, or sharing one GPU (--set runtime.device=cuda).
+    A runtime.* override (threads, device) changes no experiment: it keeps the study's folder.
+
+    --jobs N runs N cells at once, each in its own process (N cores, or sharing one GPU).
     """
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
@@ -274,7 +282,8 @@ def study(
         path = Path("configs") / study_file / "study.yaml"
     try:
         spec = load_study(path)
-        root = out or Path("results/studies") / (spec.name + _overrides_suffix(set_ or []))
+        changes = _experiment_overrides(set_ or [])
+        root = out or Path("results/studies") / (spec.name + _overrides_suffix(changes))
         planned = plan(spec, root, set_ or [])
     except _USER_ERRORS as error:
         raise _fail(error) from None
@@ -327,7 +336,7 @@ def study(
         f"--{flag} {value}"
         for flag, value in (("arms", arms), ("seeds", seeds), ("tasks", tasks))
         if value is not None
-    ] + [f"--set {pair}" for pair in set_ or []]
+    ] + [f"--set {pair}" for pair in changes]
     docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
     docs.mkdir(parents=True, exist_ok=True)
     table = study_table(planned, spec.baselines, spec.contrasts)
