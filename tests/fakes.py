@@ -160,18 +160,32 @@ def merged_jobs(run: Path) -> list[list[int]]:
     return [sorted(e["jobs"]) for e in read_events(run / "events.jsonl") if e["type"] == "merge"]
 
 
+# Two runs of the same jobs whose float32 arithmetic differs in the last bits (another
+# process, thread count or summation order) do not train bit for bit alike: Adam turns a
+# gradient coordinate within rounding of zero into a full step of either sign, so a single
+# entry of ΔW can differ by percents (seen: 2.6 % at one entry of 1,024, 1.1e-5 absolute).
+# The model as a whole moves by ε₃₂-level noise plus those few coordinates (seen: at most
+# 6.4e-5 of ‖ΔW‖, under Ray against in-process); a merge that misses or doubles one of a
+# window's updates moves it by a sizeable fraction of ‖ΔW‖. 1e-3 separates the two.
+SAME_MODEL_TOLERANCE = 1e-3
+
+
 def assert_same_global(run: Path, other: Path) -> None:
-    """Two runs' global adapters are the same model: equal ΔW per module (the SVD basis of
-    an HLoRA merge may differ) and equal head tensors."""
+    """Two runs' global adapters are the same model: per module ‖ΔW − ΔW'‖ ≤ 1e-3·‖ΔW'‖
+    (compared as products: the factors of an HLoRA merge follow the floats that made them),
+    and the same for the head tensors."""
     ours, theirs = (
         AdapterState.from_bytes((folder / "global.safetensors").read_bytes())
         for folder in (run, other)
     )
     assert ours.lora.keys() == theirs.lora.keys()
-    for module, factors in ours.lora.items():
-        torch.testing.assert_close(factors.delta(), theirs.lora[module].delta())
-    for name, tensor in ours.extra.items():
-        torch.testing.assert_close(tensor, theirs.extra[name])
+    assert ours.extra.keys() == theirs.extra.keys()
+    pairs = [(f.delta(), theirs.lora[m].delta(), m) for m, f in ours.lora.items()]
+    pairs += [(t, theirs.extra[name], name) for name, t in ours.extra.items()]
+    for mine, reference, name in pairs:
+        distance = float(torch.linalg.norm(mine.double() - reference.double()))
+        size = float(torch.linalg.norm(reference.double()))
+        assert distance <= SAME_MODEL_TOLERANCE * size, f"{name}: {distance:.3g} of {size:.3g}"
 
 
 def tiny_data(n: int = 24) -> EncodedSplit:

@@ -5,6 +5,7 @@ lost (the ClientApp raises, its node never answers, its node leaves)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +96,21 @@ def test_a_client_app_that_raises_is_a_lost_job_not_a_crash(
     assert all("RuntimeError: out of memory" in e["reason"] for e in lost)
 
 
+def slow(message: Message, context: Context) -> Message | None:
+    """An honest node that takes at least 0.25 s of wall time for a job."""
+    if message.metadata.message_type != "query":
+        time.sleep(0.25)
+    return client_app(message, context)
+
+
 def test_a_silent_node_times_out_and_fedfa_carries_on(tmp_path: Path, flower_config: dict) -> None:
-    flower_config["server"] |= {"policy": "fedfa", "job_timeout": 0.3}
-    summary = federate(flower_config, tmp_path / "run", {2: never_answers})
+    """Every node is at work from the start, so the silent one holds a job; three merges of
+    two updates need six results from three honest nodes, two waves of at least 0.25 s each:
+    the run outlasts the 0.3 s timeout on any machine, however fast."""
+    flower_config["server"] |= {"policy": "fedfa", "job_timeout": 0.3, "concurrency": 4}
+    summary = federate(
+        flower_config, tmp_path / "run", {0: slow, 1: slow, 2: never_answers, 3: slow}
+    )
     assert summary["rounds"] == 3 and summary["jobs_lost"] >= 1
     lost = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "lost"]
     assert {e["client"] for e in lost} == {2}

@@ -1,6 +1,8 @@
 """The simulator's event logs, pinned: a refactor of the server core or the simulator must
-reproduce these logs exactly (wall times aside). Regenerate only for an intended change of
-behaviour: ``FEDLORA_REGEN_GOLDEN=1 pytest tests/test_golden_event_logs.py``."""
+reproduce these logs (wall times aside): exactly what is exact (event order, jobs, clients,
+versions, times, counts), within a derived tolerance what floating point measures.
+Regenerate only for an intended change of behaviour:
+``FEDLORA_REGEN_GOLDEN=1 pytest tests/test_golden_event_logs.py``."""
 
 from __future__ import annotations
 
@@ -86,19 +88,28 @@ def test_event_log_matches_the_pinned_log(name: str) -> None:
         path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
     pinned = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     logged = json.loads(json.dumps(events))
-    # merge diagnostics are measurements from LAPACK: equal to rounding, not bit for bit
-    assert [_measured(e) for e in logged] == [_measured(e) for e in pinned]
-    logged_numbers, pinned_numbers = _diagnostics(logged), _diagnostics(pinned)
+    assert [_exact(e) for e in logged] == [_exact(e) for e in pinned]
+    logged_numbers, pinned_numbers = _measured(logged), _measured(pinned)
     assert logged_numbers.keys() == pinned_numbers.keys()
-    assert logged_numbers == pytest.approx(pinned_numbers, rel=1e-9, abs=1e-12)
+    assert logged_numbers == pytest.approx(pinned_numbers, rel=0, abs=MEASURED_TOLERANCE)
 
 
-def _measured(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if k != "diagnostics"}
+# What the fake adapters' tensors feed: scores of the global (the fake metric is the mean of
+# A), the clients' scores and the merge diagnostics. They pass through float32 BLAS and
+# LAPACK (QR, SVD, vectorised axpy with or without FMA), whose last bits differ between
+# processors: each of the ~10 float32 operations per merge may be off by a few ε₃₂ ≈ 1.2e-7 on
+# values of order 1, over at most 4 chained merges: 100·ε₃₂ ≈ 1e-5 bounds them with room.
+# Virtual times, counts, ids, versions, weights and losses are Python arithmetic: exact.
+MEASURED = ("metrics", "own", "dev", "diagnostics")
+MEASURED_TOLERANCE = 1e-5
 
 
-def _diagnostics(events: list[dict[str, Any]]) -> dict[str, float]:
-    """Every diagnostic number, by event index and path."""
+def _exact(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in MEASURED}
+
+
+def _measured(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Every measured number, by event index and path."""
     flat: dict[str, float] = {}
 
     def walk(value: Any, path: str) -> None:
@@ -109,6 +120,7 @@ def _diagnostics(events: list[dict[str, Any]]) -> dict[str, float]:
             flat[path] = value
 
     for i, event in enumerate(events):
-        if "diagnostics" in event:
-            walk(event["diagnostics"], str(i))
+        for key in MEASURED:
+            if key in event:
+                walk(event[key], f"{i}.{key}")
     return flat

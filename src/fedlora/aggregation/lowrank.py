@@ -5,6 +5,15 @@ rank R = Σ r_k. With QR factorisations 𝔅 = Q_b R_b and 𝔄ᵀ = Q_a R_a, th
 Q_b (R_b W R_aᵀ) Q_aᵀ, so the SVD of the small R×R core gives the SVD of the sum:
 O((out + in)·R²) work instead of O(out·in·min(out, in)). This is what makes a merge on every
 arrival (FedFa) affordable for 4096-wide layers.
+
+**The same factors on every machine.** A singular vector's sign is free, and each LAPACK build
+(and each QR inside this computation) picks its own; so would the factors a client receives,
+its training from them, and every file a run writes. :func:`canonical_signs` fixes the sign
+of every component this module returns. Where singular values are zero (to rounding) the
+directions are free altogether, not only their sign: :func:`weighted_sum_factors` does not hand
+out LAPACK's arbitrary choice there but a seeded orthonormal complement, the same everywhere.
+Where non-zero singular values tie, any rotation within their subspace is an equally exact
+answer: the basis is then LAPACK's (the product B·A is not affected); tests avoid such ties.
 """
 
 from __future__ import annotations
@@ -37,7 +46,29 @@ def stacked_svd(
     q_a, r_a = torch.linalg.qr(stacked_a.T)  # in × n, n × R  (n = min(in, R))
     core = (r_b * scale) @ r_a.T  # m × n
     u, s, vh = torch.linalg.svd(core, full_matrices=False)
-    return q_b @ u, s, vh @ q_a.T
+    left, right = canonical_signs(q_b @ u, vh @ q_a.T)
+    return left, s, right
+
+
+def canonical_signs(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each pair (column k of ``left``, row k of ``right``) so that the entry of largest
+    magnitude in the column is positive: the product is unchanged, and the factors no longer
+    depend on the sign LAPACK chose (scikit-learn's ``svd_flip`` convention). Of entries equal
+    in magnitude the first counts, so exact ties (a column of equal entries) are decided the
+    same way everywhere; only entries that tie to rounding *and* differ in sign are not."""
+    largest = left.abs().argmax(dim=0)
+    signs = torch.sign(left[largest, torch.arange(left.shape[1])])
+    signs[signs == 0] = 1
+    return left * signs, right * signs[:, None]
+
+
+def numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """How many singular values are not rounding noise: above s_max·max(out, in)·ε, the
+    threshold of ``numpy.linalg.matrix_rank`` for the out×in matrix the factors stand for."""
+    if s.numel() == 0:
+        return 0
+    tolerance = float(s.max()) * max(shape) * torch.finfo(s.dtype).eps
+    return int((s > tolerance).sum())
 
 
 def weighted_sum_factors(
@@ -52,14 +83,15 @@ def weighted_sum_factors(
 
     ``split`` says how the singular values are shared: ``"us"`` gives B = U·Σ and A = Vᵀ
     (A keeps orthonormal rows), ``"sqrt"`` gives B = U·√Σ and A = √Σ·Vᵀ. When the sum has
-    fewer than ``rank`` components the extra columns of B are zero and the extra rows of A are
-    orthonormal directions of A's row space's complement (so training can still move them).
+    fewer than ``rank`` components above rounding (:func:`numerical_rank`) the extra columns
+    of B are zero and the extra rows of A are seeded orthonormal directions of the complement
+    of A's row space (so training can still move them, and every machine sends the same ones).
     """
     if rank < 1:
         raise ValueError(f"rank must be at least 1, got {rank}")
     u, s, vh = stacked_svd(Bs, As, weights)
     out_features, in_features = Bs[0].shape[0], As[0].shape[1]
-    keep = min(rank, s.shape[0])
+    keep = min(rank, numerical_rank(s, (out_features, in_features)))
     u, s, vh = u[:, :keep], s[:keep], vh[:keep]
     if split == "us":
         b, a = u * s, vh
@@ -76,12 +108,13 @@ def weighted_sum_factors(
 def _orthonormal_complement(rows: torch.Tensor, count: int, width: int) -> torch.Tensor:
     """``count`` rows orthogonal to ``rows``, orthonormal as far as ``width`` allows (then zero).
 
-    Seeded, so merges stay deterministic.
+    Seeded, and signed by :func:`canonical_signs`, so merges stay deterministic everywhere.
     """
     generator = torch.Generator().manual_seed(0)
     candidates = torch.randn(width, count, generator=generator, dtype=rows.dtype)
     candidates -= rows.T @ (rows @ candidates)
-    q, _ = torch.linalg.qr(candidates)
+    q, r = torch.linalg.qr(candidates)
+    q, _ = canonical_signs(q, r)
     room = max(0, min(count, width - rows.shape[0]))
     complement = q[:, :room].T
     return torch.cat([complement, complement.new_zeros(count - room, width)])

@@ -88,7 +88,7 @@ def load_backbone(config: ModelConfig, num_labels: int, pad_token_id: int) -> Pr
         model = AutoModelForSequenceClassification.from_config(model_config)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, **_gguf(config)
+            path, num_labels=num_labels, gguf_file=config.gguf_file
         )
     model.config.pad_token_id = pad_token_id
     return model
