@@ -145,7 +145,14 @@ class AdapterState:
             return cls._from_bytes(data)
         except InvalidUpdate:
             raise
-        except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except (
+            SafetensorError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+        ) as error:  # RecursionError: metadata JSON nested beyond the parser's depth
             raise InvalidUpdate(f"unreadable adapter bytes: {error}") from None
 
     @classmethod

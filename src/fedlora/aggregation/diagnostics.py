@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.aggregation.base import Aggregator, WeightedState, create, effective_b
+from fedlora.aggregation.base import Aggregator, WeightedState, create
 from fedlora.config import ConfigError, ExperimentConfig
 from fedlora.policies.base import Source
 
@@ -64,16 +64,21 @@ def squared_norm(product: Product) -> float:
     """‖Σ_i c_i s_i B_i A_i‖_F² = ‖R_b R_aᵀ‖_F², with 𝔅 = Q_b R_b and 𝔄ᵀ = Q_a R_a the QR
     factorisations of the stacked factors (float64; no cancellation of squares, so an exact
     merge reads as 0 to rounding)."""
-    _, r_b = torch.linalg.qr(torch.cat([effective_b(f).double() * c for c, f in product], dim=1))
+    _, r_b = torch.linalg.qr(torch.cat([_effective_b64(f) * c for c, f in product], dim=1))
     _, r_a = torch.linalg.qr(torch.cat([f.A.double() for _, f in product], dim=0).T)
     return float(torch.linalg.matrix_norm(r_b @ r_a.T) ** 2)
 
 
 def singular_values(factors: LoraFactors) -> torch.Tensor:
     """The singular values of s·B·A from the QR factors of B and Aᵀ (float64)."""
-    _, r_b = torch.linalg.qr(effective_b(factors).double())
+    _, r_b = torch.linalg.qr(_effective_b64(factors))
     _, r_a = torch.linalg.qr(factors.A.double().T)
     return torch.linalg.svdvals(r_b @ r_a.T)
+
+
+def _effective_b64(factors: LoraFactors) -> torch.Tensor:
+    """s·B in float64, scaled after the cast: a large finite B times s cannot overflow."""
+    return factors.B.double() * factors.scaling
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
 GENERIC_TASKS = ("csv", "jsonl")
 
@@ -239,7 +239,9 @@ class TrainConfig(_Section):
     local_steps: Annotated[int | None, Field(ge=1)] = 20
     local_epochs: Annotated[float | None, Field(gt=0)] = None
     batch_size: Annotated[int, Field(ge=1)] = 16
-    lr: Annotated[float, Field(gt=0)] = 5.0e-4
+    # AdamW moves every weight by up to lr per step: above 1 it is a typo, never a schedule
+    # (and past float32's range its step overflows inside torch).
+    lr: Annotated[float, Field(gt=0, le=1)] = 5.0e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float | None, Field(gt=0)] = 1.0
 
@@ -258,6 +260,17 @@ class StalenessConfig(_Section):
     b: Annotated[float, Field(ge=0)] = 4.0
 
 
+class DefenceConfig(_Section):
+    """A robust centre of the client results a merge takes, in place of their weighted mean:
+    the coordinate-wise median, or the mean of what is left after trimming ``trim`` of the
+    results at each end, of their updates (products s·B·A and head, against what each job was
+    sent). Norm clipping of the product is ``server.max_update_norm`` with
+    ``norm_action: clip``."""
+
+    centre: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+
+
 class ServerConfig(_Section):
     policy: str = "fedavg"
     aggregator: str = "fedavg"
@@ -269,6 +282,7 @@ class ServerConfig(_Section):
     # default (samples for fedavg, uniform for the asynchronous policies).
     weights: Literal["samples", "uniform"] | None = None
     staleness: StalenessConfig = StalenessConfig()
+    defence: DefenceConfig = DefenceConfig()
     # Older results are dropped (semiasync instead waits for clients still training that far
     # behind, as Plato does).
     staleness_bound: Annotated[int | None, Field(ge=0)] = None
@@ -365,8 +379,21 @@ class RuntimeConfig(_Section):
         return self
 
 
+def _plain_folder_name(name: str) -> str:
+    """A run's name is its folder's (results/<name>): one folder, never a path out of it."""
+    if name in ("", ".", "..") or any(char in name for char in "/\\\0"):
+        raise ValueError(
+            f"{name!r} is not a plain folder name; the run folder results/<name> must stay"
+            " inside results/ (use --out to write elsewhere)"
+        )
+    return name
+
+
+RunName = Annotated[str, AfterValidator(_plain_folder_name)]
+
+
 class ExperimentConfig(_Section):
-    name: str = "experiment"
+    name: RunName = "experiment"
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

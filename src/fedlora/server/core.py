@@ -14,6 +14,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+
 from fedlora.adapters import AdapterSpec, AdapterState, InvalidUpdate
 from fedlora.aggregation import Aggregator, WeightedState
 from fedlora.aggregation.diagnostics import diagnose, shadow_aggregators
@@ -22,6 +24,7 @@ from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
 from fedlora.results.events import EventLog
 from fedlora.results.target import lower_is_better, meets
+from fedlora.server.defence import defend
 from fedlora.server.outcome import Evaluation, LocalEvaluation, Outcome
 from fedlora.server.screening import screen
 from fedlora.server.snapshot import Snapshot
@@ -235,31 +238,61 @@ class ServerCore:
             WeightedState(self._resolve(t.source, t.job), t.weight, t.source, t.job)
             for t in merge.terms
         ]
+        sent = {job: held_sent for job, (_, held_sent) in self._held.items()}
+        terms = defend(terms, sent, self.config.server.defence)
         weights = [term.weight for term in merge.terms]
-        self.outcome.global_state = self.aggregator.combine(terms)
-        diagnostics = diagnose(terms, self.outcome.global_state, self._ranks, self._shadows)
-        self.outcome.diagnostics.append(diagnostics)
+        jobs = [t.job for t in merge.terms if t.source is Source.UPDATE]
+        merged, failure = self._combine(terms)
         self._release(merge.release)
         self.outcome.steps = self.policy.version
         self.outcome.rounds = self.policy.rounds
-        jobs = [t.job for t in merge.terms if t.source is Source.UPDATE]
-        self._applied.update(j for j in jobs if j is not None)
-        self.outcome.applied = len(self._applied)
-        self._emit(
-            "merge",
-            now,
-            version=self.policy.version,
-            round=self.policy.rounds,
-            jobs=jobs,
-            weights=weights,
-            diagnostics=diagnostics.as_event(),
-        )
+        if merged is None:
+            self._refuse(jobs, failure, now)
+        else:
+            self.outcome.global_state = merged
+            diagnostics = diagnose(terms, merged, self._ranks, self._shadows)
+            self.outcome.diagnostics.append(diagnostics)
+            self._applied.update(j for j in jobs if j is not None)
+            self.outcome.applied = len(self._applied)
+            self._emit(
+                "merge",
+                now,
+                version=self.policy.version,
+                round=self.policy.rounds,
+                jobs=jobs,
+                weights=weights,
+                diagnostics=diagnostics.as_event(),
+            )
         if self._evaluation_due(now):
             self._evaluate(now)
         max_steps = self.config.server.max_steps
         if max_steps is not None and self.policy.version >= max_steps:
             self.stop(f"{max_steps} server steps reached")
         self._check_rounds()
+
+    def _combine(self, terms: Sequence[WeightedState]) -> tuple[AdapterState | None, str]:
+        """The merged global, or None and why: screening keeps every accepted update far
+        from what could make a merge raise or overflow, and this is the last line behind it."""
+        try:
+            merged = self.aggregator.combine(terms)
+        except (RuntimeError, ValueError) as error:  # torch.linalg.LinAlgError included
+            return None, f"the merge failed ({type(error).__name__}: {error})"
+        if not all(bool(torch.isfinite(t).all()) for t in merged.tensors()):
+            return None, "the merge gave a non-finite global"
+        return merged, ""
+
+    def _refuse(self, jobs: Sequence[int | None], failure: str, now: float) -> None:
+        """Keep the last finite global; the merge's client results count as rejected."""
+        for job in jobs:
+            self.outcome.rejected += 1
+            self._emit("reject", now, job=job, client=None, reason=failure)
+        self._emit(
+            "merge_refused",
+            now,
+            version=self.policy.version,
+            jobs=list(jobs),
+            reason=f"{failure}: the global stays the last finite one",
+        )
 
     def _check_rounds(self) -> None:
         self.outcome.rounds = self.policy.rounds
