@@ -14,6 +14,13 @@ from fedlora.aggregation import client_results
 from fedlora.aggregation.fedavg import update_norm
 from fedlora.config import LoraConfig, ServerConfig
 
+# A float32 merge (QR and SVD of R ≤ 8 stacked components, 2 to 7 wide) rounds by ≲ R·ε₃₂ ≈
+# 8·1.2e-7 ≈ 1e-6 of ‖ΔW‖, a projection (leading components rescaled) by a few ε₃₂ more.
+# 1e-5·‖ΔW‖ holds both; a wrong term, scaling or truncation is off by a large share of ‖ΔW‖
+# (≥ 0.25 in the cases by hand).
+# (The zero-padding family's merges are sums and products of binary fractions: exact.)
+F32_TOL = 1e-5
+
 
 def one_module(
     a: list[list[float]], b: list[list[float]], alpha: float, head: float = 0.0
@@ -103,7 +110,7 @@ def test_hlora_merges_the_true_products(name: str, split: str) -> None:
     merged = make(name, rank=2, alpha=2.0, split=split).combine(
         client_results([CLIENT_1, CLIENT_2], [0.5, 0.5])
     )
-    assert torch.allclose(delta(merged), TRUE_MEAN, atol=1e-6)
+    assert torch.allclose(delta(merged), TRUE_MEAN, atol=F32_TOL)  # ‖ΔW‖ ≈ 1
 
 
 def test_hlora_hands_each_client_its_best_approximation() -> None:
@@ -111,9 +118,9 @@ def test_hlora_hands_each_client_its_best_approximation() -> None:
     merged = agg.combine(client_results([CLIENT_1, CLIENT_2], [0.5, 0.5]))
     one = agg.project(merged, 1)  # the best rank-1 approximation of diag(1, ½) is diag(1, 0)
     assert one.lora["q"].rank == 1 and one.lora["q"].alpha == 2.0
-    assert torch.allclose(delta(one), torch.tensor([[1.0, 0.0], [0.0, 0.0]]), atol=1e-6)
+    assert torch.allclose(delta(one), torch.tensor([[1.0, 0.0], [0.0, 0.0]]), atol=F32_TOL)
     assert agg.project(merged, 2) is not None and torch.allclose(
-        delta(agg.project(merged, 2)), TRUE_MEAN, atol=1e-6
+        delta(agg.project(merged, 2)), TRUE_MEAN, atol=F32_TOL
     )
     with pytest.raises(ValueError, match="rank-3 client from a rank-2"):
         agg.project(merged, 3)
@@ -145,10 +152,12 @@ def test_scaling_round_trips_across_ranks_and_alphas(
     global_rank = client_rank + extra_rank - 1
     agg = aggregation.create("hlora", LoraConfig(r=global_rank, alpha=server_alpha), global_rank)
     merged = agg.combine(client_results([client], [1.0]))
-    assert torch.allclose(delta(merged), delta(client), atol=1e-4, rtol=1e-4)
+    # rounding scales with the whole ΔW (‖ΔW‖ up to ~400 at alpha 64), not with each entry
+    tolerance = F32_TOL * float(torch.linalg.matrix_norm(delta(client)))
+    assert torch.allclose(delta(merged), delta(client), rtol=0, atol=tolerance)
     back = agg.project(merged, client_rank)
     assert back.lora["q"].alpha == server_alpha and back.lora["q"].rank == client_rank
-    assert torch.allclose(delta(back), delta(client), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(delta(back), delta(client), rtol=0, atol=tolerance)
 
 
 def test_hetlora_weights_by_update_norm() -> None:
@@ -200,10 +209,10 @@ def test_flora_stacks_exactly_and_restarts_clients_fresh() -> None:
         assert sent.frozen == start.lora
     # the round as the fedavg policy sends it in delta mode: G + Σ w (U − S)
     merged = agg.combine(delta_terms(start, [(CLIENT_1, sent_1, 0.5), (CLIENT_2, sent_2, 0.5)]))
-    assert torch.allclose(delta(merged), TRUE_MEAN, atol=1e-6)  # exact, no truncation
+    assert torch.allclose(delta(merged), TRUE_MEAN, atol=F32_TOL)  # no truncation
     assert merged.lora["q"].rank == 2  # the numerical rank of the sum
     nxt = agg.combine(delta_terms(merged, [(CLIENT_1, agg.project(merged, 1), 1.0)]))
-    assert torch.allclose(delta(nxt), TRUE_MEAN + delta(CLIENT_1), atol=1e-6)
+    assert torch.allclose(delta(nxt), TRUE_MEAN + delta(CLIENT_1), atol=F32_TOL)
 
 
 def test_rslora_gives_every_rank_the_scaling_alpha_over_root_rank() -> None:
@@ -214,7 +223,8 @@ def test_rslora_gives_every_rank_the_scaling_alpha_over_root_rank() -> None:
     agg = aggregation.create("hlora", lora, 4)
     client = one_module([[1.0, 0.0], [0.0, 0.5]], [[1.0, 0.0], [0.0, 1.0]], alpha=lora.alpha_at(2))
     merged = agg.combine(client_results([client], [1.0]))
-    assert merged.lora["q"].alpha == 4.0 and torch.allclose(delta(merged), delta(client))
+    assert merged.lora["q"].alpha == 4.0
+    assert torch.allclose(delta(merged), delta(client), atol=F32_TOL)  # ‖ΔW‖ ≈ 1.6
     one = agg.project(merged, 1)
     assert one.lora["q"].alpha == 2.0 and one.lora["q"].scaling == 2.0
-    assert torch.allclose(delta(one), torch.tensor([[1.0, 0.0], [0.0, 0.0]]) * 2**0.5, atol=1e-6)
+    assert torch.allclose(delta(one), torch.tensor([[1.0, 0.0], [0.0, 0.0]]) * 2**0.5, atol=F32_TOL)

@@ -23,6 +23,12 @@ from fedlora.client.trainer import plan_batches, train_local
 from fedlora.config import LoraConfig, ModelConfig, TrainConfig
 from fedlora.data.encoding import collate
 
+# Two float32 routes through the same 2-layer, 32-wide model that round differently (ΔW folded
+# into the base weights or applied beside them; stock PEFT's forward or ours): a dozen matmuls
+# of width ≤ 64, each off by ~√64·ε₃₂ ≈ 1e-6 of activations LayerNorm keeps O(1) (seen: 7e-7).
+# 1e-5 + 1e-5·|logit| is ~100·ε₃₂ of O(1) logits; what these tests detect moves them by O(1).
+SAME_LOGITS = 1e-5
+
 
 @pytest.fixture(scope="module")
 def resident() -> ResidentModel:
@@ -121,8 +127,8 @@ def test_frozen_update_is_merged_into_the_base_and_taken_out_again(
         plain = resident.model(**batch).logits
         resident.load(AdapterState(like.lora, like.extra))
         assert torch.equal(resident.model(**batch).logits, plain)  # base restored exactly
-    assert torch.allclose(as_lora, as_frozen, atol=1e-5)
-    assert not torch.allclose(as_frozen, plain, atol=1e-3)
+    assert torch.allclose(as_lora, as_frozen, rtol=SAME_LOGITS, atol=SAME_LOGITS)
+    assert not torch.allclose(as_frozen, plain, atol=1e-3)  # the update moves them by ~1
 
 
 def test_old_slots_are_evicted(resident: ResidentModel) -> None:
@@ -155,4 +161,4 @@ def test_rslora_adapter_trains_at_alpha_over_root_rank_and_loads_in_stock_peft(
     batch = collate(tiny_data(4), np.arange(4), pad_token_id=0)
     with torch.no_grad():
         expected = resident.forward(batch).logits
-        assert torch.allclose(stock(**batch).logits, expected, atol=1e-5)
+        assert torch.allclose(stock(**batch).logits, expected, rtol=SAME_LOGITS, atol=SAME_LOGITS)

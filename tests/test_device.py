@@ -55,8 +55,11 @@ def test_cuda_starts_from_the_cpu_adapter_and_hands_states_back_on_the_cpu() -> 
     assert all(t.device.type == "cpu" for f in trained.lora.values() for t in (f.A, f.B))
     cpu_scores, cpu_logits = evaluate(cpu, trained, data, ["accuracy"], 8, False, 0)
     gpu_scores, gpu_logits = evaluate(gpu, trained, data, ["accuracy"], 8, False, 0)
+    # float32 on both (PyTorch leaves TF32 matmuls off): a dozen matmuls of width ≤ 64 reduced
+    # in other orders, each ~√64·ε₃₂ ≈ 1e-6 of O(1) activations, plus CUDA's own exp/erf/tanh
+    # (a few ulp): 1e-4 holds that with room. A cross-entropy moves by ≤ 2·max|Δlogit|.
     assert np.allclose(gpu_logits, cpu_logits, atol=1e-4)  # one state scores the same
-    assert gpu_scores["loss"] == pytest.approx(cpu_scores["loss"], abs=1e-5)
+    assert gpu_scores["loss"] == pytest.approx(cpu_scores["loss"], abs=2e-4)
 
 
 @needs_cuda
@@ -67,4 +70,7 @@ def test_a_whole_run_on_cuda_ends_where_the_cpu_run_does(tmp_path: Path, tiny_co
         out = tmp_path / device
         run_cli(tmp_path, {**tiny_config, "runtime": {"device": device}}, out)
         finals[device] = json.loads((out / "summary.json").read_text())["final"]
+    # Not a rounding bound, and none can be derived: Adam's normalised step (±lr = 1e-2 per
+    # coordinate) takes its sign from gradients that rounding can flip where they are near 0.
+    # 1e-3 is below what one merge moves this run's loss (≈ 0.70; 1.4e-3 to 4.7e-3 on CPU).
     assert finals["cuda"]["loss"] == pytest.approx(finals["cpu"]["loss"], abs=1e-3)

@@ -13,6 +13,10 @@ from fedlora.sim.availability import Availability
 from fedlora.sim.profiles import ClientProfile
 
 ASYNC = ["fedbuff", "fedasync", "fedfa"]
+# The fake global's A is a float32 sum of weighted bumps ≤ 1: each merge rounds a few times
+# (≤ ε₃₂ ≈ 1.2e-7 of the running value each, which stays O(1)), and A.mean() over 6 entries a few
+# more; ≤ 6 merges here: ≲ 40·ε₃₂ ≈ 5e-6 of the result. A wrong job or weight is off by ≥ 1e-3.
+FLOAT32_SUMS = 1e-5
 
 
 @settings(max_examples=20, deadline=None)
@@ -80,7 +84,9 @@ def test_fedfa_model_global_is_the_mean_of_the_window() -> None:
     losses = {e["job"]: e["loss"] for e in events if e["type"] == "arrival"}
     merge = next(e for e in events if e["type"] == "merge")
     expected = sum(losses[j] for j in merge["jobs"]) / 3  # every job started from A = 0
-    assert outcome.global_state.lora["m"].A.mean().item() == pytest.approx(expected, rel=1e-6)
+    assert outcome.global_state.lora["m"].A.mean().item() == pytest.approx(
+        expected, rel=FLOAT32_SUMS
+    )
 
 
 def test_fedbuff_with_k_equal_c_equal_cohort_is_one_fedavg_round() -> None:
@@ -118,7 +124,7 @@ def test_fedasync_mixes_each_result_into_the_global() -> None:
         elif event["type"] == "arrival":
             assert event["staleness"] >= 0
             value = 0.5 * value + 0.5 * (sent[event["job"]] + event["loss"])
-    assert outcome.global_state.lora["m"].A.mean().item() == pytest.approx(value, rel=1e-5)
+    assert outcome.global_state.lora["m"].A.mean().item() == pytest.approx(value, rel=FLOAT32_SUMS)
 
 
 @pytest.mark.parametrize("policy", ["fedavg", *ASYNC])
