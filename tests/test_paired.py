@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora.results.predictions import Predictions, read_predictions, write_predictions
-from fedlora.studies.paired import compare_local, compare_runs, paired_difference
+from fedlora.studies.paired import (
+    PairedDifference,
+    compare_local,
+    compare_runs,
+    holm,
+    paired_difference,
+)
 
 
 def test_identical_arms_differ_by_exactly_zero() -> None:
@@ -123,3 +129,52 @@ def test_compare_runs_slices_the_eval_split_by_length_tercile(tmp_path: Path) ->
     assert differences["accuracy, long"].estimate == 1.0
     assert differences["accuracy, short"].estimate == differences["accuracy, middle"].high == 0
     assert differences["accuracy"].estimate == pytest.approx(1 / 3)
+
+
+def test_the_crossed_bootstrap_covers_a_known_effect_at_its_level() -> None:
+    """1,000 simulated studies of 8 seeds × 200 shared examples: per-example differences
+    δ + u_s + v_i + e_si with δ = 0.1, seed effects u_s of variance 0.25 (a quarter of the
+    per-example variance, 1), example effects v_i of variance 0.5 shared by every seed, and
+    noise e_si of variance 0.5. The 95 % interval must cover δ 93–97 % of the time (measured:
+    0.946; at 3 seeds 0.945; with seed effects of variance 0.04 or none, 0.963 and 0.974)."""
+    rng = np.random.default_rng(1)
+    seeds, examples, effect, covered = 8, 200, 0.1, 0
+    for study in range(1000):
+        differences = (
+            effect
+            + rng.normal(0, 0.5, (seeds, 1))
+            + rng.normal(0, np.sqrt(0.5), (1, examples))
+            + rng.normal(0, np.sqrt(0.5), (seeds, examples))
+        )
+        found = paired_difference(
+            [np.zeros(examples)] * seeds, list(differences), resamples=1000, seed=study
+        )
+        covered += found.low <= effect <= found.high
+    assert 0.93 <= covered / 1000 <= 0.97
+
+
+def test_few_seeds_show_each_seeds_difference_instead_of_a_verdict() -> None:
+    found = paired_difference([np.zeros(4), np.zeros(4)], [np.ones(4), np.full(4, -0.5)])
+    assert found.per_seed == (1.0, -0.5) and found.few_seeds
+    assert str(found).endswith("(seeds +1.000, -0.500: 1/2 > 0)")
+
+
+def test_holm_holds_the_family_wise_rate_step_by_step() -> None:
+    """Sorted p-values 0.01, 0.02, 0.04 of three tests face 0.05/3, 0.05/2 and 0.05/1: all
+    three hold; raise the smallest above 0.05/3 and none does (the procedure stops at once)."""
+
+    def difference(p: float) -> PairedDifference:
+        return PairedDifference(0.1, 0.05, 0.15, p_value=p)
+
+    assert holm([difference(0.04), difference(0.01), difference(0.02)]) == [True, True, True]
+    assert holm([difference(0.04), difference(0.02), difference(0.02)]) == [False] * 3
+    assert holm([difference(0.5), difference(0.001)]) == [False, True]
+
+
+def test_the_p_value_is_small_for_a_clear_effect_and_large_for_none() -> None:
+    rng = np.random.default_rng(0)
+    clear = [rng.normal(0.5, 1, 300) for _ in range(6)]
+    none = [rng.normal(0.0, 1, 300) for _ in range(6)]
+    zeros = [np.zeros(300)] * 6
+    assert paired_difference(zeros, clear).p_value < 0.01
+    assert paired_difference(zeros, none).p_value > 0.05

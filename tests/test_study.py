@@ -183,9 +183,11 @@ def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_confi
     )
     assert "| update spread |" in table and "Δ local acc" not in table
 
-    # the contrast is the baseline comparison turned round: the same interval, negated
+    # the contrast is the baseline comparison turned round: the same interval, negated (one
+    # seed: no star, the seed's own difference beside it)
     def interval(cell: str) -> list[float]:
-        return [float(x) for x in cell.translate(str.maketrans("", "", "[],*|")).split()]
+        shown = cell.split(" (seeds")[0]
+        return [float(x) for x in shown.translate(str.maketrans("", "", "[],*|")).split()]
 
     contrast = next(line for line in table.splitlines() if line.startswith("| sync | fa | 0 |"))
     fa_acc, fa_loss = fa_row.split(" | ")[-5:-3]
@@ -210,12 +212,22 @@ def test_a_run_that_never_reached_the_target_bounds_the_speedup_by_its_length() 
     from fedlora.studies.table import _speedups
 
     exact = [(_summary(60.0), _summary(30.0)), (_summary(40.0), _summary(10.0))]
-    assert _speedups(exact, None) == "3.00 ± 1.41×"
+    assert _speedups(exact, None) == "2.83× ×/÷ 1.63"  # √(2·4), on the log scale
+    assert _speedups(
+        [(_summary(20.0), _summary(10.0)), (_summary(10.0), _summary(20.0))], None
+    ) == (
+        "1.00× ×/÷ 2.67"  # 2× and 0.5×: no speedup
+    )
+    neither = [*exact, (_summary(None, 60.0), _summary(None, 60.0))]
+    assert _speedups(neither, None) == "2.83× ×/÷ 1.63 (1 neither)"
+    assert _speedups([*neither, (_summary(None), _summary(15.0))], None) == (
+        "2.00×, 4.00×, neither, ≥4.00×"
+    )
     assert _speedups([(_summary(None), _summary(15.0))], None) == "≥4.00×"
     assert _speedups([(_summary(30.0), _summary(None, 50.0))], None) == "≤0.60×"
     mixed = [(_summary(30.0), _summary(15.0)), (_summary(None), _summary(20.0))]
     assert _speedups(mixed, None) == "2.00×, ≥3.00×"
-    assert _speedups([(_summary(None), _summary(None))], None) == "—"
+    assert _speedups([(_summary(None), _summary(None))], None) == "— (1 neither)"
     assert _speedups([(_summary(5.0), _summary(0.0))], None) == "—"  # reached at the start
 
 

@@ -1,13 +1,19 @@
-"""Paired differences between two arms, with a hierarchical bootstrap interval.
+"""Paired differences between two arms, with a bootstrap interval for the crossed design.
 
 Two arms run with the same seeds score the same eval examples, so their difference is taken
 example by example within each seed: the example-to-example variance both arms share cancels,
 which is what makes a one-point effect on 408 or 1,725 examples measurable at all.
 
-The interval is an explicit two-level percentile bootstrap built on numpy's Generator:
-resample seeds, then examples within each drawn seed. ``scipy.stats.bootstrap(paired=True)``
-resamples a single level only; it would either treat seeds as fixed (too narrow when the
-seeds disagree) or ignore the example noise inside each seed (too narrow with few seeds).
+Every seed scores the *same* examples: seeds and examples are crossed, not nested. An
+example that is hard for one seed's model tends to be hard for every seed's, so the example
+noise is shared across seeds and does not average away with more seeds. The interval is a
+two-way percentile bootstrap (numpy's Generator): each replicate draws seeds with replacement
+and *one* set of example indices, applied to every drawn seed. Resampling examples within each
+seed independently (a nested bootstrap) would treat the shared example noise as if it averaged
+out over seeds: at 8 seeds its 95 % interval covered the true effect only 74 % of the time in
+simulation. With fewer than :data:`FEW_SEEDS` seeds a percentile interval over seeds says
+little more than "every seed had the same sign", so the per-seed differences are shown beside
+it instead of a verdict.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import stats
 
 from fedlora.results.predictions import PREDICTIONS_FILE, Predictions, read_predictions
 from fedlora.results.slices import TERCILES, tercile_ids
@@ -26,22 +33,55 @@ from fedlora.results.slices import TERCILES, tercile_ids
 _CHUNK = 256  # bootstrap draws materialised at once: bounds memory at seeds x examples x chunk
 
 
+FEW_SEEDS = 5  # below this, the per-seed differences stand beside the interval, not a star
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """``arm`` minus ``reference``: the mean per-example difference over seeds, its interval,
-    and ``real`` when the interval excludes 0."""
+    each seed's own difference, the bootstrap's two-sided p-value for "no difference", and
+    ``real`` when the interval excludes 0 (one comparison alone: a table of many corrects
+    for multiplicity with :func:`holm`)."""
 
     estimate: float
     low: float
     high: float
+    per_seed: tuple[float, ...] = ()
+    p_value: float = 1.0
 
     @property
     def real(self) -> bool:
         return self.low > 0 or self.high < 0
 
+    @property
+    def few_seeds(self) -> bool:
+        return len(self.per_seed) < FEW_SEEDS
+
     def __str__(self) -> str:
-        flag = " *" if self.real else ""
-        return f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]{flag}"
+        return self.shown(self.real)
+
+    def shown(self, significant: bool) -> str:
+        """The interval, then a star when ``significant`` or, with few seeds, each seed's
+        difference and how many were positive instead."""
+        interval = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        if not self.few_seeds:
+            return interval + (" *" if significant else "")
+        shown = ", ".join(f"{d:+.3f}" for d in self.per_seed)
+        above = sum(d > 0 for d in self.per_seed)
+        return f"{interval} (seeds {shown}: {above}/{len(self.per_seed)} > 0)"
+
+
+def holm(differences: Sequence[PairedDifference], level: float = 0.05) -> list[bool]:
+    """Which of ``differences`` are significant with the family-wise error rate held at
+    ``level`` over all of them (Holm's step-down: the k-th smallest p-value of m is tested at
+    level/(m−k+1), stopping at the first that fails)."""
+    order = sorted(range(len(differences)), key=lambda i: differences[i].p_value)
+    significant = [False] * len(differences)
+    for rank, index in enumerate(order):
+        if differences[index].p_value > level / (len(differences) - rank):
+            break
+        significant[index] = True
+    return significant
 
 
 def paired_difference(
@@ -63,16 +103,43 @@ def paired_difference(
         raise ValueError(f"paired: seeds score different numbers of examples {sorted(sizes)}")
     matrix = np.stack(diffs)  # seeds x examples
     seeds, examples = matrix.shape
+    per_seed = matrix.mean(axis=1)
+    if seeds > 1:
+        matrix = (
+            matrix + (_expansion(seeds, confidence) - 1) * (per_seed - per_seed.mean())[:, None]
+        )
     rng = np.random.default_rng(seed)
     draws = []
     for start in range(0, resamples, _CHUNK):
         count = min(_CHUNK, resamples - start)
         chosen_seeds = rng.integers(0, seeds, size=(count, seeds, 1))
-        chosen_examples = rng.integers(0, examples, size=(count, seeds, examples))
-        draws.append(matrix[chosen_seeds, chosen_examples].mean(axis=2).mean(axis=1))
+        chosen_examples = rng.integers(0, examples, size=(count, 1, examples))  # one set
+        draws.append(matrix[chosen_seeds, chosen_examples].mean(axis=(1, 2)))
+    replicates = np.concatenate(draws)
     tail = (1 - confidence) / 2
-    low, high = np.quantile(np.concatenate(draws), [tail, 1 - tail])
-    return PairedDifference(float(matrix.mean(axis=1).mean()), float(low), float(high))
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    # the share of replicates on the far side of 0, both tails; never below 1/resamples
+    beyond = min(float(np.mean(replicates <= 0)), float(np.mean(replicates >= 0)))
+    return PairedDifference(
+        float(per_seed.mean()),
+        float(low),
+        float(high),
+        tuple(float(d) for d in per_seed),
+        float(min(1.0, max(2 * beyond, 1 / resamples))),
+    )
+
+
+def _expansion(seeds: int, confidence: float) -> float:
+    """How much the seeds' spread is widened before they are resampled: √(S/(S−1))·t/z.
+
+    Resampling S seeds gives their mean a variance (S−1)/S of the unbiased one, and its
+    percentiles are normal ones where a mean of S draws has Student's t with S−1 degrees of
+    freedom; both undercover when seeds dominate the noise (8 seeds: 0.91 instead of 0.95 in
+    simulation). This is Hesterberg's expanded percentile interval, applied to the seed level
+    only: where examples dominate, the seeds' spread is small and widening it changes little.
+    """
+    tail = (1 + confidence) / 2
+    return float(np.sqrt(seeds / (seeds - 1)) * stats.t.ppf(tail, seeds - 1) / stats.norm.ppf(tail))
 
 
 def compare_runs(

@@ -18,7 +18,13 @@ import matplotlib.pyplot as plt
 from fedlora.results.predictions import PREDICTIONS_FILE
 from fedlora.results.report import time_to_target
 from fedlora.results.store import read_metrics, read_summary
-from fedlora.studies.paired import PairedDifference, compare_local, compare_runs
+from fedlora.studies.paired import (
+    FEW_SEEDS,
+    PairedDifference,
+    compare_local,
+    compare_runs,
+    holm,
+)
 from fedlora.studies.sweep import Cell
 
 
@@ -97,13 +103,14 @@ def study_table(
             *_LOCAL_COLUMNS,
             *(f"Δ {label} vs {b} [95% CI]" for b in present for label, _ in _PAIRED),
         ]
+        measured = [[arm, *_row(summaries[arm], summaries, present)] for arm in summaries]
+        paired = [_paired(arms, summaries, arm, present) for arm in summaries]
+        contrasts_found = _contrasts(arms, contrasts)
+        family = [d for row in paired for d in row if d is not None]
+        family += [d for *_, acc, loss in contrasts_found for d in (acc, loss)]
+        verdicts = dict(zip(map(id, family), holm(family), strict=True))
         rows = [
-            [
-                arm,
-                *_row(summaries[arm], summaries, present),
-                *_paired(arms, summaries, arm, present),
-            ]
-            for arm in summaries
+            m + [_cell(d, verdicts) for d in row] for m, row in zip(measured, paired, strict=True)
         ]
         shown = [i for i in range(len(header)) if any(row[i] != "—" for row in rows)]
         lines += [
@@ -113,9 +120,36 @@ def study_table(
             "|" + " --- |" * len(shown),
             *("| " + " | ".join(row[i] for i in shown) + " |" for row in rows),
             "",
-            *_contrast_table(arms, contrasts),
         ]
+        if contrasts_found:
+            lines += [
+                "| arm | against | seeds | Δ acc [95% CI] | Δ loss [95% CI] |",
+                "| --- | --- | --- | --- | --- |",
+                *(
+                    f"| {arm} | {against} | {seeds} | {_cell(acc, verdicts)}"
+                    f" | {_cell(loss, verdicts)} |"
+                    for arm, against, seeds, acc, loss in contrasts_found
+                ),
+                "",
+            ]
+        if family:
+            lines += [_multiplicity_note(len(family)), ""]
     return "\n".join(lines)
+
+
+def _cell(difference: PairedDifference | None, verdicts: dict[int, bool]) -> str:
+    """A paired difference as shown, with its Holm verdict (by object id)."""
+    return "—" if difference is None else difference.shown(verdicts[id(difference)])
+
+
+def _multiplicity_note(count: int) -> str:
+    """What a star means under a table of ``count`` paired intervals."""
+    return (
+        f"Intervals: 95 % crossed bootstrap (seeds × the same eval examples). * : the"
+        f" difference holds with the family-wise error rate held at 5 % over this table's"
+        f" {count} intervals (Holm). Under {FEW_SEEDS} seeds no star: each seed's difference,"
+        f" and how many were positive, stand beside the interval."
+    )
 
 
 def _seed_pairs(arms: dict[str, list[Cell]], reference: str, arm: str) -> list[tuple[Cell, Cell]]:
@@ -133,27 +167,19 @@ def _compared_predictions(pairs: Sequence[tuple[Cell, Cell]]) -> dict[str, Paire
     return compare_runs([a.folder for a, _ in pairs], [b.folder for _, b in pairs])
 
 
-def _contrast_table(arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]]) -> list[str]:
-    """Markdown lines: each contrast's paired accuracy and loss differences over the seeds
-    both arms finished with predictions (none: no lines)."""
-    rows = []
+def _contrasts(
+    arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]]
+) -> list[tuple[str, str, str, PairedDifference, PairedDifference]]:
+    """Each contrast (arm, reference) both arms finished with predictions: the seeds, and the
+    paired accuracy and loss differences."""
+    found = []
     for arm, reference in contrasts:
         pairs = _seed_pairs(arms, reference, arm)
         differences = _compared_predictions(pairs)
-        if not differences:
-            continue
-        seeds = ", ".join(str(b.seed) for _, b in pairs)
-        rows.append(
-            f"| {arm} | {reference} | {seeds} | {differences['accuracy']} | {differences['loss']} |"
-        )
-    if not rows:
-        return []
-    return [
-        "| arm | against | seeds | Δ acc [95% CI] | Δ loss [95% CI] |",
-        "| --- | --- | --- | --- | --- |",
-        *rows,
-        "",
-    ]
+        if differences:
+            seeds = ", ".join(str(b.seed) for _, b in pairs)
+            found.append((arm, reference, seeds, differences["accuracy"], differences["loss"]))
+    return found
 
 
 def _row(
@@ -208,25 +234,42 @@ def _row(
 
 
 def _speedups(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], measure: str | None) -> str:
-    """The baseline's time to target over the arm's, per seed, as mean ± sd; where one of the
-    two never reached the target, its run's length bounds the ratio (≥ where the baseline
-    never did, ≤ where the arm never did), and each seed's value is listed instead."""
+    """The baseline's time to target over the arm's, per seed, as a geometric mean (ratios
+    average on the log scale: 2× and 0.5× are no speedup) with its geometric sd; where one of
+    the two never reached the target, its run's length bounds the ratio (≥ where the baseline
+    never did, ≤ where the arm never did), and each seed's value is listed instead. A seed in
+    which neither reached it has no ratio: it is shown as "neither", counted, and left out."""
     values: list[float] = []
     shown: list[str] = []
+    neither = 0
     for baseline, run in pairs:
         theirs, mine = time_to_target(baseline, measure), time_to_target(run, measure)
-        if mine == 0 or (theirs is None and mine is None):
+        if mine == 0:  # reached at the start: no ratio to take
             continue
-        if theirs is not None and mine is not None:
+        if theirs is None and mine is None:
+            neither += 1
+            shown.append("neither")
+        elif theirs is not None and mine is not None:
             values.append(theirs / mine)
             shown.append(f"{theirs / mine:.2f}×")
         elif mine is not None:  # the baseline ran its whole length without reaching it
             shown.append(f"≥{baseline['virtual_time_s'] / mine:.2f}×")
         elif theirs is not None:
             shown.append(f"≤{theirs / run['virtual_time_s']:.2f}×")
-    if len(values) == len(shown):
-        return _spread(values, 2) + "×" if values else "—"
-    return ", ".join(shown)
+    if len(values) + neither < len(shown):
+        return ", ".join(shown)
+    if not values:
+        return f"— ({neither} neither)" if neither else "—"
+    return _geometric(values) + (f" ({neither} neither)" if neither else "")
+
+
+def _geometric(ratios: Sequence[float]) -> str:
+    """geometric mean ×/÷ geometric sd (just the value for one seed)."""
+    logs = [math.log(r) for r in ratios]
+    mean = math.exp(statistics.fmean(logs))
+    if len(logs) == 1:
+        return f"{mean:.2f}×"
+    return f"{mean:.2f}× ×/÷ {math.exp(statistics.stdev(logs)):.2f}"
 
 
 def _paired(
@@ -234,12 +277,11 @@ def _paired(
     summaries: dict[str, dict[int, dict[str, Any]]],
     arm: str,
     baselines: Sequence[str],
-) -> list[str]:
+) -> list[PairedDifference | None]:
     """Per baseline, the arm's paired differences (:data:`_PAIRED`) over the seeds both ran:
     global ones where every cell has a predictions.csv, local ones where every summary has a
-    local block; "—" for the baseline itself and for what is missing. "*" marks an interval
-    that excludes 0."""
-    cells: list[str] = []
+    local block; None for the baseline itself and for what is missing."""
+    cells: list[PairedDifference | None] = []
     for baseline in baselines:
         pairs = _seed_pairs(arms, baseline, arm)
         differences: dict[str, PairedDifference] = {}
@@ -250,7 +292,7 @@ def _paired(
             theirs = [summaries[baseline][seed] for seed in seeds]
             if all("local" in s for s in (*mine, *theirs)):
                 differences |= compare_local(theirs, mine)
-        cells += [str(differences[key]) if key in differences else "—" for _, key in _PAIRED]
+        cells += [differences.get(key) for _, key in _PAIRED]
     return cells
 
 
