@@ -27,10 +27,8 @@ from fedlora.aggregation.base import (
     effective_b,
     registry,
 )
-from fedlora.aggregation.lowrank import stacked_svd
+from fedlora.aggregation.lowrank import numerical_rank, stacked_svd
 from fedlora.config import LoraConfig, ServerConfig
-
-RELATIVE_TOLERANCE = 1e-6  # singular values below this share of the largest are rounding noise
 
 
 @registry.register("flora")
@@ -65,8 +63,9 @@ class FLoRA(Aggregator):
             svds[module] = stacked_svd(
                 [effective_b(f) for f in factors], [f.A for f in factors], weights
             )
-        rank = max(
-            1, max(int((s > RELATIVE_TOLERANCE * s.max()).sum()) for _, s, _ in svds.values())
+        rank = max(  # rounding noise is not rank: the same global rank on every machine
+            1,
+            max(numerical_rank(s, (u.shape[0], vh.shape[1])) for u, s, vh in svds.values()),
         )
         lora = {}
         for module, (u, s, vh) in svds.items():
