@@ -193,3 +193,37 @@ def test_the_server_app_finishes_and_counts_the_hostile_updates(
         assert summary["jobs_lost"] == 3
     else:
         assert summary["updates_rejected"] == 3
+
+
+def test_a_merge_that_goes_non_finite_keeps_the_last_finite_global(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last line behind the screen: should a merge ever raise or give NaN, the global
+    stays the last finite one, the merge's results count as rejected, and the run goes on."""
+    from fakes import FakeLearner
+    from fakes import config as fake_config
+    from fakes import simulate as fake_simulate
+
+    from fedlora.aggregation.fedavg import FedAvg
+
+    merges = 0
+    combine = FedAvg.combine
+
+    def second_merge_fails(self: FedAvg, terms: Sequence) -> AdapterState:
+        nonlocal merges
+        merges += 1
+        merged = combine(self, terms)
+        if merges == 2:
+            return replace(merged, extra={n: t * math.nan for n, t in merged.extra.items()})
+        if merges == 3:
+            raise torch.linalg.LinAlgError("the algorithm failed to converge")
+        return merged
+
+    monkeypatch.setattr(FedAvg, "combine", second_merge_fails)
+    outcome, events = fake_simulate(
+        fake_config(server={"per_round": 2, "rounds": 4}), FakeLearner([3, 4, 5, 6])
+    )
+    refused = [e for e in events if e["type"] == "merge_refused"]
+    assert [e["version"] for e in refused] == [2, 3]
+    assert "non-finite" in refused[0]["reason"] and "LinAlgError" in refused[1]["reason"]
+    assert outcome.rejected == 4 and outcome.rounds == 4 and finite(outcome.global_state)
