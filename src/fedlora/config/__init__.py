@@ -10,7 +10,9 @@ from fedlora.config.loading import (
     dump_config,
     load_config,
     parse_overrides,
+    read_yaml,
     resolve_data_dir,
+    unreadable,
     with_resolved_data_dir,
 )
 from fedlora.config.schema import (
@@ -66,6 +68,8 @@ __all__ = [
     "dump_config",
     "load_config",
     "parse_overrides",
+    "read_yaml",
     "resolve_data_dir",
+    "unreadable",
     "with_resolved_data_dir",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import reprlib
+import stat
 from pathlib import Path
 from typing import Any, get_args
 
@@ -19,6 +21,114 @@ from fedlora.config.schema import GENERIC_TASKS, UNION_TAGS, ConfigError, Experi
 
 DATA_ENV = "FEDLORA_DATA"
 
+# YAML 1.1 reads ``1e-4`` and ``1.0e5`` as text (its floats need a dot and a signed exponent);
+# every ML config writes them as numbers, as YAML 1.2 reads them.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus exponent floats without a dot or an exponent sign."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes text :class:`_Loader` would read as a number."""
+
+
+for _yaml_class in (_Loader, _Dumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789.")
+    )
+
+# Far above any config (a rank for each of 10,000 clients), far below what a "billion laughs"
+# document of nested aliases expands to: it is refused before anything expands it.
+MAX_YAML_VALUES = 100_000
+
+
+def read_yaml(text: str, source: str, what: str = "valid YAML") -> tuple[Any, yaml.Node | None]:
+    """The YAML document in ``text`` and its node tree (for lines); ``source`` names it in
+    errors, ``what`` is what it is not when it does not parse. Aliases that would expand it
+    past :data:`MAX_YAML_VALUES` values are refused."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_expansion(root, source)
+        return loader.construct_document(root), root
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not {what}: {error}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases make it larger than :data:`MAX_YAML_VALUES` values,
+    or make a value contain itself; counted on the node graph, each shared node once."""
+    sizes: dict[int, int] = {}  # node id -> values under it, aliases expanded; -1: counting
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known == -1:
+            line = node.start_mark.line + 1
+            raise ConfigError(f"{source}:{line}: a YAML alias makes this value contain itself")
+        if known is not None:
+            return known
+        sizes[id(node)] = -1
+        children = _children(node)
+        sizes[id(node)] = 1 + sum(size(child) for child in children)
+        return sizes[id(node)]
+
+    if size(root) <= MAX_YAML_VALUES:
+        return
+    path: list[str] = []
+    line, node = 0, root
+    while isinstance(node, yaml.MappingNode):
+        heavy = [(k, v) for k, v in node.value if sizes[id(v)] > MAX_YAML_VALUES]
+        if not heavy:
+            break
+        key, node = heavy[0]
+        path.append(str(key.value))
+        line = key.start_mark.line + 1
+    where = f"{source}:{line}: {'.'.join(path)}" if path else source
+    raise ConfigError(
+        f"{where}: more than {MAX_YAML_VALUES:,} values once its YAML aliases (*name) are"
+        " expanded; no config is that large"
+    )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def unreadable(path: Path) -> bool:
+    """Whether ``path`` exists but this process may not read it (a folder: list and enter it).
+
+    ``os.access`` decides, as the OS would for this user (root may read anything); a path
+    that does not exist is not unreadable: its caller says where it was expected.
+    """
+    try:
+        is_folder = stat.S_ISDIR(path.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:  # a folder on the way may not be entered
+        return True
+    return not os.access(path, os.R_OK | (os.X_OK if is_folder else 0))
+
+
+def _data_folder(path: Path, key: str) -> Path:
+    """``path`` if it is a folder the run can read, else a message saying what it is instead."""
+    if unreadable(path):
+        raise ConfigError(f"{key}: {str(path)!r} cannot be read (permission denied)")
+    if path.is_file():
+        raise ConfigError(f"{key}: {str(path)!r} is a file; give the folder that holds the data")
+    if not path.is_dir():
+        raise ConfigError(f"{key}: folder {str(path)!r} does not exist")
+    return path
+
 
 def resolve_data_dir(config: ExperimentConfig) -> Path | None:
     """The data folder: ``data.dir``, else ``$FEDLORA_DATA``, else an error saying how to set it.
@@ -27,14 +137,10 @@ def resolve_data_dir(config: ExperimentConfig) -> Path | None:
     """
     data = config.data
     if data.dir is not None:
-        if not data.dir.is_dir():
-            raise ConfigError(f"data.dir: folder {str(data.dir)!r} does not exist")
-        return data.dir
+        return _data_folder(data.dir, "data.dir")
     from_env = os.environ.get(DATA_ENV)
     if from_env:
-        if not Path(from_env).is_dir():
-            raise ConfigError(f"${DATA_ENV}: folder {from_env!r} does not exist")
-        return Path(from_env)
+        return _data_folder(Path(from_env), f"${DATA_ENV}")
     if data.source == "hub" or (data.task in GENERIC_TASKS and data.files):
         return None
     raise ConfigError(
@@ -67,10 +173,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {pair!r}: {part!r} is set both as a value and a section")
-        try:
-            node[leaf] = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {pair}: not a valid YAML value: {error}") from None
+        node[leaf] = read_yaml(raw, f"--set {pair}", "a valid YAML value")[0]
     return nested
 
 
@@ -87,7 +190,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 Origins = dict[tuple[str, ...], str]  # key path -> where its value came from, for messages
 
 
-def _file_origins(text: str, source: str) -> Origins:
+def _file_origins(root: yaml.Node, source: str) -> Origins:
     """``file:line`` of each key path in a YAML document; a key given twice is an error."""
     origins: Origins = {}
 
@@ -107,9 +210,7 @@ def _file_origins(text: str, source: str) -> Origins:
             origins[child] = f"{source}:{line}"
             walk(value_node, child)
 
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
+    walk(root, ())
     return origins
 
 
@@ -172,8 +273,8 @@ def _describe(error: ValidationError, origins: Origins) -> str:
             text = _unknown_key(item["loc"])
         else:
             text = item["msg"].removeprefix("Value error, ")
-            if item["type"] in _TYPE_ERRORS:
-                text += f", got {item['input']!r}"
+            if item["type"] in _TYPE_ERRORS:  # reprlib: a huge value is shown in brief
+                text += f", got {reprlib.repr(item['input'])}"
         named = _KEY_PREFIX.match(text)
         if named:  # a cross-field check names the key to change: blame where that was set
             path = tuple(named.group(1).split("."))
@@ -212,17 +313,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
-    try:
-        raw = yaml.safe_load(text) or {}
-        origins = _file_origins(text, str(path))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    raw, root = read_yaml(text, str(path))
+    if root is None:
+        raise ConfigError(
+            f"{path}: the file is empty; write the keys that differ from the defaults"
+            " (an empty mapping, {}, runs every default)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    origins = _file_origins(root, str(path))
     pairs = overrides or []
     return _validate(_merge(raw, parse_overrides(pairs)), _override_origins(pairs, origins))
 
 
 def dump_config(config: ExperimentConfig) -> str:
     """The resolved config as YAML: reloading it reproduces the run."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(config.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False)

@@ -23,7 +23,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedlora.config import ConfigError, ExperimentConfig, load_config, with_resolved_data_dir
+from fedlora.config import (
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    read_yaml,
+    with_resolved_data_dir,
+)
 from fedlora.results.store import CHECKPOINT_FILE, SUMMARY_FILE, read_config
 
 
@@ -118,8 +124,9 @@ def load_study(path: Path) -> StudyConfig:
     if not path.is_file():
         raise ConfigError(f"study file {str(path)!r} does not exist")
     try:
-        study = StudyConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (ValidationError, yaml.YAMLError) as error:
+        raw = read_yaml(path.read_text(encoding="utf-8"), str(path))[0]
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as error:
         raise ConfigError(f"{path}: {error}") from None
     return study.model_copy(update={"base": (path.parent / study.base).resolve()})
 
