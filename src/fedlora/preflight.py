@@ -8,6 +8,7 @@ read the data splits (not tokenized) and the model's config (its architecture is
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +43,22 @@ def _check_device(device: str) -> None:
         )
 
 
+def _check_threads(threads: int | None) -> None:
+    """More torch threads than cores only slows a run, and tens of thousands crash torch."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if threads is not None and cores is not None and threads > cores:
+        raise ConfigError(
+            f"runtime.threads: {threads} torch threads, but this machine gives the run {cores}"
+            f" CPU cores; set runtime.threads <= {cores} (or null: torch chooses)"
+        )
+
+
 @dataclass(frozen=True)
 class _ModelFacts:
-    """What the checks need of a model: its adaptable layers' names and its positions."""
+    """What the checks need of a model: its adaptable layers' names and the largest LoRA rank
+    each allows, and its positions."""
 
-    adaptable: tuple[str, ...]  # dotted module names
+    adaptable: dict[str, int]  # dotted module name -> min(in, out): the rank ΔW can have
     others: tuple[str, ...]  # every other module's dotted name
     max_positions: int | None
 
@@ -63,6 +75,7 @@ class Preflight:
         file at fault."""
         _check_aggregator(config)
         _check_device(config.runtime.device)
+        _check_threads(config.runtime.threads)
         self._check_model(config)
         self._check_data(config)
 
@@ -74,6 +87,7 @@ class Preflight:
         name = config.model.name or "all-MiniLM-L6-v2"
         for target in config.lora.target_modules:
             if any(_matches(module, target) for module in facts.adaptable):
+                _check_rank(config, facts, target, name)
                 continue
             found = any(_matches(module, target) for module in facts.others)
             problem = "only modules LoRA cannot adapt (not linear)" if found else "no module"
@@ -149,6 +163,23 @@ def _check_aggregator(config: ExperimentConfig) -> None:
     shadow_aggregators(config, sorted(set(ranks)))  # raises ConfigError naming eval.shadow
 
 
+def _check_rank(config: ExperimentConfig, facts: _ModelFacts, target: str, name: str) -> None:
+    """A rank above a layer's min(in, out) adds nothing ΔW = B·A can express, only memory
+    (lora.r = 50,000,000 asks for gigabytes); the key named is the one that set the rank."""
+    limit, module = min((r, m) for m, r in facts.adaptable.items() if _matches(m, target))
+    if config.global_rank <= limit:
+        return
+    if config.server.global_rank is not None and config.max_client_rank <= limit:
+        key, rank = "server.global_rank", config.global_rank
+    else:
+        key = "clients.ranks" if config.clients.ranks else "lora.r"
+        rank = config.max_client_rank
+    raise ConfigError(
+        f"{key}: rank {rank}, but layer {module} of model {name} allows at most {limit}"
+        " (the smaller of its input and output sizes)"
+    )
+
+
 def _model_facts(config: ModelConfig) -> _ModelFacts:
     """The model's layers, from its config alone: the architecture is built without weights."""
     path = model_path(config.name)
@@ -164,12 +195,18 @@ def _model_facts(config: ModelConfig) -> _ModelFacts:
         raise ConfigError(f"model.name: cannot load model {path!r}: {where}{reason}") from None
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(model_config)
-    adaptable: list[str] = []
+    adaptable: dict[str, int] = {}
     others: list[str] = []
     for name, module in model.named_modules():
-        (adaptable if isinstance(module, _ADAPTABLE) else others).append(name)
+        if isinstance(module, _ADAPTABLE):
+            # out × in for Linear, in × out for Conv1D, num × dim for Embedding, out × in·k
+            # for a convolution: either way the smaller side bounds the rank
+            weight = module.weight
+            adaptable[name] = min(weight.shape[0], weight[0].numel())
+        else:
+            others.append(name)
     positions = getattr(model_config, "max_position_embeddings", None)
-    return _ModelFacts(tuple(adaptable), tuple(others), positions)
+    return _ModelFacts(adaptable, tuple(others), positions)
 
 
 def _matches(module: str, target: str) -> bool:
