@@ -31,7 +31,7 @@ def test_same_seed_same_event_log(
     seed: int, num: int, policy: str, update: str, data: st.DataObject
 ) -> None:
     concurrency = data.draw(st.integers(1, num))
-    window = data.draw(st.integers(1, 4))
+    window = data.draw(st.integers(1, min(4, 3 * concurrency)))  # merges within 3 rounds
     cfg = config(
         clients={"num": num, "availability": {"failure_prob": 0.2}},
         server={

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from fedlora.config import ServerConfig
 from fedlora.policies.base import Arrival, ClientInfo, Decision, Dispatch, Drop, Policy
@@ -20,6 +20,9 @@ from fedlora.policies.base import Arrival, ClientInfo, Decision, Dispatch, Drop,
 
 class AsyncPolicy(Policy):
     default_weights = "uniform"
+    # Whether the first merge waits for ``server.window`` results (FedBuff's buffer, FedFa's
+    # window), so a run that ends before that many jobs finish never merges.
+    waits_for_window: ClassVar[bool] = False
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
@@ -32,6 +35,13 @@ class AsyncPolicy(Policy):
             raise ValueError(
                 f"server.concurrency: {server.concurrency} clients training at once but"
                 f" clients.num is {num_clients}"
+            )
+        budget = server.rounds * server.concurrency
+        if cls.waits_for_window and server.window > budget:
+            raise ValueError(
+                f"server.window: {cls.name} first merges once {server.window} results are in,"
+                f" but the run ends after server.rounds × server.concurrency = {server.rounds}"
+                f" × {server.concurrency} = {budget} finished jobs: it would never merge"
             )
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from fedlora.policies.base import Arrival, ClientInfo, Decision, registry
 @registry.register("fedbuff")
 class FedBuffPolicy(AsyncPolicy):
     name = "fedbuff"
+    waits_for_window = True
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)

@@ -25,6 +25,7 @@ from fedlora.policies.base import Arrival, ClientInfo, Decision, registry
 @registry.register("fedfa")
 class FedFaPolicy(AsyncPolicy):
     name = "fedfa"
+    waits_for_window = True
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
