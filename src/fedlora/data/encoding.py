@@ -184,10 +184,11 @@ def _unpack(payload: Payload) -> EncodedSplit:
 
 
 def _read_cache(path: Path, count: int) -> Payload | None:
-    """The cached encoding of ``count`` examples, or None when absent or unusable."""
-    if not path.is_file():
-        return None
+    """The cached encoding of ``count`` examples, or None when absent or unusable (a cache
+    folder this process may not read included: the cache only saves time)."""
     try:
+        if not path.is_file():
+            return None
         payload = torch.load(path, weights_only=True)
         _check(payload, count)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedlora.config import DataConfig
+from fedlora.config import DataConfig, unreadable
 from fedlora.data.tasks import TASKS, GlueTask, TaskSpec, available_tasks, generic_task
 
 SPLITS = ("train", "dev", "test")
@@ -99,6 +99,7 @@ def _load_glue(
     task: GlueTask, data_dir: Path | None, split: str, score_column: str | None
 ) -> LabelledSplit:
     path = _task_folder(task, data_dir) / task.files[split]
+    _check_readable(path, "data.dir")
     if not path.is_file():
         raise DataError(f"{path}: no such file; {_WHERE}")
     columns = _Columns(task.text_columns, task.label_column, score_column)
@@ -162,9 +163,16 @@ def _generic_file(data: DataConfig, data_dir: Path | None, split: str) -> Path:
     path = data.files[split]
     if data_dir is not None and not path.is_absolute():
         path = data_dir / path
+    _check_readable(path, f"data.files.{split}")
     if not path.is_file():
         raise DataError(f"data.files.{split}: file {path} does not exist")
     return path
+
+
+def _check_readable(path: Path, key: str) -> None:
+    """Refuse a data file this process may not read, before anything trips over it."""
+    if unreadable(path):
+        raise DataError(f"{key}: {path} cannot be read (permission denied)")
 
 
 def _label_names(path: Path, columns: _Columns, records: Records) -> tuple[str, ...]:
@@ -224,6 +232,32 @@ def _label(path: Path, line: int, column: str, value: object) -> str:
     if not text:
         raise DataError(f"{path}:{line}: empty label in column {column!r}")
     return text
+
+
+def _label_kind(value: object) -> str | None:
+    """What a JSON label is: "text" or "a number"; None for what :func:`_label` refuses."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "a number"
+    return None
+
+
+def _same_label_kind(
+    path: Path, line: int, column: str, value: object, first: tuple[int, object] | None
+) -> tuple[int, object]:
+    """The file's first label (its line and value); a later label of the other JSON type is
+    refused: ``1`` beside ``"x"`` is a mistake in the file, not one class more."""
+    if first is None:
+        return line, value
+    kinds = _label_kind(first[1]), _label_kind(value)
+    if None not in kinds and kinds[0] != kinds[1]:
+        raise DataError(
+            f"{path}:{line}: label {value!r} in column {column!r} is {kinds[1]}, but line"
+            f" {first[0]} gives {kinds[0]} ({first[1]!r}); a file's labels are all numbers"
+            " or all text"
+        )
+    return first
 
 
 def _text(path: Path, line: int, column: str, value: object) -> str:
@@ -331,6 +365,7 @@ def _read_delimited(
 
 def _read_jsonl(path: Path, columns: _Columns, split: str) -> Records:
     """One JSON object per line; blank lines are skipped."""
+    first: tuple[int, object] | None = None  # the line and value of the file's first label
     with _opened(path) as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
@@ -342,6 +377,7 @@ def _read_jsonl(path: Path, columns: _Columns, split: str) -> Records:
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
             _require(path, line, row, columns, split)
+            first = _same_label_kind(path, line, columns.label, row[columns.label], first)
             yield line, row
 
 
