@@ -167,11 +167,21 @@ def _experiment_overrides(overrides: list[str]) -> list[str]:
 
 
 def _out_folder(out: Path | None, default: Path) -> Path:
-    """``--out`` (else ``default``), refused early when it names a file."""
+    """``--out`` (else ``default``), refused early when it cannot be written."""
     folder = out or default
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out: {folder} is a file, not a folder")
+    _check_writable(folder, "--out")
     return folder
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """Refuse a folder the command could not create or write in, before any work: its nearest
+    existing part must be a folder this process may write (``os.access``: root may write
+    anything)."""
+    nearest = next(part for part in (folder, *folder.parents) if os.path.exists(part))
+    if not os.path.isdir(nearest):
+        raise ConfigError(f"{option}: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}: cannot write in {nearest} (permission denied)")
 
 
 @app.command()
@@ -181,13 +191,15 @@ def report(
 ) -> None:
     """Print a comparison table of runs and plot their curves together."""
     from fedlora.results.diagnostics_plot import write_diagnostics_plot
-    from fedlora.results.report import comparison_table, write_comparison_plot
+    from fedlora.results.report import comparison_table, read_run, write_comparison_plot
 
     try:
-        table = comparison_table(runs)
+        _check_writable(out, "--out")
+        loaded = [read_run(folder) for folder in runs]
+        table = comparison_table(loaded)
         out.mkdir(parents=True, exist_ok=True)
-        write_comparison_plot(runs, out / "comparison.png")
-        diagnostics = write_diagnostics_plot(runs, out / "diagnostics.png")
+        diagnostics = write_diagnostics_plot(runs, out / "diagnostics.png")  # reads events first
+        write_comparison_plot(loaded, out / "comparison.png")
     except _USER_ERRORS as error:
         raise _fail(error) from None
     out_console = Console()
@@ -214,8 +226,7 @@ def export(
     from fedlora.export import export_adapter, export_merged
 
     try:
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"{out} is a file, not a folder")
+        _check_writable(out, "OUT")
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise ConfigError(f"{out} is not empty; pass --overwrite to write over its files")
         (export_merged if merge else export_adapter)(run_folder, out)
@@ -284,6 +295,7 @@ def study(
         spec = load_study(path)
         changes = _experiment_overrides(set_ or [])
         root = out or Path("results/studies") / (spec.name + _overrides_suffix(changes))
+        _check_writable(root, "--out")
         planned = plan(spec, root, set_ or [])
     except _USER_ERRORS as error:
         raise _fail(error) from None

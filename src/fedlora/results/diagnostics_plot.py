@@ -6,6 +6,7 @@ merges carried diagnostics are left out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
+from fedlora.results.errors import RunFolderError
 from fedlora.results.events import read_events
 from fedlora.results.store import EVENTS_FILE
 
@@ -26,9 +28,15 @@ def merge_diagnostics(folder: Path) -> list[dict[str, Any]]:
     path = folder / EVENTS_FILE
     if not path.is_file():
         return []
+    try:
+        events = read_events(path)
+    except json.JSONDecodeError as error:
+        raise RunFolderError(
+            f"{path}: a line that is not JSON ({error.msg}); the run folder is damaged"
+        ) from None
     return [
         {"step": e["version"], **e["diagnostics"]}
-        for e in read_events(path)
+        for e in events
         if e["type"] == "merge" and "diagnostics" in e
     ]
 

@@ -1,14 +1,101 @@
-"""Compare finished runs: a table of headline numbers and overlaid learning curves."""
+"""Compare finished runs: a table of headline numbers and overlaid learning curves.
+
+A run folder whose files were damaged (cut short, edited, from another tool) is refused with
+the file and what is wrong with it, before anything is drawn.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.table import Table
 
+from fedlora.results.errors import RunFolderError
 from fedlora.results.plots import plot_curves, run_title
-from fedlora.results.store import read_metrics, read_summary
+from fedlora.results.store import METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
+
+
+class _Headline(BaseModel):
+    """The summary.json entries the report reads, with their types; others may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    task: str
+    policy: str
+    aggregator: str
+    final: dict[str, Any]
+    best: dict[str, Any]
+    server_steps: int
+    rounds: int
+    virtual_time_s: float
+    wall_time_s: float
+    bytes_down: int
+    bytes_up: int
+    target: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run as the report reads it: its folder, summary and metrics rows."""
+
+    folder: Path
+    summary: dict[str, Any]
+    metrics: list[dict[str, float]]
+
+
+def read_run(folder: Path) -> Run:
+    """The run in ``folder``; a damaged summary.json or metrics.csv is a RunFolderError."""
+    return Run(folder, _summary(folder), _metrics(folder))
+
+
+def _damaged(path: Path, problem: str) -> RunFolderError:
+    return RunFolderError(f"{path}: {problem}; the run folder is damaged")
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    path = folder / SUMMARY_FILE
+    try:
+        summary = read_summary(folder)
+        _Headline.model_validate(summary)
+    except RunFolderError:  # no summary.json: not a finished run, rather than a damaged one
+        raise
+    except json.JSONDecodeError as error:
+        raise _damaged(path, f"line {error.lineno}: not valid JSON ({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise _damaged(path, f"not UTF-8 text ({error.reason})") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise _damaged(path, f"{key}: {first['msg'].lower()}") from None
+    except (TypeError, ValueError):  # dict() of a JSON list, number or text
+        raise _damaged(path, "not a JSON object") from None
+    return summary
+
+
+def _metrics(folder: Path) -> list[dict[str, float]]:
+    path = folder / METRICS_FILE
+    try:
+        rows = read_metrics(folder)
+    except RunFolderError:
+        raise
+    except UnicodeDecodeError as error:
+        raise _damaged(path, f"not UTF-8 text ({error.reason})") from None
+    except (ValueError, csv.Error) as error:  # a field that is no number
+        raise _damaged(path, str(error)) from None
+    except TypeError:  # csv.DictReader's None for a row shorter or longer than the header
+        raise _damaged(path, "a row whose fields do not match the header") from None
+    if not rows:
+        raise _damaged(path, "no rows")
+    missing = {"step", "virtual_time_s"} - rows[0].keys()
+    if missing:
+        raise _damaged(path, f"no column {', '.join(sorted(missing))}")
+    return rows
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -43,9 +130,9 @@ def speedup(
     return base / this
 
 
-def comparison_table(folders: list[Path]) -> Table:
+def comparison_table(runs: list[Run]) -> Table:
     """One row per run; speedups are time-to-target ratios against the first run."""
-    table = Table(title=f"fedlora runs (speedup: time to target against {folders[0].name})")
+    table = Table(title=f"fedlora runs (speedup: time to target against {runs[0].folder.name})")
     for column in (
         "run", "policy", "aggregator", "final acc", "final f1", "best acc", "steps", "rounds",
         "virtual s", "wall s", "MB down", "MB up", "to target (s)", "speedup",
@@ -53,12 +140,12 @@ def comparison_table(folders: list[Path]) -> Table:
         table.add_column(
             column, justify="left" if column in ("run", "policy", "aggregator") else "right"
         )
-    baseline = read_summary(folders[0])
-    for folder in folders:
-        s = read_summary(folder)
+    baseline = runs[0].summary
+    for run in runs:
+        s = run.summary
         ratio = speedup(baseline, s)
         table.add_row(
-            folder.name,
+            run.folder.name,
             s["policy"],
             s["aggregator"],
             _fmt(s["final"].get("accuracy")),
@@ -76,13 +163,13 @@ def comparison_table(folders: list[Path]) -> Table:
     return table
 
 
-def write_comparison_plot(folders: list[Path], path: Path) -> None:
+def write_comparison_plot(runs: list[Run], path: Path) -> None:
     """Overlay every run's curves; the legend names each run and its policy × aggregator."""
-    summaries = [read_summary(folder) for folder in folders]
-    runs = {
-        f"{folder.name} ({s['policy']} × {s['aggregator']})": read_metrics(folder)
-        for folder, s in zip(folders, summaries, strict=True)
+    summaries = [run.summary for run in runs]
+    curves = {
+        f"{run.folder.name} ({run.summary['policy']} × {run.summary['aggregator']})": run.metrics
+        for run in runs
     }
     tasks = ", ".join(sorted({s["task"] for s in summaries}))
-    title = run_title(summaries[0]) if len(folders) == 1 else f"{len(folders)} runs on {tasks}"
-    plot_curves(runs, summaries, path, title)
+    title = run_title(summaries[0]) if len(runs) == 1 else f"{len(runs)} runs on {tasks}"
+    plot_curves(curves, summaries, path, title)
