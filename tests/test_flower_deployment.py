@@ -1,7 +1,8 @@
 """A real Flower deployment on 127.0.0.1: a SuperLink and two SuperNodes as separate processes,
 with TLS and SuperNode authentication, started with the commands the README gives; a short
-FedFa run with heterogeneous ranks finishes and its ``adapter/`` loads with stock PEFT, and a
-SuperNode whose key was never registered is refused."""
+FedFa run with heterogeneous ranks finishes and its ``adapter/`` loads with stock PEFT, a
+SuperNode whose key was never registered is refused, a restarted SuperLink still knows the
+registered ones, and a run whose ServerApp fails fails ``deploy/flower/run.sh``."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import pytest
 import yaml
 from fakes import stock_peft_accuracy
 
-from fedlora.flower.localhost import LocalDeployment
+from fedlora.flower.localhost import APP, CONNECTION, LocalDeployment
 from fedlora.results.events import read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CERTS_SCRIPT = Path(__file__).parents[1] / "scripts" / "flower_certs.sh"
+RUN_SCRIPT = APP / "run.sh"
 
 
 @pytest.fixture
@@ -66,3 +68,33 @@ def test_a_supernode_with_an_unregistered_key_is_refused(deployment: LocalDeploy
     intruder = deployment.supernode(2, "--max-retries", "1")
     assert intruder.wait(timeout=120) != 0
     assert "No SuperNode found with the given public key" in deployment.log("superlink")
+
+
+def test_a_restarted_superlink_keeps_its_registered_supernodes(
+    deployment: LocalDeployment,
+) -> None:
+    def registered() -> int:
+        nodes = deployment.flwr("supernode", "ls", CONNECTION, "--format", "json", timeout=120)
+        return len(json.loads(nodes.stdout)["nodes"])
+
+    assert registered() == 2
+    deployment.restart_superlink()  # --database: the state is a file, not the process's memory
+    assert registered() == 2
+
+
+def test_a_failing_server_app_fails_the_run_script(
+    tmp_path: Path, deployment: LocalDeployment
+) -> None:
+    run_config = f'config="{tmp_path / "missing.yaml"}" out="{tmp_path / "run"}"'
+    plain = deployment.flwr(
+        "run", str(APP), CONNECTION, "--stream", "--run-config", run_config, timeout=300
+    )
+    assert plain.returncode == 0  # Flower 1.42's flwr run, whatever the ServerApp did
+    assert "ServerApp raised an exception" in plain.stdout
+    script = subprocess.run(
+        ["bash", str(RUN_SCRIPT), CONNECTION, "--run-config", run_config],
+        env=deployment.env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert script.returncode == 1, script.stdout + script.stderr
+    assert "finished:failed: ServerApp failed with exception: config file" in script.stderr
+    assert not (tmp_path / "run").exists()

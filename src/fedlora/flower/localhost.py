@@ -87,6 +87,7 @@ class LocalDeployment:
         self.nodes = nodes
         self.logs = folder / "logs"
         self.home = folder / "flwr-home"  # flwr's connection settings (FLWR_HOME)
+        self.database = folder / "superlink.db"  # registered node keys survive a restart
         self.link_port = free_port()
         src = Path(__file__).parents[2]  # so every Flower process imports this fedlora
         self.env = (
@@ -138,6 +139,7 @@ class LocalDeployment:
         return process
 
     def _start_superlink(self) -> None:
+        """Start the SuperLink as the first of :attr:`processes`, as the README does."""
         link = self.start(
             "superlink",
             str(BIN / "flower-superlink"),
@@ -146,10 +148,17 @@ class LocalDeployment:
             "--ssl-keyfile", str(self.certs / "server.key"),
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
+            "--database", str(self.database),
             "--host", "127.0.0.1",
             "--port", str(self.link_port),
         )  # fmt: skip
         wait_for_port(self.link_port, link, timeout=120)
+
+    def restart_superlink(self) -> None:
+        """Stop the SuperLink and start it again, on its port and database, as an operator's
+        restart would; the SuperNodes reconnect by themselves."""
+        stop(self.processes.pop(0))
+        self._start_superlink()
 
     def register(self, k: int) -> None:
         """Let key pair ``node-k`` join (``flwr supernode register``)."""
