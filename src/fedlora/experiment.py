@@ -31,6 +31,7 @@ from fedlora.results.store import (
     ADAPTER_DIR,
     CURVES_FILE,
     EVENTS_FILE,
+    checkpoint_mark,
     read_checkpoint,
     remove_checkpoint,
     summarize,
@@ -103,9 +104,9 @@ def run_experiment(
     """Prepare, simulate and write ``folder``; returns the summary.
 
     The whole run state is checkpointed into ``folder`` as it goes (``runtime.checkpoint_*``);
-    ``resume`` continues from that checkpoint, with the same events, metrics and adapter as an
-    uninterrupted run. ``interrupted`` is polled between completions: when it answers True the
-    run checkpoints and raises :class:`Interrupted`.
+    ``resume`` continues from that checkpoint, verified, with the same events, metrics and
+    adapter as an uninterrupted run. ``interrupted`` is polled between completions: when it
+    answers True the run checkpoints and raises :class:`Interrupted`.
     """
     snapshot = read_checkpoint(folder) if resume else None
     prepared = prepare(config)
@@ -113,13 +114,13 @@ def run_experiment(
         write_config(folder, with_resolved_data_dir(config))
     log = EventLog(
         folder / EVENTS_FILE,
-        resume_at=None if snapshot is None else snapshot.meta["events_offset"],
+        resume_at=None if snapshot is None else checkpoint_mark(snapshot),
         wall_offset=0.0 if snapshot is None else snapshot.meta["wall"],
     )
 
     def save(snap: Snapshot) -> None:
-        snap.meta.update(events_offset=log.sync(), wall=log.wall())
-        write_checkpoint(folder, snap)
+        snap.meta["wall"] = log.wall()
+        write_checkpoint(folder, snap, log.mark())
 
     with log:
         sizes = [len(indices) for indices in prepared.data.client_train]

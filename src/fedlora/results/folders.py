@@ -14,6 +14,7 @@ from fedlora.config import ConfigError
 from fedlora.results.store import (
     ADAPTER_DIR,
     CHECKPOINT_FILE,
+    CHECKPOINT_FILES,
     CONFIG_FILE,
     CURVES_FILE,
     EVENTS_FILE,
@@ -30,8 +31,7 @@ RUN_FILES = frozenset(
         SUMMARY_FILE,
         GLOBAL_FILE,
         CURVES_FILE,
-        CHECKPOINT_FILE,
-        CHECKPOINT_FILE + ".tmp",
+        *CHECKPOINT_FILES,
         "predictions.csv",
     }
 )

@@ -18,11 +18,12 @@ from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, TargetConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
 from fedlora.results.errors import RunFolderError
+from fedlora.results.events import LogMark, verified_prefix
 from fedlora.results.predictions import Predictions
 from fedlora.results.slices import length_terciles
 from fedlora.results.target import first_reaching
 from fedlora.server.outcome import Evaluation, Outcome
-from fedlora.server.snapshot import Snapshot, write_atomically
+from fedlora.server.snapshot import Snapshot, SnapshotError, write_atomically
 
 if TYPE_CHECKING:
     from fedlora.aggregation.diagnostics import MergeDiagnostics
@@ -35,6 +36,9 @@ GLOBAL_FILE = "global.safetensors"
 ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+PREVIOUS_CHECKPOINT = "checkpoint.previous.safetensors"  # the one before: a fallback
+# every file the checkpoints of a run may leave (the temporary one after a crash mid-write)
+CHECKPOINT_FILES = (CHECKPOINT_FILE, CHECKPOINT_FILE + ".tmp", PREVIOUS_CHECKPOINT)
 
 
 def _evaluation_row(evaluation: Evaluation) -> dict[str, Any]:
@@ -296,22 +300,52 @@ def read_global_state(folder: Path) -> AdapterState:
     return AdapterState.from_bytes(_require(folder, GLOBAL_FILE).read_bytes())
 
 
-def write_checkpoint(folder: Path, snapshot: Snapshot) -> None:
-    write_atomically(folder / CHECKPOINT_FILE, snapshot.to_bytes())
+def write_checkpoint(folder: Path, snapshot: Snapshot, events: LogMark) -> None:
+    """Checkpoint ``snapshot`` with where the event log stands; the checkpoint it replaces is
+    kept as :data:`PREVIOUS_CHECKPOINT`, something to fall back to if this one is damaged."""
+    snapshot.meta["events"] = {"offset": events.offset, "sha256": events.sha256}
+    path = folder / CHECKPOINT_FILE
+    write_atomically(path, snapshot.to_bytes(), keep=folder / PREVIOUS_CHECKPOINT)
 
 
 def read_checkpoint(folder: Path) -> Snapshot:
+    """The checkpoint to resume from, verified, with the event log it was taken with."""
     path = folder / CHECKPOINT_FILE
+    if (folder / SUMMARY_FILE).is_file() and not path.is_file():
+        raise RunFolderError(f"{folder}: nothing to resume, the run finished")
     if not path.is_file():
-        finished = (folder / SUMMARY_FILE).is_file()
+        missing = f"{folder}: no {CHECKPOINT_FILE}"
+        raise RunFolderError(_fallback(folder, missing, "is this a fedlora run folder?"))
+    try:
+        snapshot = Snapshot.from_bytes(path.read_bytes())
+    except SnapshotError as error:
         raise RunFolderError(
-            f"{folder}: nothing to resume, the run finished"
-            if finished
-            else f"{folder}: no {CHECKPOINT_FILE}; is this a fedlora run folder?"
-        )
-    return Snapshot.from_bytes(path.read_bytes())
+            _fallback(
+                folder, f"{path} cannot be resumed: {error}", "start the run again with --overwrite"
+            )
+        ) from None
+    verified_prefix(folder / EVENTS_FILE, checkpoint_mark(snapshot))
+    return snapshot
+
+
+def checkpoint_mark(snapshot: Snapshot) -> LogMark:
+    """Where the event log stood when ``snapshot`` was taken."""
+    return LogMark(**snapshot.meta["events"])
+
+
+def _fallback(folder: Path, problem: str, otherwise: str) -> str:
+    """``problem``, and what the user can do: resume from the previous checkpoint where one is
+    kept, else ``otherwise``."""
+    previous = folder / PREVIOUS_CHECKPOINT
+    if not previous.is_file():
+        return f"{problem}; {otherwise}"
+    return (
+        f"{problem}; the checkpoint before it is kept: mv {previous} {folder / CHECKPOINT_FILE},"
+        f" then fedlora run --resume {folder} continues from there"
+    )
 
 
 def remove_checkpoint(folder: Path) -> None:
     """A finished run needs no checkpoint: its results say everything."""
-    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+    for name in CHECKPOINT_FILES:
+        (folder / name).unlink(missing_ok=True)

@@ -1,22 +1,33 @@
 """A checkpoint: JSON-ready state plus named tensors, in one safetensors file written
 atomically (temporary file, fsync, rename), so a crash at any moment leaves either the previous
-checkpoint or the new one, never a torn file. No pickle: loading a checkpoint runs no code."""
+checkpoint or the new one, never a torn file. No pickle: loading a checkpoint runs no code.
+
+A snapshot carries the sha256 of everything it restores, and reading one verifies it: a file
+damaged on disk is refused, never resumed into a different run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from fedlora.adapters import AdapterState
 
 _META_KEY = "fedlora.snapshot"
+_DIGEST_KEY = "fedlora.sha256"
+
+
+class SnapshotError(ValueError):
+    """Bytes that are not a snapshot as it was written: truncated, torn or changed since."""
 
 
 @dataclass
@@ -34,25 +45,51 @@ class Snapshot:
     def to_bytes(self) -> bytes:
         # copies: tensors of the live state may share memory, which safetensors refuses
         tensors = {k: v.detach().clone().contiguous() for k, v in self.tensors.items()}
-        return save_safetensors(tensors, metadata={_META_KEY: json.dumps(self.meta)})
+        meta = json.dumps(self.meta)
+        metadata = {_META_KEY: meta, _DIGEST_KEY: _digest(meta, tensors)}
+        return save_safetensors(tensors, metadata=metadata)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Snapshot:
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len])["__metadata__"]
-        return cls(meta=json.loads(metadata[_META_KEY]), tensors=load_safetensors(data))
+        """The snapshot ``data`` holds; :class:`SnapshotError` unless it verifies."""
+        try:
+            tensors = load_safetensors(data)
+            header_len = int.from_bytes(data[:8], "little")
+            metadata = json.loads(data[8 : 8 + header_len])["__metadata__"]
+            meta, digest = metadata[_META_KEY], metadata.get(_DIGEST_KEY)
+        except (SafetensorError, ValueError, KeyError, TypeError, AttributeError):
+            raise SnapshotError("it is cut short or its header is damaged") from None
+        if digest is None:
+            raise SnapshotError("it carries no checksum (written by an older fedlora)")
+        if _digest(meta, tensors) != digest:
+            raise SnapshotError("its checksum does not match its contents: damaged since written")
+        return cls(meta=json.loads(meta), tensors=tensors)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one."""
+def _digest(meta: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of all a snapshot restores: the meta text and each tensor's name, dtype, shape
+    and bytes (a damaged header can change any of them and still parse)."""
+    sha = hashlib.sha256(meta.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        sha.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return sha.hexdigest()
+
+
+def write_atomically(path: Path, data: bytes, keep: Path | None = None) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one; with
+    ``keep``, the old file moves there (a fallback, should the new one be damaged later)."""
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    if keep is not None and path.is_file():
+        os.replace(path, keep)
     os.replace(temporary, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(directory)  # the rename itself survives a power cut
+        os.fsync(directory)  # the renames themselves survive a power cut
     finally:
         os.close(directory)
