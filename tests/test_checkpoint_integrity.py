@@ -29,6 +29,7 @@ from fedlora.cli import app
 from fedlora.config import build_config
 from fedlora.experiment import Interrupted, run_experiment
 from fedlora.results.events import read_events
+from fedlora.results.folders import LOCK_FILE
 
 CHECKPOINT = "checkpoint.safetensors"
 PREVIOUS = "checkpoint.previous.safetensors"
@@ -69,7 +70,7 @@ def runs(tmp_path: Path, tiny_config: dict) -> Runs:
 
 
 def _state(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != LOCK_FILE}
 
 
 def _resume(runs: Runs, folder: Path, refusal: str) -> bool:

@@ -81,7 +81,6 @@ def run(
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
     from fedlora.preflight import check
-    from fedlora.results.folders import claim_run_folder
     from fedlora.results.store import learning_failure, read_config
     from fedlora.server import Outcome
 
@@ -97,9 +96,7 @@ def run(
         else:
             config = load_config(config_file, set_ or [])
             folder = _out_folder(out, Path("results") / config.name)
-        check(config)
-        if resume is None:
-            claim_run_folder(folder, overwrite)  # only now: every check has passed
+        check(config)  # first: the run claims (with --overwrite: empties) its folder only after
     except _USER_ERRORS as error:
         raise _fail(error) from None
 
@@ -125,7 +122,9 @@ def run(
             bar.update(task, completed=outcome.rounds, status=status)
 
         try:
-            summary = run_experiment(config, folder, show, resume is not None, interrupted)
+            summary = run_experiment(
+                config, folder, show, resume is not None, interrupted, overwrite
+            )
         except _USER_ERRORS as error:
             raise _fail(error) from None
         except Interrupted as stop:

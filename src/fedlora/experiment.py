@@ -25,6 +25,7 @@ from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
 from fedlora.preflight import check
 from fedlora.results.events import EventLog
+from fedlora.results.folders import claim_run_folder, hold_run_folder
 from fedlora.results.plots import plot_curves, run_title
 from fedlora.results.predictions import PREDICTIONS_FILE, write_predictions
 from fedlora.results.store import (
@@ -100,46 +101,51 @@ def run_experiment(
     progress: Callable[[Outcome], None] | None = None,
     resume: bool = False,
     interrupted: Callable[[], bool] = lambda: False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Prepare, simulate and write ``folder``; returns the summary.
 
-    The whole run state is checkpointed into ``folder`` as it goes (``runtime.checkpoint_*``);
-    ``resume`` continues from that checkpoint, verified, with the same events, metrics and
-    adapter as an uninterrupted run. ``interrupted`` is polled between completions: when it
-    answers True the run checkpoints and raises :class:`Interrupted`.
+    The run holds ``folder`` as its one writer from start to end: a new run claims it
+    (:func:`~fedlora.results.folders.claim_run_folder`; ``overwrite`` replaces a run there, so
+    pass it only once ``config`` passed :func:`~fedlora.preflight.check`), a resumed one must
+    find no other process in it. The whole run state is checkpointed into ``folder`` as it goes
+    (``runtime.checkpoint_*``); ``resume`` continues from that checkpoint, verified, with the
+    same events, metrics and adapter as an uninterrupted run. ``interrupted`` is polled between
+    completions: when it answers True the run checkpoints and raises :class:`Interrupted`.
     """
-    snapshot = read_checkpoint(folder) if resume else None
-    prepared = prepare(config)
-    if snapshot is None:
-        write_config(folder, with_resolved_data_dir(config))
-    log = EventLog(
-        folder / EVENTS_FILE,
-        resume_at=None if snapshot is None else checkpoint_mark(snapshot),
-        wall_offset=0.0 if snapshot is None else snapshot.meta["wall"],
-    )
-
-    def save(snap: Snapshot) -> None:
-        snap.meta["wall"] = log.wall()
-        write_checkpoint(folder, snap, log.mark())
-
-    with log:
-        sizes = [len(indices) for indices in prepared.data.client_train]
-        simulation = build_simulation(
-            config,
-            prepared.learner,
-            sizes,
-            log,
-            progress=progress,
-            checkpoint=save,
-            interrupted=interrupted,
+    with hold_run_folder(folder) if resume else claim_run_folder(folder, overwrite):
+        snapshot = read_checkpoint(folder) if resume else None
+        prepared = prepare(config)
+        if snapshot is None:
+            write_config(folder, with_resolved_data_dir(config))
+        log = EventLog(
+            folder / EVENTS_FILE,
+            resume_at=None if snapshot is None else checkpoint_mark(snapshot),
+            wall_offset=0.0 if snapshot is None else snapshot.meta["wall"],
         )
-        if snapshot is not None:
-            simulation.load_state_dict(snapshot)
-        outcome = simulation.run()
-        if simulation.core.stopped == "interrupted":
-            raise Interrupted(folder, outcome.steps)
-    summary = write_results(folder, prepared, outcome)
-    remove_checkpoint(folder)
+
+        def save(snap: Snapshot) -> None:
+            snap.meta["wall"] = log.wall()
+            write_checkpoint(folder, snap, log.mark())
+
+        with log:
+            sizes = [len(indices) for indices in prepared.data.client_train]
+            simulation = build_simulation(
+                config,
+                prepared.learner,
+                sizes,
+                log,
+                progress=progress,
+                checkpoint=save,
+                interrupted=interrupted,
+            )
+            if snapshot is not None:
+                simulation.load_state_dict(snapshot)
+            outcome = simulation.run()
+            if simulation.core.stopped == "interrupted":
+                raise Interrupted(folder, outcome.steps)
+        summary = write_results(folder, prepared, outcome)
+        remove_checkpoint(folder)
     return summary
 
 

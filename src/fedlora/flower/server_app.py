@@ -19,6 +19,7 @@ from fedlora.experiment import prepare, write_results
 from fedlora.flower.grid_jobs import GridJobs
 from fedlora.flower.grid_runtime import GridRuntime, discover_clients
 from fedlora.results.events import EventLog
+from fedlora.results.folders import claim_run_folder
 from fedlora.results.store import EVENTS_FILE, write_config
 from fedlora.server.build import build_core
 from fedlora.sim.engine import build_simulation
@@ -37,21 +38,27 @@ def run_federation(
     In wall-clock time, replies merged as they come; or, with ``virtual_clock`` (Flower's
     simulation engine), under the simulator's clock and cost model, the nodes only training:
     the in-process simulator's event log, with the jobs trained in parallel.
+
+    The run holds ``folder`` as its one writer, as ``fedlora run`` does; a folder that already
+    holds a run, or that another process is writing, is refused (``ConfigError`` or
+    ``RunFolderError``) and left as it was.
     """
     prepared = prepare(config)
-    nodes = discover_clients(grid, config.clients.num, wait_s)
-    write_config(folder, with_resolved_data_dir(config))
-    with EventLog(folder / EVENTS_FILE) as log:
-        learner = prepared.learner
-        sizes = [len(indices) for indices in prepared.data.client_train]
-        if virtual_clock:
-            jobs = GridJobs(grid, nodes, config.model_dump_json())
-            outcome = build_simulation(config, learner, sizes, log, runner=jobs).run()
-        else:
-            ranks = [p.rank for p in draw_profiles(config.clients, config.lora.r, config.seed)]
-            core = build_core(config, learner.initial_state(), sizes, ranks, learner, log)
-            outcome = GridRuntime(grid, core, nodes, config.model_dump_json()).run()
-    return write_results(folder, prepared, outcome)
+    with claim_run_folder(folder, overwrite=False):
+        nodes = discover_clients(grid, config.clients.num, wait_s)
+        write_config(folder, with_resolved_data_dir(config))
+        with EventLog(folder / EVENTS_FILE) as log:
+            learner = prepared.learner
+            sizes = [len(indices) for indices in prepared.data.client_train]
+            if virtual_clock:
+                jobs = GridJobs(grid, nodes, config.model_dump_json())
+                outcome = build_simulation(config, learner, sizes, log, runner=jobs).run()
+            else:
+                profiles = draw_profiles(config.clients, config.lora.r, config.seed)
+                ranks = [p.rank for p in profiles]
+                core = build_core(config, learner.initial_state(), sizes, ranks, learner, log)
+                outcome = GridRuntime(grid, core, nodes, config.model_dump_json()).run()
+        return write_results(folder, prepared, outcome)
 
 
 app = ServerApp()
