@@ -87,8 +87,8 @@ def study_table(
     (arm, reference) both ran with predictions, their paired accuracy and loss differences.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
-    seed gives both the same clients and speeds) and then averaged over the seeds; a run that
-    never reached the target bounds it by its length (:func:`_speedups`).
+    seed gives both the same clients and speeds) and then combined by a geometric mean; a run
+    that never reached the target bounds it by its length (:func:`_speedups`).
     """
     lines: list[str] = []
     for group, arms in _by_group_arm(cells).items():
@@ -243,6 +243,8 @@ def _speedups(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], measure: s
     shown: list[str] = []
     neither = 0
     for baseline, run in pairs:
+        if not (_measured(baseline, measure) and _measured(run, measure)):
+            continue  # no such target was set: nothing to reach, not a "neither"
         theirs, mine = time_to_target(baseline, measure), time_to_target(run, measure)
         if mine == 0:  # reached at the start: no ratio to take
             continue
