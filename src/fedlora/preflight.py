@@ -8,6 +8,7 @@ read the data splits (not tokenized) and the model's config (its architecture is
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from transformers.pytorch_utils import Conv1D
 
 from fedlora import aggregation
 from fedlora.aggregation.diagnostics import shadow_aggregators
-from fedlora.client.model import _gguf, model_path
+from fedlora.client.gguf_cache import cached_folder
+from fedlora.client.model import model_path
 from fedlora.config import ConfigError, ExperimentConfig, ModelConfig, resolve_data_dir
 from fedlora.data.federated import _subset
 from fedlora.data.partition import partition
@@ -180,6 +182,19 @@ def _check_rank(config: ExperimentConfig, facts: _ModelFacts, target: str, name:
     )
 
 
+def _config_source(config: ModelConfig) -> tuple[str, str | None]:
+    """Where to read the model's config: a GGUF's dequantized copy once it exists, else the
+    GGUF's header (parsing it costs seconds; preflight dequantizes nothing)."""
+    path = model_path(config.name)
+    if config.gguf_file is None:
+        return path, None
+    with contextlib.suppress(OSError):
+        folder = cached_folder(path, config.gguf_file)
+        if (folder / "config.json").is_file():
+            return str(folder), None
+    return path, config.gguf_file
+
+
 def _model_facts(config: ModelConfig) -> _ModelFacts:
     """The model's layers, from its config alone: the architecture is built without weights."""
     path = model_path(config.name)
@@ -188,7 +203,8 @@ def _model_facts(config: ModelConfig) -> _ModelFacts:
         raise ConfigError(f"model.name: {path!r}: no such model folder")
     sizes = config.random.model_dump() if config.init == "random" else {}
     try:
-        model_config = AutoConfig.from_pretrained(path, **_gguf(config), **sizes)
+        source, gguf_file = _config_source(config)
+        model_config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, **sizes)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "" if local else "no such local folder, and "

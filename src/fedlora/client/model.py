@@ -29,6 +29,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedlora.adapters import AdapterState, LoraFactors
+from fedlora.client.gguf_cache import dequantized_folder
 from fedlora.config import ConfigError, LoraConfig, ModelConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,13 +64,19 @@ def model_path(name: str | None) -> str:
     return name
 
 
-def _gguf(config: ModelConfig) -> dict[str, str]:
-    """The ``gguf_file`` argument transformers takes to read a GGUF checkpoint, if any."""
-    return {} if config.gguf_file is None else {"gguf_file": config.gguf_file}
+def model_source(config: ModelConfig) -> tuple[str, str | None]:
+    """Where to load the model from, and the ``gguf_file`` that needs, if any: a GGUF
+    checkpoint is read from its dequantized copy (:mod:`fedlora.client.gguf_cache`)."""
+    path = model_path(config.name)
+    if config.gguf_file is None:
+        return path, None
+    folder = dequantized_folder(path, config.gguf_file)
+    return (folder, None) if folder != path else (path, config.gguf_file)
 
 
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(model_path(config.name), **_gguf(config))
+    path, gguf_file = model_source(config)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
     if tokenizer.pad_token is None:  # causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -80,15 +87,15 @@ def load_backbone(config: ModelConfig, num_labels: int, pad_token_id: int) -> Pr
 
     An encoder (BERT) classifies from its first token, a causal LM (Llama) from its last.
     """
-    path = model_path(config.name)
+    path, gguf_file = model_source(config)
     if config.init == "random":
         model_config = AutoConfig.from_pretrained(
-            path, num_labels=num_labels, **_gguf(config), **config.random.model_dump()
+            path, num_labels=num_labels, gguf_file=gguf_file, **config.random.model_dump()
         )
         model = AutoModelForSequenceClassification.from_config(model_config)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, gguf_file=config.gguf_file
+            path, num_labels=num_labels, gguf_file=gguf_file
         )
     model.config.pad_token_id = pad_token_id
     return model
