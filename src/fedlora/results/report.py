@@ -6,38 +6,14 @@ the file and what is wrong with it, before anything is drawn.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.table import Table
 
-from fedlora.results.errors import RunFolderError
 from fedlora.results.plots import plot_curves, run_title
-from fedlora.results.store import METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
-
-
-class _Headline(BaseModel):
-    """The summary.json entries the report reads, with their types; others may follow."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    task: str
-    policy: str
-    aggregator: str
-    final: dict[str, Any]
-    best: dict[str, Any]
-    server_steps: int
-    rounds: int
-    virtual_time_s: float
-    wall_time_s: float
-    bytes_down: int
-    bytes_up: int
-    target: dict[str, Any] | None = None
+from fedlora.results.store import read_metrics, read_summary
 
 
 @dataclass(frozen=True)
@@ -51,51 +27,7 @@ class Run:
 
 def read_run(folder: Path) -> Run:
     """The run in ``folder``; a damaged summary.json or metrics.csv is a RunFolderError."""
-    return Run(folder, _summary(folder), _metrics(folder))
-
-
-def _damaged(path: Path, problem: str) -> RunFolderError:
-    return RunFolderError(f"{path}: {problem}; the run folder is damaged")
-
-
-def _summary(folder: Path) -> dict[str, Any]:
-    path = folder / SUMMARY_FILE
-    try:
-        summary = read_summary(folder)
-        _Headline.model_validate(summary)
-    except RunFolderError:  # no summary.json: not a finished run, rather than a damaged one
-        raise
-    except json.JSONDecodeError as error:
-        raise _damaged(path, f"line {error.lineno}: not valid JSON ({error.msg})") from None
-    except UnicodeDecodeError as error:
-        raise _damaged(path, f"not UTF-8 text ({error.reason})") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise _damaged(path, f"{key}: {first['msg'].lower()}") from None
-    except (TypeError, ValueError):  # dict() of a JSON list, number or text
-        raise _damaged(path, "not a JSON object") from None
-    return summary
-
-
-def _metrics(folder: Path) -> list[dict[str, float]]:
-    path = folder / METRICS_FILE
-    try:
-        rows = read_metrics(folder)
-    except RunFolderError:
-        raise
-    except UnicodeDecodeError as error:
-        raise _damaged(path, f"not UTF-8 text ({error.reason})") from None
-    except (ValueError, csv.Error) as error:  # a field that is no number
-        raise _damaged(path, str(error)) from None
-    except TypeError:  # csv.DictReader's None for a row shorter or longer than the header
-        raise _damaged(path, "a row whose fields do not match the header") from None
-    if not rows:
-        raise _damaged(path, "no rows")
-    missing = {"step", "virtual_time_s"} - rows[0].keys()
-    if missing:
-        raise _damaged(path, f"no column {', '.join(sorted(missing))}")
-    return rows
+    return Run(folder, read_summary(folder), read_metrics(folder))
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, TargetConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
@@ -283,13 +285,71 @@ def _require(folder: Path, name: str) -> Path:
     return path
 
 
+def damaged(path: Path, problem: str) -> RunFolderError:
+    """A run-folder file that is there but cannot be read as what it should be."""
+    return RunFolderError(f"{path}: {problem}; the run folder is damaged")
+
+
+class _Headline(BaseModel):
+    """The summary.json entries every reader may count on, with their types; others follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    task: str
+    policy: str
+    aggregator: str
+    final: dict[str, Any]
+    best: dict[str, Any]
+    server_steps: int
+    rounds: int
+    virtual_time_s: float
+    wall_time_s: float
+    bytes_down: int
+    bytes_up: int
+    target: dict[str, Any] | None = None
+
+
 def read_summary(folder: Path) -> dict[str, Any]:
-    return dict(json.loads(_require(folder, SUMMARY_FILE).read_text(encoding="utf-8")))
+    """The run's summary.json; missing, it is not a finished run, and damaged (not JSON, not
+    UTF-8, not an object, or without a headline entry) it is refused naming the file."""
+    path = _require(folder, SUMMARY_FILE)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise damaged(path, f"line {error.lineno}: not valid JSON ({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise damaged(path, f"not UTF-8 text ({error.reason})") from None
+    if not isinstance(summary, dict):
+        raise damaged(path, "not a JSON object")
+    try:
+        _Headline.model_validate(summary)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise damaged(path, f"{key}: {first['msg'].lower()}") from None
+    return summary
 
 
 def read_metrics(folder: Path) -> list[dict[str, float]]:
-    with _require(folder, METRICS_FILE).open(encoding="utf-8") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    """The run's metrics.csv rows; a field that is no number, a row that does not fit the
+    header, no rows, or no step or virtual_time_s column is refused naming the file."""
+    path = _require(folder, METRICS_FILE)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    except UnicodeDecodeError as error:
+        raise damaged(path, f"not UTF-8 text ({error.reason})") from None
+    except (ValueError, csv.Error) as error:  # a field that is no number
+        raise damaged(path, str(error)) from None
+    except TypeError:  # csv.DictReader's None for a row shorter or longer than the header
+        raise damaged(path, "a row whose fields do not match the header") from None
+    if not rows:
+        raise damaged(path, "no rows")
+    missing = {"step", "virtual_time_s"} - rows[0].keys()
+    if missing:
+        raise damaged(path, f"no column {', '.join(sorted(missing))}")
+    return rows
 
 
 def read_config(folder: Path) -> ExperimentConfig:
