@@ -241,7 +241,7 @@ def study(
     ],
     out: Annotated[Path | None, typer.Option(help="Run folders (results/studies/<name>).")] = None,
     docs: Annotated[
-        Path | None, typer.Option(help="Where to write table.md and accuracy.png.")
+        Path | None, typer.Option(help="Where to write table.md, its plots and cells/.")
     ] = None,
     arms: Annotated[str | None, typer.Option(help="Run only these arms, comma-separated.")] = None,
     seeds: Annotated[
@@ -269,6 +269,9 @@ def study(
 
     --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
 
+    Beside the table, cells/ keeps what it is computed from (no weights): a fresh clone's
+    --table-only rewrites the same table from those files.
+
     The table's first line says how many of the study's cells it covers.
 
     Only the study as committed writes docs/results/<name>; a narrowed run writes beside its runs.
@@ -283,6 +286,7 @@ def study(
     from fedlora.interrupt import stop_requests
     from fedlora.preflight import Preflight
     from fedlora.results.store import learning_failure
+    from fedlora.studies.kept import CELLS_DIR, keep_cells, table_cells
     from fedlora.studies.processes import CellsFailed, CellsInterrupted, run_sweep_in_processes
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
     from fedlora.studies.table import plot_local, plot_study, study_table
@@ -349,21 +353,31 @@ def study(
         if value is not None
     ] + [f"--set {pair}" for pair in changes]
     docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
-    docs.mkdir(parents=True, exist_ok=True)
-    table = study_table(planned, spec.baselines, spec.contrasts)
-    finished = sum(cell.done for cell in planned)
+    try:
+        found = table_cells(planned, root, docs)
+        finished = sum(cell.done for cell in found)
+        if not finished:
+            raise RunFolderError(
+                f"no finished cell of study {spec.name!r}, neither in {root} nor kept in"
+                f" {docs / CELLS_DIR}: no table written"
+            )
+        table = study_table(found, spec.baselines, spec.contrasts)
+        docs.mkdir(parents=True, exist_ok=True)
+        plot_study(found, docs / "accuracy.png")
+        written = ["table.md", "accuracy.png"]
+        if plot_local(found, docs / "local.png"):
+            written.append("local.png")
+        keep_cells(found, root, docs)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
     if finished < len(planned):
         covers = f"{finished} of the study's {len(planned)} cells finished; this covers those."
         table = f"{covers}\n\n{table}"
     if narrowing:
         table = f"Not the committed study: run with {' '.join(narrowing)}.\n\n{table}"
     (docs / "table.md").write_text(table + "\n", encoding="utf-8")
-    plot_study(planned, docs / "accuracy.png")
-    written = ["table.md", "accuracy.png"]
-    if plot_local(planned, docs / "local.png"):
-        written.append("local.png")
     typer.echo(table)
-    typer.echo(f"wrote {', '.join(written)} in {docs}")
+    typer.echo(f"wrote {', '.join(written)} and the cells they are computed from in {docs}")
 
 
 @app.command()

@@ -27,8 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from fedlora.results.predictions import PREDICTIONS_FILE, Predictions, read_predictions
 from fedlora.results.slices import TERCILES, tercile_ids
+from fedlora.studies.kept import read_cell_predictions
 
 _CHUNK = 256  # bootstrap draws materialised at once: bounds memory at seeds x examples x chunk
 
@@ -150,7 +150,10 @@ def compare_runs(
     predictions carry context lengths, also the accuracy within each length tercile of the
     eval split (``"accuracy, short"``, ``"accuracy, middle"``, ``"accuracy, long"``; a
     tercile whose size differs between seeds, as seeded eval subsets may give, is left out)."""
-    pairs = [(_predictions(a), _predictions(b)) for a, b in zip(reference, arm, strict=True)]
+    pairs = [
+        (read_cell_predictions(a), read_cell_predictions(b))
+        for a, b in zip(reference, arm, strict=True)
+    ]
     for (a, b), folder in zip(pairs, arm, strict=True):
         same_lengths = (
             a.lengths is None or b.lengths is None or np.array_equal(a.lengths, b.lengths)
@@ -208,7 +211,3 @@ def compare_local(
     if all("own_loss" in entry for a, b in pairs for entry in (*a.values(), *b.values())):
         differences["local loss"] = difference("own_loss")
     return differences
-
-
-def _predictions(folder: Path) -> Predictions:
-    return read_predictions(folder / PREDICTIONS_FILE)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedlora.config import dump_config
+from fedlora.results.errors import RunFolderError
 from fedlora.studies.sweep import Cell, finish_partial, start_partial
 
 INTERRUPTED = 130  # the exit code of a run stopped at a safe point, with a checkpoint
@@ -81,7 +82,11 @@ def run_sweep_in_processes(
                         job.process.send_signal(signal.SIGINT)
                 while queue and len(running) < jobs and not (stopping or failed):
                     cell = queue.pop(0)
-                    partial, resume = start_partial(cell)
+                    try:
+                        partial, resume = start_partial(cell)
+                    except RunFolderError as error:  # its .partial is another run's
+                        failed.append(str(error))
+                        break
                     announce(cell, "resuming" if resume else "running")
                     process = _launch(cell, partial, resume, Path(scratch))
                     running.append(_Running(cell, partial, process))

@@ -30,6 +30,7 @@ from fedlora.config import (
     read_yaml,
     with_resolved_data_dir,
 )
+from fedlora.results.folders import hold_run_folder
 from fedlora.results.store import CHECKPOINT_FILE, SUMMARY_FILE, read_config
 
 
@@ -70,6 +71,9 @@ class Cell:
     seed: int
     config: ExperimentConfig
     folder: Path
+    # a copy of the cell's files kept beside the study's table (:mod:`fedlora.studies.kept`),
+    # not its run folder: the record of a run made with some data folder on some machine
+    kept: bool = False
 
     @property
     def group(self) -> str:
@@ -83,7 +87,7 @@ class Cell:
         The stored config is read back through the current schema, so a key added later with
         a default (which changes nothing the cell ran) does not make a finished cell stale;
         nor do ``runtime`` settings (threads), which change how fast a cell runs, not its
-        experiment.
+        experiment, nor, for a kept copy, the data folder it was run with.
         """
         if not (self.folder / SUMMARY_FILE).is_file():
             return False
@@ -91,11 +95,14 @@ class Cell:
             stored = read_config(self.folder)
         except ConfigError:  # written by a schema that no longer validates: run it again
             return False
-        return _same_experiment(stored, self.config)
+        return _same_experiment(stored, self.config, data_folder=not self.kept)
 
 
-def _same_experiment(stored: ExperimentConfig, planned: ExperimentConfig) -> bool:
-    """The same experiment: runtime settings aside, the data folder as each resolves it.
+def _same_experiment(
+    stored: ExperimentConfig, planned: ExperimentConfig, data_folder: bool = True
+) -> bool:
+    """The same experiment: runtime settings aside, the data folder as each resolves it
+    (unless not ``data_folder``).
 
     A plan given no data folder at all (no ``data.dir``, no ``$FEDLORA_DATA``) cannot tell
     one folder from another, so it takes the stored one: listing a study or writing its table
@@ -104,7 +111,7 @@ def _same_experiment(stored: ExperimentConfig, planned: ExperimentConfig) -> boo
     """
     stored = with_resolved_data_dir(stored).model_copy(update={"runtime": planned.runtime})
     planned = with_resolved_data_dir(planned)
-    if planned.data.dir is None:
+    if planned.data.dir is None or not data_folder:
         data = planned.data.model_copy(update={"dir": stored.data.dir})
         planned = planned.model_copy(update={"data": data})
     return stored == planned
@@ -195,11 +202,13 @@ def run_sweep(
 
 def start_partial(cell: Cell) -> tuple[Path, bool]:
     """The folder a cell runs in, ``<folder>.partial``, and whether it resumes a checkpoint
-    there (an unresumable leftover is removed)."""
+    there. An unresumable leftover is removed while holding its lock, so the folder of a run
+    still writing it (another study on the same cells) is refused, naming its process."""
     partial = cell.folder.with_name(cell.folder.name + ".partial")
     resume = _resumable(partial, cell.config)
-    if not resume:
-        shutil.rmtree(partial, ignore_errors=True)
+    if not resume and partial.exists():
+        with hold_run_folder(partial):
+            shutil.rmtree(partial)
     return partial, resume
 
 

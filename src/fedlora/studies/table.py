@@ -15,9 +15,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedlora.results.predictions import PREDICTIONS_FILE
 from fedlora.results.report import time_to_target
 from fedlora.results.store import read_metrics, read_summary
+from fedlora.studies.kept import has_predictions
 from fedlora.studies.paired import (
     FEW_SEEDS,
     PairedDifference,
@@ -162,7 +162,7 @@ def _compared_predictions(pairs: Sequence[tuple[Cell, Cell]]) -> dict[str, Paire
     """:func:`compare_runs` of the (reference, arm) cell pairs; empty when there are none or
     a cell wrote no predictions."""
     folders = [c.folder for pair in pairs for c in pair]
-    if not pairs or not all((f / PREDICTIONS_FILE).is_file() for f in folders):
+    if not pairs or not all(has_predictions(f) for f in folders):
         return {}
     return compare_runs([a.folder for a, _ in pairs], [b.folder for _, b in pairs])
 

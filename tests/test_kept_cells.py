@@ -1,0 +1,115 @@
+"""A study's table is re-derived from the cell files kept beside it, with no run folder: on a
+fresh clone, ``fedlora study NAME --table-only`` rewrites the committed table byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedlora.cli import app
+from fedlora.results.errors import RunFolderError
+from fedlora.results.folders import hold_run_folder
+from fedlora.studies.sweep import load_study, plan, start_partial
+from tests.test_study import write_study
+
+runner = CliRunner()
+
+
+def _table_only(study: Path | str, out: Path, docs: Path) -> str:
+    args = ["study", str(study), "--out", str(out), "--docs", str(docs), "--table-only"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return (docs / "table.md").read_text(encoding="utf-8")
+
+
+def test_the_table_keeps_its_cells_and_a_fresh_clone_rewrites_it(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}, "hl": {"server.aggregator": "hlora"}})
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    result = runner.invoke(app, ["study", str(path), "--out", str(runs), "--docs", str(docs)])
+    assert result.exit_code == 0, result.output
+    table = (docs / "table.md").read_bytes()
+    kept = docs / "cells" / "csv" / "hl" / "seed1"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "config.yaml", "metrics.csv", "predictions.csv.gz", "summary.json"
+    ]  # fmt: skip
+    run = runs / "csv" / "hl" / "seed1"
+    assert (
+        gzip.decompress((kept / "predictions.csv.gz").read_bytes())
+        == (run / "predictions.csv").read_bytes()
+    )
+    assert (kept / "summary.json").read_bytes() == (run / "summary.json").read_bytes()
+
+    shutil.rmtree(runs)  # a fresh clone: only the kept files
+    assert _table_only(path, runs, docs).encode() == table
+    assert not runs.exists()
+
+    # an arm dropped from the study: its kept files go, anything else in cells/ stays
+    (docs / "cells" / "notes.txt").write_text("mine")
+    study = yaml.safe_load(path.read_text())
+    del study["arms"]["hl"]
+    path.write_text(yaml.safe_dump(study))
+    assert "| hl |" not in _table_only(path, runs, docs)
+    assert not (docs / "cells" / "csv" / "hl").exists()
+    assert (docs / "cells" / "notes.txt").is_file() and (docs / "cells" / "csv" / "avg").is_dir()
+
+
+def test_no_finished_cell_anywhere_keeps_the_table(tmp_path: Path, tiny_config: dict) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}})
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "table.md").write_text("the committed table\n")
+    args = ["study", str(path), "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")]
+    result = runner.invoke(app, [*args, "--table-only"])
+    assert result.exit_code == 2 and "no finished cell of study 'mini'" in result.output
+    assert (tmp_path / "docs" / "table.md").read_text() == "the committed table\n"
+
+
+def test_a_damaged_summary_or_kept_predictions_is_refused_naming_the_file(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    path = write_study(tmp_path, tiny_config, {"avg": {}, "hl": {"server.aggregator": "hlora"}})
+    path.write_text(path.read_text() + "baselines: [avg]\n")  # the table reads predictions
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    args = ["study", str(path), "--out", str(runs), "--docs", str(docs), "--seeds", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    summary = runs / "csv" / "avg" / "seed0" / "summary.json"
+    text = summary.read_text()
+
+    summary.write_text(text[:40])  # cut short
+    result = runner.invoke(app, [*args, "--table-only"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{summary}: line " in result.output and "not valid JSON" in result.output
+    exported = runner.invoke(app, ["export", str(summary.parent), str(tmp_path / "x"), "--merge"])
+    assert exported.exit_code == 2 and f"{summary}: line " in exported.output
+
+    summary.write_text(json.dumps({**json.loads(text), "rounds": "many"}))
+    result = runner.invoke(app, [*args, "--table-only"])
+    assert result.exit_code == 2 and "rounds: input should be a valid integer" in result.output
+
+    shutil.rmtree(runs)
+    packed = docs / "cells" / "csv" / "hl" / "seed0" / "predictions.csv.gz"
+    packed.write_bytes(packed.read_bytes()[:30])
+    result = runner.invoke(app, [*args, "--table-only"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{packed}: not a readable gzip file" in result.output
+
+
+def test_a_leftover_partial_is_removed_only_under_its_lock(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    cell = plan(load_study(write_study(tmp_path, tiny_config, {"avg": {}})), tmp_path / "runs")[0]
+    partial = cell.folder.with_name(cell.folder.name + ".partial")
+    partial.mkdir(parents=True)
+    (partial / "events.jsonl").write_text("")
+    with hold_run_folder(partial), pytest.raises(RunFolderError, match="in use by a running"):
+        start_partial(cell)  # a live run's folder (another study on the same cells)
+    assert (partial / "events.jsonl").is_file()
+    assert start_partial(cell) == (partial, False)
+    assert not partial.exists()
