@@ -419,6 +419,7 @@ def test_a_failed_check_leaves_an_overwritable_folder_alone(
     assert (tmp_path / "out" / "thesis.txt").read_text(encoding="utf-8") == "x\n"
 
 
+@pytest.mark.slow
 def test_exponent_floats_are_numbers(
     tmp_path: Path, tiny_config: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -431,6 +432,7 @@ def test_exponent_floats_are_numbers(
     assert config["train"]["lr"] == 0.01
 
 
+@pytest.mark.slow
 def test_a_cache_folder_without_permission_costs_only_time(
     tmp_path: Path, tiny_config: dict
 ) -> None:

@@ -133,6 +133,7 @@ def _checkpoint_damages(data: bytes, rng: random.Random) -> dict[str, tuple[Dama
     return damages
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_refused_or_resumes_exactly(runs: Runs) -> None:
     data = (runs.stopped / CHECKPOINT).read_bytes()
     damages = _checkpoint_damages(data, random.Random(23))
@@ -144,6 +145,7 @@ def test_a_damaged_checkpoint_is_refused_or_resumes_exactly(runs: Runs) -> None:
         assert not (refused and resumed), f"{name}: resumed"
 
 
+@pytest.mark.slow
 def test_a_damaged_event_log_is_refused_and_events_past_the_checkpoint_are_redone(
     runs: Runs,
 ) -> None:
@@ -161,6 +163,7 @@ def test_a_damaged_event_log_is_refused_and_events_past_the_checkpoint_are_redon
     assert _resume(runs, folder, "")
 
 
+@pytest.mark.slow
 def test_the_previous_checkpoint_is_the_fallback_the_message_names(runs: Runs) -> None:
     for lost in ("damaged", "missing"):
         folder = _damaged(runs, lost, CHECKPOINT, lambda d: d[: len(d) // 2])

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from fedlora import aggregation
 from fedlora.aggregation.catalog import registry
 from fedlora.config import LoraConfig
@@ -28,6 +30,7 @@ print(json.dumps({{"output": listed.output, "heavy": heavy}}))
 """
 
 
+@pytest.mark.slow
 def test_cli_list_and_config_validation_import_nothing_heavy() -> None:
     result = subprocess.run(
         [sys.executable, "-c", _PROBE], check=True, capture_output=True, text=True

@@ -125,6 +125,7 @@ def test_energy_above_a_rank_matches_a_dense_svd(rank: int, seed: int) -> None:
         assert got[r] == pytest.approx(expected, abs=F64_TOL)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(ranks=cohorts, seed=st.integers(0, 999))
 def test_spread_matches_the_dense_computation(ranks: list[int], seed: int) -> None:
@@ -296,6 +297,7 @@ def test_diagnose_gathers_every_figure() -> None:
     assert found.as_event()["energy_above"].keys() == {"2", "4"}
 
 
+@pytest.mark.slow
 def test_report_plots_the_diagnostics_of_runs_that_have_them(
     tmp_path: Path, tiny_config: dict
 ) -> None:

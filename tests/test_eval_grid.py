@@ -24,6 +24,7 @@ def eval_times(
     return [e["t"] for e in events if e["type"] == "eval"], outcome.virtual_time, events
 
 
+@pytest.mark.slow
 def test_every_policy_is_evaluated_at_the_same_times() -> None:
     # a time limit ends every run at the same moment, on a grid point
     found = {p: eval_times(p, rounds=1000, max_virtual_time=3.0)[0] for p in POLICIES}

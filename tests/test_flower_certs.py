@@ -12,10 +12,13 @@ import pytest
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "flower_certs.sh"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("openssl") is None or shutil.which("ssh-keygen") is None,
-    reason="openssl and ssh-keygen are needed to make Flower credentials",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("openssl") is None or shutil.which("ssh-keygen") is None,
+        reason="openssl and ssh-keygen are needed to make Flower credentials",
+    ),
+]
 
 
 def certs(*args: str) -> subprocess.CompletedProcess[str]:

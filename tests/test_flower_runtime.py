@@ -46,6 +46,7 @@ def never_answers(message: Message, context: Context) -> Message | None:
     return client_app(message, context) if message.metadata.message_type == "query" else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("policy", "aggregator"), [("fedavg", "hlora"), ("fedbuff", "zeropad"), ("fedfa", "hlora")]
 )
@@ -69,6 +70,7 @@ def test_each_policy_finishes_with_heterogeneous_ranks(
     assert times == sorted(times)
 
 
+@pytest.mark.slow
 def test_fedavg_over_flower_merges_what_the_simulator_merges(
     tmp_path: Path, flower_config: dict
 ) -> None:
@@ -84,6 +86,7 @@ def test_fedavg_over_flower_merges_what_the_simulator_merges(
     assert_same_global(tmp_path / "flower", tmp_path / "sim")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["fedavg", "fedfa"])
 def test_a_client_app_that_raises_is_a_lost_job_not_a_crash(
     tmp_path: Path, flower_config: dict, policy: str
@@ -103,6 +106,7 @@ def slow(message: Message, context: Context) -> Message | None:
     return client_app(message, context)
 
 
+@pytest.mark.slow
 def test_a_silent_node_times_out_and_fedfa_carries_on(tmp_path: Path, flower_config: dict) -> None:
     """Every node is at work from the start, so the silent one holds a job; three merges of
     two updates need six results from three honest nodes, two waves of at least 0.25 s each:
@@ -117,6 +121,7 @@ def test_a_silent_node_times_out_and_fedfa_carries_on(tmp_path: Path, flower_con
     assert all(e["reason"] == "no result within job_timeout 0.3s" for e in lost)
 
 
+@pytest.mark.slow
 def test_a_node_that_leaves_loses_its_jobs(tmp_path: Path, flower_config: dict) -> None:
     # synchronous rounds of every client: the run can only go on once the departure is noticed
     server = flower_config["server"] | {"policy": "fedavg", "aggregator": "hlora", "per_round": 4}
@@ -150,6 +155,7 @@ def test_a_job_for_another_partition_is_refused(flower_config: dict) -> None:
         train_content(content, partition=1)
 
 
+@pytest.mark.slow
 def test_the_run_folder_reports_like_the_simulators(tmp_path: Path, flower_config: dict) -> None:
     federate(flower_config, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -122,6 +122,7 @@ def distance(state: AdapterState, other: AdapterState) -> float:
     return math.sqrt(sum(float(((a.double() - b.double()) ** 2).sum()) for a, b in pairs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_the_simulated_run_finishes_and_counts_the_hostile_updates(
     hostile_config: dict, name: str
@@ -139,6 +140,7 @@ def test_the_simulated_run_finishes_and_counts_the_hostile_updates(
         assert outcome.accepted == 9
 
 
+@pytest.mark.slow
 def test_the_median_keeps_the_global_nearer_the_honest_run_than_another_seed(
     hostile_config: dict,
 ) -> None:
@@ -173,6 +175,7 @@ def tampering(attack: Attack) -> ClientCall:
     return call
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_the_server_app_finishes_and_counts_the_hostile_updates(
     tmp_path: Path, hostile_config: dict, name: str

@@ -75,6 +75,7 @@ def test_without_local_splits_nothing_is_logged() -> None:
     assert not outcome.local_evaluations and all(e["type"] != "local_eval" for e in events)
 
 
+@pytest.mark.slow
 def test_run_with_context_skew_degradation_and_local_splits(
     tmp_path: Path, tiny_config: dict
 ) -> None:

@@ -41,6 +41,7 @@ def factor_lists(
     return Bs, As, weights, rank
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(factor_lists(), st.sampled_from(["us", "sqrt"]))
 def test_equals_the_dense_truncated_svd(case: tuple, split: str) -> None:

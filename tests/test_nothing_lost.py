@@ -105,6 +105,7 @@ def test_non_finite_numbers_become_null_and_a_nan_loss_is_a_failure() -> None:
     assert "not a number" in (learning_failure(cleaned) or "")
 
 
+@pytest.mark.slow
 def test_config_yaml_names_the_data_folder_the_run_read(
     tmp_path: Path, tiny_config: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,6 +115,7 @@ def test_config_yaml_names_the_data_folder_the_run_read(
     assert stored["data"]["dir"] == str(tmp_path) and os.environ["FEDLORA_DATA"]
 
 
+@pytest.mark.slow
 def test_a_narrowed_or_overridden_study_never_writes_the_published_docs(
     tmp_path: Path, tiny_config: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

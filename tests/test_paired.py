@@ -131,6 +131,7 @@ def test_compare_runs_slices_the_eval_split_by_length_tercile(tmp_path: Path) ->
     assert differences["accuracy"].estimate == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow
 def test_the_crossed_bootstrap_covers_a_known_effect_at_its_level() -> None:
     """1,000 simulated studies of 8 seeds × 200 shared examples: per-example differences
     δ + u_s + v_i + e_si with δ = 0.1, seed effects u_s of variance 0.25 (a quarter of the

@@ -39,6 +39,7 @@ def _simulation(cfg: ExperimentConfig, log: EventLog, saved: list[Snapshot]) -> 
     return build_simulation(cfg, learner, sizes, log, checkpoint=keep)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("policy", "aggregator", "update", "grid"),
     [
@@ -160,6 +161,7 @@ def _comparable(folder: Path) -> dict[str, Any]:
 STOPS = {"fedavg": [signal.SIGKILL], "fedfa": [signal.SIGKILL, signal.SIGINT]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", sorted(STOPS))
 def test_a_killed_run_resumes_to_the_uninterrupted_result(
     tiny_config: dict, tmp_path: Path, policy: str
@@ -208,6 +210,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(
     assert resumed == expected
 
 
+@pytest.mark.slow
 def test_a_study_resumes_its_interrupted_cell_from_the_checkpoint(
     tmp_path: Path, tiny_config: dict
 ) -> None:

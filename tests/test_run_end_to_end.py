@@ -55,6 +55,7 @@ def test_run_writes_a_complete_results_folder(tmp_path: Path, tiny_config: dict)
     assert np.allclose(predictions.probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_event_log(tmp_path: Path, tiny_config: dict) -> None:
     run_cli(tmp_path, tiny_config, tmp_path / "a")
     run_cli(tmp_path, tiny_config, tmp_path / "b")
@@ -88,6 +89,7 @@ def test_bad_config_stops_before_training(tmp_path: Path, tiny_config: dict) -> 
     assert result.exit_code == 2 and "eval.target.metric: 'bleu' is not reported" in result.output
 
 
+@pytest.mark.slow
 def test_report_compares_runs(tmp_path: Path, tiny_config: dict) -> None:
     tiny_config["eval"]["target"]["value"] = 0.6  # a target line inside the plotted range
     run_cli(tmp_path, tiny_config, tmp_path / "one")
@@ -104,6 +106,7 @@ def test_report_compares_runs(tmp_path: Path, tiny_config: dict) -> None:
     assert result.exit_code == 2 and "no summary.json" in result.output
 
 
+@pytest.mark.slow
 def test_fedfa_over_heterogeneous_ranks_reports_staleness_and_idling(
     tmp_path: Path, tiny_config: dict
 ) -> None:
@@ -190,6 +193,7 @@ def test_list_shows_registries() -> None:
     assert "aggregators: fedavg" in result.output and "mrpc" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aggregator", ["hlora", "zeropad", "hetlora", "fedsa", "flora"])
 def test_heterogeneous_ranks_run_and_export(
     tmp_path: Path, tiny_config: dict, aggregator: str

@@ -64,6 +64,7 @@ def live_run(tmp_path: Path, tiny_config: dict) -> Iterator[tuple[subprocess.Pop
         process.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_a_live_run_refuses_a_second_run_and_a_resume_and_the_os_frees_it_on_death(
     tmp_path: Path, live_run: tuple[subprocess.Popen[bytes], Path]
 ) -> None:
@@ -105,6 +106,7 @@ def _federate(raw: dict, folder: Path) -> dict:
     return run_federation(grid, config, folder, wait_s=1.0)
 
 
+@pytest.mark.slow
 def test_the_flower_server_app_refuses_a_folder_that_holds_a_run(
     tmp_path: Path, tiny_config: dict
 ) -> None:

@@ -19,6 +19,7 @@ ASYNC = ["fedbuff", "fedasync", "fedfa"]
 FLOAT32_SUMS = 1e-5
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**16),

@@ -17,6 +17,7 @@ from fedlora.policies import Arrival, Decision, Dispatch, Policy, Source, Term
 FLOAT32_SUMS = 1e-5
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**16), num=st.integers(1, 8), data=st.data())
 def test_same_seed_same_event_log(seed: int, num: int, data: st.DataObject) -> None:

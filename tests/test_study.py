@@ -48,6 +48,7 @@ def test_plan_orders_seeds_outermost_and_names_bad_arms(tmp_path: Path, tiny_con
         plan(load_study(bad), tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_cells_and_writes_the_table(
     tmp_path: Path, tiny_config: dict
 ) -> None:
@@ -86,6 +87,7 @@ def test_sweep_runs_skips_finished_cells_and_writes_the_table(
     assert plan_rte.exit_code == 0 and plan_rte.output == ""  # this study's task is csv
 
 
+@pytest.mark.slow
 def test_a_changed_config_runs_again(tmp_path: Path, tiny_config: dict) -> None:
     path = write_study(tmp_path, tiny_config, {"avg": {}})
     out = tmp_path / "runs"
@@ -96,6 +98,7 @@ def test_a_changed_config_runs_again(tmp_path: Path, tiny_config: dict) -> None:
     assert "running: " in result.output and "done already" not in result.output
 
 
+@pytest.mark.slow
 def test_a_key_added_with_its_default_keeps_a_finished_cell(
     tmp_path: Path, tiny_config: dict
 ) -> None:
@@ -115,6 +118,7 @@ def test_a_key_added_with_its_default_keeps_a_finished_cell(
     assert "done already" in runner.invoke(app, [*args, "--set", "runtime.threads=1"]).output
 
 
+@pytest.mark.slow
 def test_a_plan_given_no_data_folder_keeps_the_cells_run_with_one(
     tmp_path: Path, tiny_config: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,6 +141,7 @@ def test_a_plan_given_no_data_folder_keeps_the_cells_run_with_one(
     assert runner.invoke(app, [*args, "--plan"]).output.startswith("todo")
 
 
+@pytest.mark.slow
 def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_config: dict) -> None:
     path = write_study(
         tmp_path,
@@ -245,6 +250,7 @@ def test_local_bars_leave_out_a_series_no_cell_scored() -> None:
     assert len(local_bars(with_dev)) == 3
 
 
+@pytest.mark.slow
 def test_jobs_run_cells_in_processes_as_one_process_would(
     tmp_path: Path, tiny_config: dict
 ) -> None:
@@ -276,6 +282,7 @@ def _fake_cells(
     )
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_named_and_nothing_new_starts(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_config: dict
 ) -> None:
@@ -287,6 +294,7 @@ def test_a_failing_cell_is_named_and_nothing_new_starts(
     assert not any(c.folder.with_name(c.folder.name + ".partial").exists() for c in cells[2:])
 
 
+@pytest.mark.slow
 def test_a_stop_request_reaches_every_running_cell_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_config: dict
 ) -> None:
@@ -313,6 +321,7 @@ def test_a_stop_request_reaches_every_running_cell_once(
     assert not partials[2].exists() and not partials[3].exists()  # nothing new started
 
 
+@pytest.mark.slow
 def test_runtime_overrides_keep_the_study_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_config: dict
 ) -> None:
