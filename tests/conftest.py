@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ def write_pair_csv(path: Path, rows: int, seed: int = 0) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> dict:
     """A whole experiment on a tiny random BERT and synthetic data: seconds, not minutes."""
+    return make_tiny_config(tmp_path)
+
+
+def make_tiny_config(tmp_path: Path) -> dict:
+    """``tiny_config``'s experiment, its data files and cache written under ``tmp_path``."""
     return {
         "name": "tiny",
         "seed": 0,
@@ -63,3 +69,20 @@ def tiny_config(tmp_path: Path) -> dict:
         "server": {"per_round": 3, "rounds": 3},
         "eval": {"every": 1, "target": {"metric": "accuracy", "value": 0.0}},
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished ``fedlora run`` of ``tiny_config``, shared by the whole session: read it only
+    (use ``tiny_run_copy`` to change it). Its data files equal every test's ``tiny_config``'s."""
+    from fakes import run_cli
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    run_cli(folder, make_tiny_config(folder), folder / "run")
+    return folder / "run"
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of ``tiny_run`` at ``tmp_path / "run"``, this test's to change."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run", symlinks=True))

@@ -39,9 +39,8 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_and_deletes_nothing(
 
 
 def test_overwrite_refuses_the_working_folder(
-    tmp_path: Path, tiny_config: dict, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_config: dict, tiny_run_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_cli(tmp_path, tiny_config, tmp_path / "run")
     monkeypatch.chdir(tmp_path / "run")  # a run folder, but the one we stand in
     result = _invoke(tmp_path, tiny_config, "--out", ".", "--overwrite")
     assert result.exit_code == 2 and "working folder" in result.output
@@ -49,10 +48,9 @@ def test_overwrite_refuses_the_working_folder(
 
 
 def test_overwrite_replaces_a_run_and_resume_is_offered_for_an_unfinished_one(
-    tmp_path: Path, tiny_config: dict
+    tmp_path: Path, tiny_config: dict, tiny_run_copy: Path
 ) -> None:
-    out = tmp_path / "run"
-    run_cli(tmp_path, tiny_config, out)
+    out = tiny_run_copy
     (out / "checkpoint.safetensors").write_bytes(b"")  # as a killed run leaves it
     result = _invoke(tmp_path, tiny_config, "--out", str(out))
     assert result.exit_code == 2 and f"--resume {out}" in result.output
@@ -61,16 +59,15 @@ def test_overwrite_replaces_a_run_and_resume_is_offered_for_an_unfinished_one(
 
 
 def test_export_refuses_to_write_over_a_folder_without_overwrite(
-    tmp_path: Path, tiny_config: dict
+    tmp_path: Path, tiny_run: Path
 ) -> None:
-    run_cli(tmp_path, tiny_config, tmp_path / "run")
     target = tmp_path / "adapter"
     target.mkdir()
     (target / "keep.txt").write_text("x")
-    result = runner.invoke(app, ["export", str(tmp_path / "run"), str(target)])
+    result = runner.invoke(app, ["export", str(tiny_run), str(target)])
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
-    result = runner.invoke(app, ["export", str(tmp_path / "run"), str(target), "--overwrite"])
+    result = runner.invoke(app, ["export", str(tiny_run), str(target), "--overwrite"])
     assert result.exit_code == 0 and (target / "adapter_config.json").is_file()
     assert (target / "keep.txt").is_file()  # written over, never emptied
 

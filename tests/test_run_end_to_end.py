@@ -22,9 +22,8 @@ from fedlora.results.report import speedup, time_to_target
 runner = CliRunner()
 
 
-def test_run_writes_a_complete_results_folder(tmp_path: Path, tiny_config: dict) -> None:
-    out = tmp_path / "run"
-    run_cli(tmp_path, tiny_config, out)
+def test_run_writes_a_complete_results_folder(tiny_run: Path) -> None:
+    out = tiny_run
     assert {p.name for p in out.iterdir()} >= {
         "config.yaml",
         "events.jsonl",
@@ -67,10 +66,12 @@ def test_same_config_and_seed_give_the_same_event_log(tmp_path: Path, tiny_confi
     assert without_wall_clock(read_events(tmp_path / "c" / "events.jsonl")) != a
 
 
-def test_existing_run_is_not_overwritten_by_accident(tmp_path: Path, tiny_config: dict) -> None:
-    out = tmp_path / "run"
-    run_cli(tmp_path, tiny_config, out)
+def test_existing_run_is_not_overwritten_by_accident(
+    tmp_path: Path, tiny_config: dict, tiny_run_copy: Path
+) -> None:
+    out = tiny_run_copy
     config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config))
     result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--quiet"])
     assert result.exit_code == 2 and "already holds a run" in result.output
     run_cli(tmp_path, tiny_config, out, "--overwrite")
@@ -140,10 +141,9 @@ def test_speedup_is_the_ratio_of_times_to_target() -> None:
 
 
 def test_export_loads_in_stock_peft_with_identical_predictions(
-    tmp_path: Path, tiny_config: dict
+    tmp_path: Path, tiny_config: dict, tiny_run: Path
 ) -> None:
-    run = tmp_path / "run"
-    run_cli(tmp_path, tiny_config, run)
+    run = tiny_run
     result = runner.invoke(app, ["export", str(run), str(tmp_path / "adapter")])
     assert result.exit_code == 0, result.output
     assert_plain_file_modes(tmp_path / "adapter")
@@ -153,9 +153,8 @@ def test_export_loads_in_stock_peft_with_identical_predictions(
     assert accuracy == pytest.approx(summary["final"]["accuracy"])
 
 
-def test_export_merged_model_predicts_like_the_adapter(tmp_path: Path, tiny_config: dict) -> None:
-    run = tmp_path / "run"
-    run_cli(tmp_path, tiny_config, run)
+def test_export_merged_model_predicts_like_the_adapter(tmp_path: Path, tiny_run: Path) -> None:
+    run = tiny_run
     assert (
         runner.invoke(app, ["export", str(run), str(tmp_path / "merged"), "--merge"]).exit_code == 0
     )
