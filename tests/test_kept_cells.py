@@ -28,6 +28,7 @@ def _table_only(study: Path | str, out: Path, docs: Path) -> str:
     return (docs / "table.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_the_table_keeps_its_cells_and_a_fresh_clone_rewrites_it(
     tmp_path: Path, tiny_config: dict
 ) -> None:
@@ -71,6 +72,7 @@ def test_no_finished_cell_anywhere_keeps_the_table(tmp_path: Path, tiny_config: 
     assert (tmp_path / "docs" / "table.md").read_text() == "the committed table\n"
 
 
+@pytest.mark.slow
 def test_a_damaged_summary_or_kept_predictions_is_refused_naming_the_file(
     tmp_path: Path, tiny_config: dict
 ) -> None:
