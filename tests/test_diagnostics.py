@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,11 @@ def test_hlora_at_full_global_rank_merges_without_error(ranks: list[int], seed: 
 def test_flora_merges_the_delta_round_without_error() -> None:
     agg = make("flora", 4)
     start = random_state(4, 8.0, 0)
-    jobs = [(random_state(r, 8.0, 10 + r), agg.project(start, r), 0.5) for r in (2, 4)]
+    sent = {r: agg.project(start, r) for r in (2, 4)}
+    # a result carries the frozen factors its job was sent (screening gives them back)
+    jobs = [
+        (replace(random_state(r, 8.0, 10 + r), frozen=s.frozen), s, 0.5) for r, s in sent.items()
+    ]
     terms = delta_terms(start, jobs)
     assert merge_error(terms, agg.combine(terms)) < F64_TOL
 

@@ -57,6 +57,25 @@ def from_effective(b: torch.Tensor, a: torch.Tensor, alpha: float) -> LoraFactor
     return LoraFactors(A=a, B=b / (alpha / a.shape[0]), alpha=alpha)
 
 
+def products(terms: Sequence[WeightedState], module: str) -> list[tuple[float, LoraFactors]]:
+    """Σ_t w_t ΔW_t for ``module`` as (coefficient, factors) pairs, ΔW_t = s·B·A plus the term's
+    frozen update F_t, if any.
+
+    The trained factors come first, one pair per term in order. Frozen factors follow, one
+    pair per distinct object with the terms' weights summed: a job's result and what it was
+    sent share theirs (screening gives the result the sent ones), so under delta updates they
+    cancel exactly and are left out, instead of adding rounding to every merge.
+    """
+    pairs = [(t.weight, t.state.lora[module]) for t in terms]
+    shared: dict[int, tuple[float, LoraFactors]] = {}
+    for t in terms:
+        frozen = t.state.frozen.get(module)
+        if frozen is not None:
+            weight, _ = shared.get(id(frozen), (0.0, frozen))
+            shared[id(frozen)] = (weight + t.weight, frozen)
+    return pairs + [(weight, f) for weight, f in shared.values() if weight != 0.0]
+
+
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     total = torch.zeros_like(tensors[0])
     for tensor, weight in zip(tensors, weights, strict=True):
@@ -147,13 +166,19 @@ class Aggregator(ABC):
         """Restore what :meth:`state_dict` returned."""
 
     def transmitted_bytes(self, state: AdapterState) -> int:
-        """Bytes of ``state`` that cross the network (all of it, unless parts stay local)."""
-        return state.num_bytes()
+        """Bytes of a client's update to ``state``'s shape that cross the network: all of it,
+        unless parts stay local. Frozen factors never go up: they are the server's."""
+        return state.num_bytes() - frozen_bytes(state)
 
     def download_bytes(self, sent: AdapterState, client: int) -> int:
-        """Bytes of a job's adapter ``sent`` down to ``client`` (its personalised parts
-        included when the client does not hold them yet)."""
-        return self.transmitted_bytes(sent)
+        """Bytes of a job's adapter ``sent`` down to ``client``: its frozen factors, and its
+        personalised parts when the client does not hold them yet, included."""
+        return self.transmitted_bytes(sent) + frozen_bytes(sent)
+
+
+def frozen_bytes(state: AdapterState) -> int:
+    """Bytes of ``state``'s frozen factors."""
+    return sum(t.numel() * t.element_size() for f in state.frozen.values() for t in (f.A, f.B))
 
 
 def create(

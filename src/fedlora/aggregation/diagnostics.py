@@ -2,11 +2,13 @@
 
 For a merge of weighted terms into a new global G:
 
-- ``error``: ‖G − E‖ / ‖E‖, E = Σ_t w_t s_t B_t A_t the exact weighted sum of *all* terms as
-  the policy wrote them (global and sent included). 0 for a lossless merge (FLoRA, HLoRA at
-  a global rank that holds the sum); zero-padding's cross-terms and any truncation show here.
-- ``energy_above``: per client rank r, the share of G's energy (squared singular values) in
-  its components beyond r, which a rank-r client cannot receive.
+- ``error``: ‖G − E‖ / ‖E‖, E = Σ_t w_t ΔW_t the exact weighted sum of *all* terms as the
+  policy wrote them (global and sent included), ΔW_t = s_t B_t A_t plus the term's frozen
+  update, if any (and G's own frozen update counts in G). 0 for a lossless merge (FLoRA,
+  FedEx-LoRA, HLoRA at a global rank that holds the sum); zero-padding's cross-terms and any
+  truncation show here.
+- ``energy_above``: per client rank r, the share of the energy (squared singular values) of
+  G's trained factors in their components beyond r, which a rank-r client cannot receive.
 - ``spread``: Σ_k w_k‖ΔW_k − ΔW̄‖² / ‖ΔW̄‖² over the merge's client results (weights
   normalised to 1): how much the clients disagree. ΔW_k is the client's adapter, minus what
   its job was sent when the merge carries that sent term (delta updates).
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from fedlora.adapters import AdapterState, LoraFactors
-from fedlora.aggregation.base import Aggregator, WeightedState, create
+from fedlora.aggregation.base import Aggregator, WeightedState, create, products
 from fedlora.config import ConfigError, ExperimentConfig
 from fedlora.policies.base import Source
 
@@ -91,10 +93,11 @@ def _ratio(numerator: float, denominator: float) -> float:
 def merge_error(terms: Sequence[WeightedState], merged: AdapterState) -> float:
     """‖G − Σ_t w_t ΔW_t‖ / ‖Σ_t w_t ΔW_t‖ over all modules."""
     wrong = exact = 0.0
-    for module, factors in merged.lora.items():
-        product = [(t.weight, t.state.lora[module]) for t in terms]
+    for module in merged.lora:
+        product = products(terms, module)
         exact += squared_norm(product)
-        wrong += squared_norm([(1.0, factors), *[(-w, f) for w, f in product]])
+        merged_product = products([WeightedState(merged, 1.0)], module)
+        wrong += squared_norm([*merged_product, *[(-w, f) for w, f in product]])
     return _ratio(wrong**0.5, exact**0.5)
 
 
@@ -115,8 +118,11 @@ def client_spread(terms: Sequence[WeightedState]) -> float:
     spread = mean = 0.0
     for module in terms[0].state.lora:
         updates = [
-            [(1.0, t.state.lora[module])]
-            + ([(-1.0, sent[t.job].lora[module])] if t.job in sent else [])
+            products(
+                [WeightedState(t.state, 1.0)]
+                + ([WeightedState(sent[t.job], -1.0)] if t.job in sent else []),
+                module,
+            )
             for t in results
         ]
         weights = [t.weight / total for t in results]
