@@ -42,11 +42,13 @@ def make(name: str, rank: int, alpha: float = 2.0, **options: object) -> aggrega
 def test_registry() -> None:
     assert set(aggregation.available()) == {
         "fedavg",
+        "fedex",
         "fedsa",
         "flexlora",
         "flora",
         "hetlora",
         "hlora",
+        "reppad",
         "zeropad",
     }
     with pytest.raises(ValueError, match=r"server\.aggregator: unknown name 'nope'"):

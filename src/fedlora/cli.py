@@ -457,5 +457,7 @@ def _print_partition(description: PartitionDescription) -> None:
 def list_components() -> None:
     """Show the registered aggregators, policies and tasks."""
     typer.echo(f"aggregators: {', '.join(aggregation.available())}")
+    for name in aggregation.available():
+        typer.echo(f"  {name:<9} {aggregation.describe(name)}")
     typer.echo(f"policies:    {', '.join(policies.available())}")
     typer.echo(f"tasks:       {', '.join(available_tasks())}")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from fedlora.client.model import build_resident_model, model_path, write_adapter_folder
+from fedlora.config import ConfigError
 from fedlora.results.store import read_config, read_global_state, read_summary
 
 
@@ -13,6 +14,12 @@ def export_adapter(run_folder: Path, out: Path) -> None:
     """``PeftModel.from_pretrained(base, out)`` then predicts as the run's final evaluation."""
     config = read_config(run_folder)
     state = read_global_state(run_folder)
+    if state.frozen:
+        raise ConfigError(
+            f"{run_folder}: the global model holds frozen factors ({config.server.aggregator}"
+            " folds part of every merge into the base weights), which a PEFT adapter cannot"
+            " carry; export it as a full model with --merge"
+        )
     write_adapter_folder(state, out, config.lora, model_path(config.model.name))
     _apply_umask(out)
 

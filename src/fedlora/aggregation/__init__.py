@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fedlora.aggregation.catalog import available
+from fedlora.aggregation.catalog import available, describe
 
 if TYPE_CHECKING:
     from fedlora.aggregation.base import Aggregator, WeightedState, client_results, create
 
-__all__ = ["Aggregator", "WeightedState", "available", "client_results", "create"]
+__all__ = ["Aggregator", "WeightedState", "available", "client_results", "create", "describe"]
 _LAZY = ("Aggregator", "WeightedState", "client_results", "create")
 
 

@@ -1,9 +1,12 @@
-"""Average A and B separately: FedAvg (FedIT), zero-padding, HetLoRA, and FedSA (A only).
+"""Average A and B separately: FedAvg (FedIT), zero- and replication-padding, HetLoRA, and
+FedSA (A only).
 
 Averaging the factors separately is what FedIT does. With different ranks, padding every
 client to the global rank with zeros (HetLoRA-style) makes the shapes agree, but the product of
 the averages (Σ w_k B_k)(Σ w_k A_k) contains the cross-terms B_i A_j, i ≠ j: a biased merge,
-kept here as the baseline that ``hlora`` corrects.
+kept here as the baseline that ``hlora`` corrects. Zero-padding also shrinks each component a
+client lacks by the share of weight of the clients lacking it; replication-padding fills those
+components instead (:class:`ReplicationPad`).
 """
 
 from __future__ import annotations
@@ -42,14 +45,25 @@ class FedAvg(Aggregator):
         if not terms:
             raise ValueError("combine needs at least one term")
         weights = self.reweight(terms)
-        rank = self.global_rank
         lora = {}
         for module in terms[0].state.lora:
-            factors = [t.state.lora[module] for t in terms]
-            a = weighted_sum([_pad_rows(f.A, rank) for f in factors], weights)
-            b = weighted_sum([_pad_rows(effective_b(f).T, rank).T for f in factors], weights)
+            a_rows, b_rows = self.padded(terms, module)
+            a = weighted_sum(a_rows, weights)
+            b = weighted_sum(b_rows, weights).T
             lora[module] = self.factors(b, a)
         return AdapterState(lora=lora, extra=average_extra(terms, weights))
+
+    def padded(
+        self, terms: Sequence[WeightedState], module: str
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each term's A and effective Bᵀ (rank × in, rank × out) at the global rank; the
+        components beyond a term's own rank are zero."""
+        factors = [t.state.lora[module] for t in terms]
+        rank = self.global_rank
+        return (
+            [_pad_rows(f.A, rank) for f in factors],
+            [_pad_rows(effective_b(f).T, rank) for f in factors],
+        )
 
     def reweight(self, terms: Sequence[WeightedState]) -> list[float]:
         """The weights the factors are averaged with; the policy's, unless a variant says."""
@@ -62,6 +76,59 @@ class ZeroPad(FedAvg):
 
     name = "zeropad"
     same_rank_only = False
+
+
+@registry.register("reppad")
+class ReplicationPad(ZeroPad):
+    """Replication-padding (Byun & Lee, NAACL 2025): a client's missing rank components are
+    filled with replicated values instead of zeros, then A and B are averaged as ``zeropad``.
+
+    Zero-padding makes component j of the average the weighted sum over the clients of rank
+    > j only, shrunk by the share of weight of the clients without it, which dilutes what the
+    high-rank clients learned. Here, among the terms of one role (client results; what jobs
+    were sent), every term lacking component j gets the weighted mean (by |weight|) of row j
+    of A, and of column j of the effective B, over the terms of that role which have it. With
+    weights summing to 1, component j of the average is then the weighted mean over the
+    clients that trained it. A result and its sent term have the same rank, so under delta
+    updates the pair contributes the mean *update* of the clients that have the component,
+    and cancels when every client returns what it was sent. The global term is at the global
+    rank and never padded; a component no term of a role has is zero, as in ``zeropad``.
+    (Written from the paper's abstract, which names the dilution by zero-padding and the
+    replication-based fix; its method section was not available to check the exact rule.)
+    """
+
+    name = "reppad"
+
+    def padded(
+        self, terms: Sequence[WeightedState], module: str
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        a_rows, b_rows = super().padded(terms, module)
+        ranks = [t.state.lora[module].rank for t in terms]
+        for role in (Source.UPDATE, Source.SENT):
+            members = [i for i, t in enumerate(terms) if t.role is role]
+            if not members:
+                continue
+            weights = [abs(terms[i].weight) for i in members]
+            present = [ranks[i] for i in members]
+            for rows in (a_rows, b_rows):
+                fill = _mean_where_present([rows[i] for i in members], weights, present)
+                for i in members:
+                    rows[i] = torch.cat([rows[i][: ranks[i]], fill[ranks[i] :]])
+        return a_rows, b_rows
+
+
+def _mean_where_present(
+    rows: Sequence[torch.Tensor], weights: Sequence[float], ranks: Sequence[int]
+) -> torch.Tensor:
+    """Row j: the weighted mean of row j over the tensors whose rank exceeds j (0 if none).
+
+    The rows beyond a tensor's rank are zero (padding), so the numerator is a plain weighted
+    sum; the denominator sums the weights of the tensors that have row j.
+    """
+    total = weighted_sum(rows, weights)
+    index = torch.arange(total.shape[0])
+    share = weighted_sum([(index < r).to(total.dtype) for r in ranks], weights)[:, None]
+    return torch.where(share > 0, total / torch.where(share > 0, share, 1.0), 0.0)
 
 
 @registry.register("hetlora")

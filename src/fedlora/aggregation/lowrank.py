@@ -62,12 +62,16 @@ def canonical_signs(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tens
     return left * signs, right * signs[:, None]
 
 
-def numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+def numerical_rank(s: torch.Tensor, shape: tuple[int, int], scale: float | None = None) -> int:
     """How many singular values are not rounding noise: above s_max·max(out, in)·ε, the
-    threshold of ``numpy.linalg.matrix_rank`` for the out×in matrix the factors stand for."""
+    threshold of ``numpy.linalg.matrix_rank`` for the out×in matrix the factors stand for.
+
+    ``scale`` replaces s_max where the matrix is a difference of larger ones: rounding then
+    scales with the terms, not with what is left of them."""
     if s.numel() == 0:
         return 0
-    tolerance = float(s.max()) * max(shape) * torch.finfo(s.dtype).eps
+    largest = float(s.max()) if scale is None else max(scale, float(s.max()))
+    tolerance = largest * max(shape) * torch.finfo(s.dtype).eps
     return int((s > tolerance).sum())
 
 
