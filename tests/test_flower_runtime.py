@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from fakes import assert_same_global, merged_jobs, run_cli
 from flwr.app import Context, Message, RecordDict
+from local_grid import ClientCall, LocalGrid
 
 from fedlora.config import build_config
 from fedlora.flower.client_app import app as client_app
 from fedlora.flower.client_app import train_content
 from fedlora.flower.grid_runtime import FederationError, discover_clients
-from fedlora.flower.local_grid import ClientCall, LocalGrid
 from fedlora.flower.records import JobFields
 from fedlora.flower.server_app import run_federation
 from fedlora.results.events import read_events

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message
+from local_grid import ClientCall, LocalGrid
 
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.client.protocol import LocalResult
 from fedlora.config import build_config
 from fedlora.experiment import prepare
 from fedlora.flower.client_app import app as client_app
-from fedlora.flower.local_grid import ClientCall, LocalGrid
 from fedlora.flower.records import get_state, put_state
 from fedlora.flower.server_app import run_federation
 from fedlora.results.events import EventLog

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fakes import run_cli, stock_peft_accuracy
+from fakes import deterministic, run_cli, stock_peft_accuracy
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
 from fedlora.cli import app
-from fedlora.results.events import read_events, without_wall_clock
+from fedlora.results.events import read_events
 from fedlora.results.predictions import read_predictions
 from fedlora.results.report import speedup, time_to_target
 
@@ -58,12 +58,12 @@ def test_run_writes_a_complete_results_folder(tiny_run: Path) -> None:
 def test_same_config_and_seed_give_the_same_event_log(tmp_path: Path, tiny_config: dict) -> None:
     run_cli(tmp_path, tiny_config, tmp_path / "a")
     run_cli(tmp_path, tiny_config, tmp_path / "b")
-    a = without_wall_clock(read_events(tmp_path / "a" / "events.jsonl"))
-    b = without_wall_clock(read_events(tmp_path / "b" / "events.jsonl"))
+    a = deterministic(read_events(tmp_path / "a" / "events.jsonl"))
+    b = deterministic(read_events(tmp_path / "b" / "events.jsonl"))
     assert a == b
     tiny_config["seed"] = 1
     run_cli(tmp_path, tiny_config, tmp_path / "c")
-    assert without_wall_clock(read_events(tmp_path / "c" / "events.jsonl")) != a
+    assert deterministic(read_events(tmp_path / "c" / "events.jsonl")) != a
 
 
 def test_existing_run_is_not_overwritten_by_accident(

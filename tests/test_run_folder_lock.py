@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 from fakes import run_cli
+from local_grid import LocalGrid
 from typer.testing import CliRunner
 
 from fedlora.cli import app
 from fedlora.config import ConfigError, build_config
 from fedlora.flower.client_app import app as client_app
-from fedlora.flower.local_grid import LocalGrid
 from fedlora.flower.server_app import run_federation
 from fedlora.results.errors import RunFolderError
 from fedlora.results.folders import LOCK_FILE, hold_run_folder

@@ -20,8 +20,6 @@ from typing import Any, TextIO
 
 from fedlora.results.errors import RunFolderError
 
-WALL_FIELDS = frozenset({"wall"})
-
 
 @dataclass(frozen=True)
 class LogMark:
@@ -128,8 +126,3 @@ def verified_prefix(path: Path, mark: LogMark) -> hashlib._Hash:
 def read_events(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def without_wall_clock(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The deterministic part of an event log."""
-    return [{k: v for k, v in e.items() if k not in WALL_FIELDS} for e in events]
