@@ -143,7 +143,7 @@ def test_unknown_task_and_split() -> None:
         load_split(DataConfig(task="cola"), None, "train")
     with pytest.raises(DataError, match="unknown split 'validation'"):
         load_split(DataConfig(task="rte"), None, "validation")
-    assert {"mrpc", "rte", "qqp", "sst2", "csv", "jsonl"} == set(available_tasks())
+    assert {"mrpc", "rte", "qqp", "sst2", "csv", "jsonl", "instruct"} == set(available_tasks())
 
 
 # --- generic CSV / JSONL ---------------------------------------------------------------------

@@ -22,9 +22,17 @@ from fedlora.metrics import compute_metrics
 
 
 def plan_batches(
-    indices: np.ndarray, train: TrainConfig, rng: np.random.Generator
+    indices: np.ndarray,
+    train: TrainConfig,
+    rng: np.random.Generator,
+    lengths: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """The job's batches: passes over the client's shuffled examples, cut into batch_size."""
+    """The job's batches: passes over the client's shuffled examples, cut into batch_size.
+
+    Given the examples' ``lengths`` (tokens), the batches are grouped by length: the job's
+    examples are sorted by length (ties in their shuffled order), cut into batches, and the
+    batches shuffled, so a batch pads its rows to a similar length, not to the job's longest.
+    """
     if len(indices) == 0:
         raise ValueError("a client without examples cannot train")
     batch_size = min(train.batch_size, len(indices))  # a small client trains on all it has
@@ -35,10 +43,15 @@ def plan_batches(
         total = max(1, round(train.local_epochs * len(indices)))
     passes = math.ceil(total / len(indices))
     stream = np.concatenate([rng.permutation(indices) for _ in range(passes)])[:total]
-    return [stream[i : i + batch_size] for i in range(0, total, batch_size)]
+    if lengths is not None:
+        stream = stream[np.argsort(lengths[stream], kind="stable")]
+    batches = [stream[i : i + batch_size] for i in range(0, total, batch_size)]
+    if lengths is None:
+        return batches
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[object]:
+def autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[object]:
     if bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -54,7 +67,9 @@ def train_local(
     bf16: bool,
     pad_token_id: int,
 ) -> LocalResult:
-    """Fresh AdamW from ``start`` over ``batches``; the trained adapter and the mean loss."""
+    """Fresh AdamW from ``start`` over ``batches``; the trained adapter and the mean loss (the
+    model's own: a classifier's over examples, a causal LM's over the batch's response
+    tokens)."""
     model.load(start)
     torch.manual_seed(seed)  # LoRA dropout
     params = model.trainable_parameters()
@@ -63,7 +78,7 @@ def train_local(
     losses = []
     for batch_indices in batches:
         batch = collate(data, batch_indices, pad_token_id)
-        with _autocast(bf16, model.device):
+        with autocast(bf16, model.device):
             loss = model.forward(batch).loss
         loss.backward()
         if train.max_grad_norm is not None:
@@ -79,7 +94,7 @@ def train_local(
     )
 
 
-def _length_sorted_batches(
+def length_sorted_batches(
     indices: np.ndarray, lengths: np.ndarray, batch_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Evaluation batches of similar lengths, so dynamic padding wastes little compute: each
@@ -105,9 +120,9 @@ def predict(
     model.model.eval()
     logits = torch.empty(len(indices), model.model.config.num_labels)
     loss_sum = 0.0
-    for positions, batch_indices in _length_sorted_batches(indices, data.lengths, batch_size):
+    for positions, batch_indices in length_sorted_batches(indices, data.lengths, batch_size):
         batch = collate(data, batch_indices, pad_token_id)
-        with _autocast(bf16, model.device):
+        with autocast(bf16, model.device):
             out = model.forward(batch)
         logits[torch.as_tensor(positions)] = out.logits.float().cpu()
         loss_sum += float(out.loss) * len(batch_indices)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
-GENERIC_TASKS = ("csv", "jsonl")
+GENERIC_TASKS = ("csv", "jsonl", "instruct")  # tasks whose files are data.files
 
 
 class ConfigError(ValueError):
@@ -42,8 +42,10 @@ class PartitionConfig(_Section):
     score and the label are correlated, plain bands skew both).
     """
 
-    method: Literal["iid", "dirichlet", "sorted"] = "iid"
-    by: Literal["label", "length", "sentences", "lexical", "column"] = "label"
+    method: Literal["iid", "dirichlet", "sorted", "given"] = "iid"
+    by: Literal[
+        "label", "length", "sentences", "lexical", "column", "prompt", "context", "response"
+    ] = "label"
     alpha: Annotated[float, Field(gt=0)] = 0.5
     buckets: Annotated[int, Field(ge=1)] = 5
     strictness: Annotated[float, Field(ge=0, le=1)] = 1.0
@@ -73,6 +75,22 @@ class DegradeConfig(_Section):
     rate: Annotated[float, Field(gt=0, le=1)] = 0.3
 
 
+class InstructConfig(_Section):
+    """The fields of an instruction row (``data.task: instruct``) and how its prompt is built.
+
+    Defaults fit Dolly; Alpaca's rows are ``{context: input, response: output, category:
+    null}``. ``context`` and ``category`` may be null when the rows have none. ``template``:
+    ``chat`` is the tokenizer's chat template, ``plain`` the documented plain one (README),
+    ``auto`` the chat template when the tokenizer has one.
+    """
+
+    instruction: str = "instruction"
+    context: str | None = "context"
+    response: str = "response"
+    category: str | None = "category"
+    template: Literal["auto", "chat", "plain"] = "auto"
+
+
 class DataConfig(_Section):
     task: str = "mrpc"
     dir: FilePath | None = None
@@ -86,6 +104,8 @@ class DataConfig(_Section):
     text_columns: list[str] | None = None
     label_column: str = "label"
     score_column: str | None = None  # a numeric column: the context score ``by: column``
+    client_column: str | None = None  # an integer column: each row's client (method: given)
+    instruct: InstructConfig = InstructConfig()
     partition: PartitionConfig = PartitionConfig()
     degrade: DegradeConfig | None = None
 
@@ -94,6 +114,11 @@ class DataConfig(_Section):
         if self.partition.by == "column" and self.score_column is None:
             raise ValueError(
                 "data.partition.by: 'column' needs data.score_column, the file's score column"
+            )
+        if (self.partition.method == "given") != (self.client_column is not None):
+            raise ValueError(
+                "data.partition.method: 'given' and data.client_column go together: the"
+                " column names each row's client (Dolly's FedIT split: fedit_client)"
             )
         return self
 

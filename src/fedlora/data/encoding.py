@@ -2,7 +2,9 @@
 
 Every client of a run (and every later run) shares one encoding: from memory within a process,
 from a file across processes. Batches are padded to their own longest example, not to
-max_length, because most GLUE examples are far shorter.
+max_length, because most GLUE examples are far shorter. An instruction task's rows are prompt
+then response (:mod:`fedlora.data.prompts`); their batches carry token labels, -100 (ignored by
+the loss) on the prompt and the padding.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from fedlora.data.context import text_scores
+from fedlora.data.prompts import PromptBuilder, template_recipe
 from fedlora.data.sources import Example, LabelledSplit
 
 if TYPE_CHECKING:  # transformers is slow to import and only needed for the annotation
@@ -36,6 +39,7 @@ _CHUNK = 2048  # examples per tokenizer call: batched speed without one huge out
 _log = logging.getLogger(__name__)
 _memo: dict[str, EncodedSplit] = {}
 _SCORE = "score_"  # payload fields holding a context score
+IGNORE = -100  # the label of a token no loss is computed on (PyTorch's and transformers')
 
 Payload = dict[str, torch.Tensor]
 
@@ -43,12 +47,16 @@ Payload = dict[str, torch.Tensor]
 @dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare by identity
 class EncodedSplit:
     """Token ids of each example, unpadded, the labels and the context scores aligned with
-    them (:mod:`fedlora.data.context`)."""
+    them (:mod:`fedlora.data.context`). An instruction task's labels are its categories, and
+    ``prompt_lengths`` says how many leading tokens of each row are prompt; ``cut`` holds
+    each row's truncation bits (:data:`fedlora.data.prompts.CUT_CONTEXT` ...)."""
 
     input_ids: list[torch.Tensor]
     token_type_ids: list[torch.Tensor] | None
     labels: torch.Tensor
     scores: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    prompt_lengths: torch.Tensor | None = None
+    cut: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -101,12 +109,20 @@ def collate(
     if encoded.token_type_ids is not None:
         types = [encoded.token_type_ids[index] for index in indices]
         batch["token_type_ids"] = pad_sequence(types, batch_first=True, padding_value=0)
-    batch["labels"] = encoded.labels[torch.as_tensor(indices, dtype=torch.long)]
+    chosen = torch.as_tensor(indices, dtype=torch.long)
+    if encoded.prompt_lengths is None:
+        batch["labels"] = encoded.labels[chosen]
+        return batch
+    positions = torch.arange(width)[None, :]
+    response = (positions >= encoded.prompt_lengths[chosen][:, None]) & batch[
+        "attention_mask"
+    ].bool()
+    batch["labels"] = batch["input_ids"].masked_fill(~response, IGNORE)
     return batch
 
 
 def _cache_key(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
-    parts = [
+    parts: list[object] = [
         _FORMAT,
         tokenizer.name_or_path,
         len(tokenizer),  # vocabulary size including added tokens
@@ -116,6 +132,10 @@ def _cache_key(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_len
         len(split.examples),  # a subset that kept its parent's fingerprint still misses
         max_length,
     ]
+    if split.task.causal:
+        assert split.task.template is not None
+        builder = PromptBuilder(tokenizer, split.task.template)
+        parts.append(template_recipe(builder.template, tokenizer))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -126,6 +146,8 @@ def _default_cache_dir() -> Path:
 
 def _tokenize(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Payload:
     """Flat token ids plus offsets: one compact tensor per field, cheap to save and load."""
+    if split.task.causal:
+        return _tokenize_instructions(split, tokenizer, max_length)
     ids: list[int] = []
     types: list[int] = []
     lengths = [0]
@@ -154,6 +176,39 @@ def _tokenize(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_leng
     return payload
 
 
+def _tokenize_instructions(
+    split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Payload:
+    """Prompt-then-response token ids, the prompt lengths and cuts, and the scores: ``length``
+    (prompt and response tokens), ``prompt``, ``context``, ``response`` (tokens, before any
+    cut) besides the text scores of instruction and context."""
+    assert split.task.template is not None
+    builder = PromptBuilder(tokenizer, split.task.template)
+    rows = [
+        row
+        for start in range(0, len(split.examples), _CHUNK)
+        for row in builder.encode(split.examples[start : start + _CHUNK], max_length)
+    ]
+
+    def column(values: Sequence[float]) -> npt.NDArray[np.float64]:
+        return np.array(values, dtype=np.float64)
+
+    scores = {
+        "length": column([r.prompt_tokens + r.response_tokens for r in rows]),
+        "prompt": column([r.prompt_tokens for r in rows]),
+        "context": column([r.context_tokens for r in rows]),
+        "response": column([r.response_tokens for r in rows]),
+    } | text_scores(split.examples)
+    payload = {
+        "input_ids": torch.tensor([t for r in rows for t in r.ids], dtype=torch.int32),
+        "offsets": torch.tensor(np.cumsum([0, *(len(r.ids) for r in rows)]), dtype=torch.long),
+        "labels": torch.tensor([example.label for example in split.examples], dtype=torch.long),
+        "prompt_lengths": torch.tensor([r.prompt_length for r in rows], dtype=torch.long),
+        "cut": torch.tensor([r.cut for r in rows], dtype=torch.uint8),
+    }
+    return payload | {_SCORE + name: torch.from_numpy(values) for name, values in scores.items()}
+
+
 def tokenizer_inputs(
     examples: Sequence[Example], pair: bool, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[str], list[str] | None]:
@@ -175,6 +230,8 @@ def _unpack(payload: Payload) -> EncodedSplit:
         input_ids=list(torch.split(payload["input_ids"].long(), sizes)),
         token_type_ids=None if types is None else list(torch.split(types.long(), sizes)),
         labels=payload["labels"],
+        prompt_lengths=payload.get("prompt_lengths"),
+        cut=payload.get("cut"),
         scores={
             key.removeprefix(_SCORE): value.numpy()
             for key, value in payload.items()
@@ -214,6 +271,9 @@ def _check(payload: object, count: int) -> None:
         raise ValueError("token type ids do not match the token ids")
     if any(v.shape != (count,) for k, v in payload.items() if k.startswith(_SCORE)):
         raise ValueError("context scores do not match the examples")
+    rows = [payload[k] for k in ("prompt_lengths", "cut") if k in payload]
+    if any(v.shape != (count,) for v in rows):
+        raise ValueError("prompt lengths or cuts do not match the examples")
 
 
 def _write_cache(path: Path, payload: Payload) -> None:

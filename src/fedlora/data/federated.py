@@ -31,17 +31,37 @@ class FederatedData:
     client_train: list[np.ndarray]  # indices into ``train`` each client trains on
     client_test: list[np.ndarray] | None  # its held-out local test split, if any
     degraded_clients: list[int]
+    eval_ids: np.ndarray  # each eval example's row in its file (0-based): its id
+
+
+def subset_rows(count: int, limit: int | None, seed: int) -> np.ndarray:
+    """The rows a seeded random subset of ``limit`` of ``count`` keeps, in file order."""
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng([seed, 3]).choice(count, limit, False))
 
 
 def _subset(split: LabelledSplit, limit: int | None, seed: int) -> LabelledSplit:
     """A seeded random subset (in file order) for quick runs; the whole split when no limit."""
     if limit is None or limit >= len(split.examples):
         return split
-    keep = np.sort(np.random.default_rng([seed, 3]).choice(len(split.examples), limit, False))
+    keep = subset_rows(len(split.examples), limit, seed)
     examples = [split.examples[i] for i in keep]
     return LabelledSplit(
         split.task, split.split, examples, split.origin, f"{split.fingerprint}:{limit}:{seed}"
     )
+
+
+def given_clients(split: LabelledSplit, num_clients: int, column: str | None) -> list[np.ndarray]:
+    """The clients the data file names (``data.partition.method: given``): ids 0 … num − 1."""
+    ids = np.array([-1 if e.client is None else e.client for e in split.examples])
+    outside = sorted({int(c) for c in ids if not 0 <= c < num_clients})
+    if outside:
+        raise ConfigError(
+            f"data.client_column: {split.origin} names client(s) {outside[:5]} in column"
+            f" {column!r}, outside 0 … {num_clients - 1} (clients.num: {num_clients})"
+        )
+    return [np.flatnonzero(ids == client).astype(np.int64) for client in range(num_clients)]
 
 
 def partition_keys(data: EncodedSplit, by: str) -> np.ndarray:
@@ -80,26 +100,43 @@ def prepare_data(config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -
     train_split = _subset(
         load_split(config.data, data_dir, "train"), config.data.max_train_examples, seed
     )
-    eval_split = _subset(
-        load_split(config.data, data_dir, config.eval.split), config.data.max_eval_examples, seed
-    )
+    eval_full = load_split(config.data, data_dir, config.eval.split)
+    eval_ids = subset_rows(len(eval_full.examples), config.data.max_eval_examples, seed)
+    eval_split = _subset(eval_full, config.data.max_eval_examples, seed)
 
     def encode(split: LabelledSplit) -> EncodedSplit:
         return encode_split(split, tokenizer, config.data.max_length, config.data.cache_dir)
 
     train = encode(train_split)
-    clients = partition(
-        partition_keys(train, config.data.partition.by),
-        config.clients.num,
-        config.data.partition,
-        seed,
-        labels=train.labels.numpy(),
-    )
+    clients = client_partition(config, train_split, train)
     degraded: list[int] = []
     if config.data.degrade is not None:
         degraded_split, degraded = degrade(train_split, clients, config.data.degrade, seed)
         train = encode(degraded_split)
     client_train, client_test = hold_out(clients, config.eval.local_share, seed)
     return FederatedData(
-        train_split.task, train, encode(eval_split), client_train, client_test, degraded
+        train_split.task, train, encode(eval_split), client_train, client_test, degraded, eval_ids
+    )
+
+
+def client_partition(
+    config: ExperimentConfig, split: LabelledSplit, encoded: EncodedSplit
+) -> list[np.ndarray]:
+    """Each client's training examples: the file's own clients, or a draw by the config."""
+    method = config.data.partition
+    if method.method == "given":
+        clients = given_clients(split, config.clients.num, config.data.client_column)
+        small = [c for c, indices in enumerate(clients) if len(indices) < method.min_size]
+        if small:
+            raise ConfigError(
+                f"data.partition.min_size: the file's client(s) {small[:5]} hold fewer than"
+                f" {method.min_size} examples (of data.max_train_examples)"
+            )
+        return clients
+    return partition(
+        partition_keys(encoded, method.by),
+        config.clients.num,
+        method,
+        seed=config.seed,
+        labels=encoded.labels.numpy(),
     )

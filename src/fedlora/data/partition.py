@@ -50,6 +50,8 @@ def partition(
             f" {config.min_size} examples each need {num_clients * config.min_size} examples,"
             f" but there are {len(groups)}"
         )
+    if config.method not in _METHODS:  # given: read from the data file, never drawn
+        raise PartitionError(f"data.partition.method: {config.method!r} is not a drawn partition")
     rng = np.random.default_rng(seed)
     if config.within_labels:
         if labels is None or np.shape(labels) != groups.shape:

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedlora.config import DataConfig, unreadable
-from fedlora.data.tasks import TASKS, GlueTask, TaskSpec, available_tasks, generic_task
+from fedlora.data.tasks import (
+    INSTRUCTION_TASKS,
+    TASKS,
+    GlueTask,
+    TaskSpec,
+    available_tasks,
+    generic_task,
+)
 
 SPLITS = ("train", "dev", "test")
 _WHERE = "point data.dir (or $FEDLORA_DATA) at the GLUE folder or at the task's own folder"
@@ -39,6 +46,9 @@ class Example:
     text_b: str | None
     label: int
     score: float | None = None  # the data file's ``data.score_column``, when one is named
+    response: str | None = None  # an instruction row's response (text_a: its instruction,
+    # text_b: its context)
+    client: int | None = None  # the data file's ``data.client_column``, when one is named
 
 
 @dataclass(frozen=True)
@@ -80,19 +90,23 @@ def load_split(data: DataConfig, data_dir: Path | None, split: str) -> LabelledS
     glue = TASKS.get(data.task)
     if glue is not None:
         if split not in SPLITS:
-            raise DataError(f"unknown split {split!r} for task {glue.name}; use {_names(SPLITS)}")
+            raise DataError(f"unknown split {split!r} for task {glue.name}; use {names(SPLITS)}")
         if data.source == "hub":
             if data.score_column is not None:
                 raise DataError("data.score_column: the hub's GLUE tables have no extra columns")
             return _load_hub(glue, split)
         return _load_glue(glue, data_dir, split, data.score_column)
+    if data.task in INSTRUCTION_TASKS:
+        from fedlora.data.instruct import load_instruct  # it reads files with this module
+
+        if data.source == "hub":
+            raise DataError(f"data.source: the hub serves GLUE tasks, not {data.task!r} files")
+        return load_instruct(data, data_dir, split)
     if data.task in _READERS:
         if data.source == "hub":
             raise DataError(f"data.source: the hub serves GLUE tasks, not {data.task!r} files")
         return _load_generic(data, data_dir, split)
-    raise DataError(
-        f"data.task: unknown task {data.task!r}; available: {_names(available_tasks())}"
-    )
+    raise DataError(f"data.task: unknown task {data.task!r}; available: {names(available_tasks())}")
 
 
 def _load_glue(
@@ -143,14 +157,14 @@ def _load_generic(data: DataConfig, data_dir: Path | None, split: str) -> Labell
         )
     columns = _Columns(tuple(data.text_columns), data.label_column, data.score_column)
     read = _READERS[data.task]
-    train = _generic_file(data, data_dir, "train")
+    train = generic_file(data, data_dir, "train")
     label_names = _label_names(train, columns, read(train, columns, "train"))
-    path = _generic_file(data, data_dir, split)
+    path = generic_file(data, data_dir, split)
     task = generic_task(data.task, label_names, pair=len(columns.text) == 2)
     return _labelled(task, split, path, columns, read(path, columns, split), label_names)
 
 
-def _generic_file(data: DataConfig, data_dir: Path | None, split: str) -> Path:
+def generic_file(data: DataConfig, data_dir: Path | None, split: str) -> Path:
     if not data.files:
         raise DataError(
             f"data.files: task {data.task} needs a file per split,"
@@ -158,7 +172,7 @@ def _generic_file(data: DataConfig, data_dir: Path | None, split: str) -> Path:
         )
     if split not in data.files:
         raise DataError(
-            f"data.files.{split}: no file for split {split!r} (given: {_names(data.files)})"
+            f"data.files.{split}: no file for split {split!r} (given: {names(data.files)})"
         )
     path = data.files[split]
     if data_dir is not None and not path.is_absolute():
@@ -190,7 +204,7 @@ def _two_classes(path: Path, column: str, seen: Collection[str]) -> None:
     if len(seen) < 2:
         raise DataError(
             f"{path}: {len(seen)} distinct label(s) in column {column!r}"
-            f" ({_names(sorted(seen)) or 'no rows'}); a classifier needs at least two"
+            f" ({names(sorted(seen)) or 'no rows'}); a classifier needs at least two"
         )
 
 
@@ -216,7 +230,7 @@ def _examples(
         if label not in ids:
             raise DataError(
                 f"{path}:{line}: label {label!r} in column {columns.label!r}"
-                f" is not one of the task's labels ({_names(raw_labels)})"
+                f" is not one of the task's labels ({names(raw_labels)})"
             )
         text_a, *rest = (_text(path, line, column, row[column]) for column in columns.text)
         score = None if columns.score is None else _score(path, line, columns.score, row)
@@ -301,16 +315,16 @@ def _require(
     if missing == [columns.label]:
         raise DataError(
             f"{path}:{line}: the {split} split has no labels:"
-            f" no column {columns.label!r} (columns: {_names(present)})"
+            f" no column {columns.label!r} (columns: {names(present)})"
         )
     if missing:
         raise DataError(
-            f"{path}:{line}: missing column {_names(missing)} (columns: {_names(present)})"
+            f"{path}:{line}: missing column {names(missing)} (columns: {names(present)})"
         )
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[TextIO]:
+def opened(path: Path) -> Iterator[TextIO]:
     """The file as text; ``utf-8-sig`` drops a BOM so it never leaks into the first header."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -341,7 +355,7 @@ def _read_delimited(
 ) -> Records:
     """Rows of a CSV/TSV with a header, streamed (QQP has 364k rows), by column name."""
     csv.field_size_limit(_MAX_FIELD)
-    with _opened(path) as handle:
+    with opened(path) as handle:
         reader = csv.reader(handle, dialect)
         try:
             header = next(reader, None)
@@ -366,7 +380,7 @@ def _read_delimited(
 def _read_jsonl(path: Path, columns: _Columns, split: str) -> Records:
     """One JSON object per line; blank lines are skipped."""
     first: tuple[int, object] | None = None  # the line and value of the file's first label
-    with _opened(path) as handle:
+    with opened(path) as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
@@ -420,5 +434,5 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _names(values: Iterable[object]) -> str:
+def names(values: Iterable[object]) -> str:
     return ", ".join(repr(value) for value in values)

@@ -1,6 +1,10 @@
-"""The classification tasks fedlora knows: their labels, metrics and, for GLUE, their files.
+"""The tasks fedlora knows: their labels, metrics and, for GLUE, their files.
 
-A task is data, not code: adding a GLUE-style task is one more entry in :data:`TASKS`.
+A task is data, not code: adding a GLUE-style task is one more entry in :data:`TASKS`. Two
+kinds of task share one pipeline: a *classification* task trains a head beside LoRA and is
+scored by accuracy; an *instruction* task trains a causal LM's LoRA on response tokens and is
+scored by response loss and perplexity (its "labels" are the rows' categories, so partitions
+and slices treat a category like a label).
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from dataclasses import dataclass, field
 
 GENERIC_TASKS = ("csv", "jsonl")
 """Task names whose labels and columns come from the config (``data.files`` ...)."""
+INSTRUCTION_TASKS = ("instruct",)
+"""Task names of instruction rows for a causal LM (``data.files``, ``data.instruct``)."""
+CLASSIFICATION = "classification"
+INSTRUCTION = "instruction"
 
 
 @dataclass(frozen=True)
@@ -20,10 +28,18 @@ class TaskSpec:
     label_names: tuple[str, ...]
     metrics: tuple[str, ...]
     pair: bool
+    kind: str = field(default=CLASSIFICATION, kw_only=True)
+    # an instruction task's prompt template: auto, chat or plain (data.instruct.template)
+    template: str | None = field(default=None, kw_only=True)
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def causal(self) -> bool:
+        """Whether the task trains a causal LM (no classifier head) rather than a classifier."""
+        return self.kind == INSTRUCTION
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,23 @@ def generic_task(name: str, label_names: tuple[str, ...], pair: bool) -> TaskSpe
     return TaskSpec(name=name, label_names=label_names, metrics=metrics, pair=pair)
 
 
+def instruction_task(name: str, categories: tuple[str, ...], template: str) -> TaskSpec:
+    """An instruction task: scored by response loss and perplexity, its categories as labels."""
+    return TaskSpec(
+        name=name,
+        label_names=categories,
+        metrics=("loss", "perplexity"),
+        pair=True,
+        kind=INSTRUCTION,
+        template=template,
+    )
+
+
+def is_causal(task_name: str) -> bool:
+    """Whether ``data.task`` names an instruction task (a causal LM, no classifier head)."""
+    return task_name in INSTRUCTION_TASKS
+
+
 def available_tasks() -> list[str]:
     """Every value ``data.task`` accepts."""
-    return [*TASKS, *GENERIC_TASKS]
+    return [*TASKS, *GENERIC_TASKS, *INSTRUCTION_TASKS]
