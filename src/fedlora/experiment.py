@@ -27,7 +27,11 @@ from fedlora.preflight import check
 from fedlora.results.events import EventLog
 from fedlora.results.folders import claim_run_folder, hold_run_folder
 from fedlora.results.plots import plot_curves, run_title
-from fedlora.results.predictions import PREDICTIONS_FILE, write_predictions
+from fedlora.results.predictions import (
+    PREDICTIONS_FILE,
+    step_predictions_path,
+    write_predictions,
+)
 from fedlora.results.store import (
     ADAPTER_DIR,
     CURVES_FILE,
@@ -66,7 +70,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     model, _ = build_resident_model(
         config.model,
         config.lora,
-        data.task.num_labels,
+        None if data.task.causal else data.task.num_labels,
         config.seed,
         rank=config.global_rank,
         tokenizer=tokenizer,
@@ -77,10 +81,11 @@ def prepare(config: ExperimentConfig) -> Prepared:
         data.train,
         data.eval,
         data.client_train,
-        data.task.metrics,
+        data.task,
         config,
         int(tokenizer.pad_token_id),
         data.client_test,
+        data.eval_ids,
     )
     return Prepared(config, data, learner)
 
@@ -135,7 +140,7 @@ def run_experiment(
                 prepared.learner,
                 sizes,
                 log,
-                progress=progress,
+                progress=evaluation_writer(folder, prepared.learner, progress),
                 checkpoint=save,
                 interrupted=interrupted,
             )
@@ -147,6 +152,22 @@ def run_experiment(
         summary = write_results(folder, prepared, outcome)
         remove_checkpoint(folder)
     return summary
+
+
+def evaluation_writer(
+    folder: Path, learner: ModelLearner, progress: Callable[[Outcome], None] | None
+) -> Callable[[Outcome], None]:
+    """A progress callback that first writes the latest global evaluation's predictions
+    (``predictions/step_NNNNNN.csv``: the model's version), then calls ``progress``."""
+
+    def after_evaluation(outcome: Outcome) -> None:
+        if learner.global_predictions is not None:
+            step = outcome.evaluations[-1].step
+            write_predictions(step_predictions_path(folder, step), learner.global_predictions)
+        if progress is not None:
+            progress(outcome)
+
+    return after_evaluation
 
 
 def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[str, Any]:
@@ -165,7 +186,11 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
     )
     write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)
     write_adapter_folder(
-        outcome.global_state, folder / ADAPTER_DIR, config.lora, model_path(config.model.name)
+        outcome.global_state,
+        folder / ADAPTER_DIR,
+        config.lora,
+        model_path(config.model.name),
+        prepared.task.causal,
     )
     curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
     plot_curves({config.name: curves}, [summary], folder / CURVES_FILE, run_title(summary))

@@ -1,4 +1,8 @@
-"""Export a run's global adapter: a stock PEFT folder, or a full model with it merged in."""
+"""Export a run's global adapter: a stock PEFT folder, or a full model with it merged in.
+
+A classification run's adapter loads onto ``AutoModelForSequenceClassification`` (its head
+saved beside LoRA), an instruction run's onto ``AutoModelForCausalLM``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 
 from fedlora.client.model import build_resident_model, model_path, write_adapter_folder
 from fedlora.config import ConfigError
+from fedlora.data.tasks import is_causal
 from fedlora.results.store import read_config, read_global_state, read_summary
 
 
@@ -20,7 +25,8 @@ def export_adapter(run_folder: Path, out: Path) -> None:
             " folds part of every merge into the base weights), which a PEFT adapter cannot"
             " carry; export it as a full model with --merge"
         )
-    write_adapter_folder(state, out, config.lora, model_path(config.model.name))
+    causal = is_causal(config.data.task)
+    write_adapter_folder(state, out, config.lora, model_path(config.model.name), causal)
     _apply_umask(out)
 
 
@@ -28,14 +34,16 @@ def export_merged(run_folder: Path, out: Path) -> None:
     """A plain transformers model folder (weights + tokenizer) with ΔW folded into the base."""
     config = read_config(run_folder)
     labels = read_summary(run_folder)["labels"]
+    causal = is_causal(config.data.task)
     state = read_global_state(run_folder)
     model, tokenizer = build_resident_model(
-        config.model, config.lora, len(labels), config.seed, rank=state.rank
+        config.model, config.lora, None if causal else len(labels), config.seed, rank=state.rank
     )
     model.load(state)
     merged = model.model.merge_and_unload()
-    merged.config.id2label = dict(enumerate(labels))
-    merged.config.label2id = {label: i for i, label in enumerate(labels)}
+    if not causal:
+        merged.config.id2label = dict(enumerate(labels))
+        merged.config.label2id = {label: i for i, label in enumerate(labels)}
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _apply_umask(out)

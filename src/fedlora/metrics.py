@@ -1,8 +1,9 @@
-"""Scores of predicted label ids against true ones, as GLUE reports them (numpy, no sklearn)."""
+"""Scores of predicted label ids against true ones, as GLUE reports them (numpy, no sklearn),
+and an instruction task's response loss and perplexity, overall and per slice."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -52,3 +53,22 @@ def _label_f1(predicted: npt.NDArray[np.int64], true: npt.NDArray[np.int64], lab
 
 
 METRICS: dict[str, Metric] = {"accuracy": accuracy, "f1": f1}
+
+
+def response_metrics(
+    loss_sums: npt.ArrayLike, tokens: npt.ArrayLike, slices: Mapping[str, npt.ArrayLike]
+) -> dict[str, float]:
+    """Token-weighted response loss (mean cross-entropy per response token) and perplexity
+    (its exp) over all examples, and the loss within each named slice (a boolean mask; a
+    slice without examples is left out) as ``"<slice>.loss"``."""
+    sums = np.asarray(loss_sums, dtype=np.float64)
+    counts = np.asarray(tokens, dtype=np.int64)
+    if len(counts) == 0 or counts.sum() == 0:
+        raise ValueError("no response tokens to score")
+    loss = float(sums.sum() / counts.sum())
+    scores = {"loss": loss, "perplexity": float(np.exp(loss))}
+    for name, selected in slices.items():
+        mask = np.asarray(selected, dtype=bool)
+        if mask.any():
+            scores[f"{name}.loss"] = float(sums[mask].sum() / counts[mask].sum())
+    return scores

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
 from fedlora import aggregation
@@ -24,9 +24,10 @@ from fedlora.aggregation.diagnostics import shadow_aggregators
 from fedlora.client.gguf_cache import cached_folder
 from fedlora.client.model import model_path
 from fedlora.config import ConfigError, ExperimentConfig, ModelConfig, resolve_data_dir
-from fedlora.data.federated import _subset
+from fedlora.data.federated import _subset, given_clients
 from fedlora.data.partition import partition
 from fedlora.data.sources import LabelledSplit, load_split
+from fedlora.data.tasks import is_causal
 from fedlora.sim.profiles import draw_profiles
 
 # The layer types PEFT's LoRA can adapt.
@@ -82,9 +83,10 @@ class Preflight:
         self._check_data(config)
 
     def _check_model(self, config: ExperimentConfig) -> None:
-        key = config.model.model_dump_json()
+        causal = is_causal(config.data.task)
+        key = config.model.model_dump_json() + str(causal)
         if key not in self._models:
-            self._models[key] = _model_facts(config.model)
+            self._models[key] = _model_facts(config.model, causal)
         facts = self._models[key]
         name = config.model.name or "all-MiniLM-L6-v2"
         for target in config.lora.target_modules:
@@ -117,6 +119,9 @@ class Preflight:
                 f" {needed} training examples, but {train.origin} gives {examples}"
                 + (" (data.max_train_examples)" if examples < len(train.examples) else "")
             )
+        if data.partition.method == "given":  # the file's client ids, before any weight loads
+            kept = _subset(train, data.max_train_examples, config.seed)
+            given_clients(kept, config.clients.num, data.client_column)
         if data.partition.method == "dirichlet" and data.partition.by == "label":
             # the draw the run will make, on the labels alone: a failure here is a message
             kept = _subset(train, data.max_train_examples, config.seed)
@@ -127,7 +132,7 @@ class Preflight:
             raise ConfigError(
                 f"eval.split: {evaluation.origin}: the {evaluation.split!r} split has no examples"
             )
-        known = [*train.task.metrics, "loss"]
+        known = list(dict.fromkeys([*train.task.metrics, "loss"]))
         target = config.eval.target
         if target is not None and target.metric not in known:
             raise ConfigError(
@@ -195,8 +200,9 @@ def _config_source(config: ModelConfig) -> tuple[str, str | None]:
     return path, config.gguf_file
 
 
-def _model_facts(config: ModelConfig) -> _ModelFacts:
-    """The model's layers, from its config alone: the architecture is built without weights."""
+def _model_facts(config: ModelConfig, causal: bool) -> _ModelFacts:
+    """The model's layers, from its config alone: the architecture is built without weights
+    (a causal LM's for an instruction task, else a sequence classifier's)."""
     path = model_path(config.name)
     local = Path(path).exists()
     if not local and (Path(path).is_absolute() or path.startswith(".")):
@@ -209,8 +215,9 @@ def _model_facts(config: ModelConfig) -> _ModelFacts:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "" if local else "no such local folder, and "
         raise ConfigError(f"model.name: cannot load model {path!r}: {where}{reason}") from None
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(model_config)
+        model = auto.from_config(model_config)
     adaptable: dict[str, int] = {}
     others: list[str] = []
     for name, module in model.named_modules():

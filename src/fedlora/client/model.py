@@ -1,7 +1,9 @@
 """The backbone: loaded once per process, with client adapters of any rank swapped in and out.
 
 A simulation of a thousand clients holds one backbone; each client's adapter is a small
-:class:`~fedlora.adapters.AdapterState` loaded into a PEFT adapter slot of its rank.
+:class:`~fedlora.adapters.AdapterState` loaded into a PEFT adapter slot of its rank. The task
+decides the backbone: a sequence classifier (a head beside LoRA) or, for an instruction task,
+the causal LM itself (LoRA only).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from peft import PeftModel, TaskType, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -82,29 +85,54 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_backbone(config: ModelConfig, num_labels: int, pad_token_id: int) -> PreTrainedModel:
-    """The sequence classifier: pretrained weights, or random weights at ``model.random`` sizes.
+def load_backbone(
+    config: ModelConfig, num_labels: int | None, pad_token_id: int
+) -> PreTrainedModel:
+    """The sequence classifier with a ``num_labels`` head, or with ``num_labels`` None the causal
+    LM (no head): pretrained weights, or random weights at ``model.random`` sizes.
 
     An encoder (BERT) classifies from its first token, a causal LM (Llama) from its last.
     """
     path, gguf_file = model_source(config)
+    auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
+    head: dict[str, Any] = {} if num_labels is None else {"num_labels": num_labels}
     if config.init == "random":
         model_config = AutoConfig.from_pretrained(
-            path, num_labels=num_labels, gguf_file=gguf_file, **config.random.model_dump()
+            path, **head, gguf_file=gguf_file, **config.random.model_dump()
         )
-        model = AutoModelForSequenceClassification.from_config(model_config)
+        model = auto.from_config(model_config)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, gguf_file=gguf_file
-        )
+        model = auto.from_pretrained(path, **head, gguf_file=gguf_file)
     model.config.pad_token_id = pad_token_id
     return model
 
 
-def peft_config(lora: LoraConfig, rank: int, alpha: float, base_model: str) -> PeftLoraConfig:
-    """PEFT's config for one adapter slot; also written into exported adapter folders."""
+def use_bf16(setting: bool | str, device: str) -> bool:
+    """``model.bf16`` resolved: ``auto`` is bf16 where the device computes it natively (a CPU
+    with AMX or AVX512-BF16, a GPU that supports it)."""
+    if setting != "auto":
+        return bool(setting)
+    if device != "cpu":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether the CPU's flags (Linux's /proc/cpuinfo; elsewhere: no) show native bf16."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def peft_config(
+    lora: LoraConfig, rank: int, alpha: float, base_model: str, causal: bool = False
+) -> PeftLoraConfig:
+    """PEFT's config for one adapter slot (a causal LM's, or a classifier's whose head PEFT
+    saves beside LoRA); also written into exported adapter folders."""
     return PeftLoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS,
         r=rank,
         lora_alpha=alpha,  # type: ignore[arg-type]  # typed int, used as a float: alpha / r
         lora_dropout=lora.dropout,
@@ -129,16 +157,19 @@ class ResidentModel:
         base_model: str,
         rank: int,
         device: torch.device | str = "cpu",
+        causal: bool = False,
     ) -> None:
         """The model lives on ``device``; adapter states go in and come out on the CPU, so the
-        server and the files never see where a client trained."""
+        server and the files never see where a client trained. ``causal``: the backbone is a
+        causal LM, not a classifier."""
         self.lora = lora
         self.base_model = base_model
         self.device = torch.device(device)
+        self.causal = causal
         alpha = lora.alpha_at(rank)
         first = self._slot_name(rank, alpha)
         self.model: PeftModel = get_peft_model(
-            backbone, peft_config(lora, rank, alpha, base_model), adapter_name=first
+            backbone, peft_config(lora, rank, alpha, base_model, causal), adapter_name=first
         )
         self.model.to(self.device)  # after the LoRA init, which is drawn on the CPU
         self._active = first
@@ -164,7 +195,8 @@ class ResidentModel:
                 oldest = next(slot for slot in self._recent if slot != self._active)
                 self.model.delete_adapter(oldest)
                 self._recent.remove(oldest)
-            self.model.add_adapter(name, peft_config(self.lora, rank, alpha, self.base_model))
+            config = peft_config(self.lora, rank, alpha, self.base_model, self.causal)
+            self.model.add_adapter(name, config)
             self.model.train(self.model.training)  # new dropout modules join the current mode
         if name in self._recent:
             self._recent.remove(name)
@@ -215,27 +247,31 @@ class ResidentModel:
 def build_resident_model(
     config: ModelConfig,
     lora: LoraConfig,
-    num_labels: int,
+    num_labels: int | None,
     seed: int,
     rank: int | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     device: str = "cpu",
 ) -> tuple[ResidentModel, PreTrainedTokenizerBase]:
-    """Tokenizer (loaded unless given) plus backbone with a LoRA slot of ``rank`` (default
-    ``lora.r``), whose initial state is the starting global adapter; ``seed`` fixes the head
-    and LoRA init, on every device."""
+    """Tokenizer (loaded unless given) plus backbone (a classifier with ``num_labels`` classes,
+    or with None a causal LM) with a LoRA slot of ``rank`` (default ``lora.r``), whose initial
+    state is the starting global adapter; ``seed`` fixes the head and LoRA init, on every
+    device."""
     tokenizer = tokenizer or load_tokenizer(config)
     torch.manual_seed(seed)
     backbone = load_backbone(config, num_labels, tokenizer.pad_token_id)
-    resident = ResidentModel(backbone, lora, model_path(config.name), rank or lora.r, device)
+    resident = ResidentModel(
+        backbone, lora, model_path(config.name), rank or lora.r, device, num_labels is None
+    )
     return resident, tokenizer
 
 
 def write_adapter_folder(
-    state: AdapterState, folder: Path, lora: LoraConfig, base_model: str
+    state: AdapterState, folder: Path, lora: LoraConfig, base_model: str, causal: bool = False
 ) -> None:
-    """The PEFT adapter folder for ``state``: stock PEFT loads it onto ``base_model``."""
-    config = peft_config(lora, state.rank, state.alpha, base_model)
+    """The PEFT adapter folder for ``state``: stock PEFT loads it onto ``base_model`` (with
+    ``causal``, a causal LM's: ``PeftModel.from_pretrained(AutoModelForCausalLM...)``)."""
+    config = peft_config(lora, state.rank, state.alpha, base_model, causal)
     if lora.rslora:  # stock PEFT then scales α/√r itself: the α that gives state.alpha / r
         config.use_rslora = True
         config.lora_alpha = state.alpha / math.sqrt(state.rank)  # type: ignore[assignment]

@@ -135,7 +135,9 @@ class RandomInitConfig(_Section):
 class ModelConfig(_Section):
     name: str | None = None
     gguf_file: str | None = None  # a GGUF checkpoint inside ``name`` (a folder or hub id)
-    bf16: bool = False
+    # bf16 autocast; auto: where the device computes bf16 natively (AMX or AVX512-BF16 on a
+    # CPU, a GPU that supports it), else float32.
+    bf16: bool | Literal["auto"] = False
     init: Literal["pretrained", "random"] = "pretrained"
     random: RandomInitConfig = RandomInitConfig()
 
@@ -339,7 +341,7 @@ class ServerConfig(_Section):
 
 
 class TargetConfig(_Section):
-    # A metric named *loss is reached from above, any other from below.
+    # A metric named *loss or *perplexity is reached from above, any other from below.
     metric: str = "accuracy"
     value: float
     stop: bool = False

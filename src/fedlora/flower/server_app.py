@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import ExperimentConfig, load_config, with_resolved_data_dir
-from fedlora.experiment import prepare, write_results
+from fedlora.experiment import evaluation_writer, prepare, write_results
 from fedlora.flower.grid_jobs import GridJobs
 from fedlora.flower.grid_runtime import GridRuntime, discover_clients
 from fedlora.results.events import EventLog
@@ -50,13 +50,18 @@ def run_federation(
         with EventLog(folder / EVENTS_FILE) as log:
             learner = prepared.learner
             sizes = [len(indices) for indices in prepared.data.client_train]
+            written = evaluation_writer(folder, learner, None)
             if virtual_clock:
                 jobs = GridJobs(grid, nodes, config.model_dump_json())
-                outcome = build_simulation(config, learner, sizes, log, runner=jobs).run()
+                simulation = build_simulation(
+                    config, learner, sizes, log, runner=jobs, progress=written
+                )
+                outcome = simulation.run()
             else:
                 profiles = draw_profiles(config.clients, config.lora.r, config.seed)
                 ranks = [p.rank for p in profiles]
-                core = build_core(config, learner.initial_state(), sizes, ranks, learner, log)
+                initial = learner.initial_state()
+                core = build_core(config, initial, sizes, ranks, learner, log, progress=written)
                 outcome = GridRuntime(grid, core, nodes, config.model_dump_json()).run()
         return write_results(folder, prepared, outcome)
 

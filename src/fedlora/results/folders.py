@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import TypeAlias
 from fedlora.adapters import PEFT_WEIGHTS_FILE
 from fedlora.config import ConfigError
 from fedlora.results.errors import RunFolderError
-from fedlora.results.predictions import PREDICTIONS_FILE
+from fedlora.results.predictions import PREDICTIONS_FILE, STEP_FILE, STEP_PREDICTIONS
 from fedlora.results.store import (
     ADAPTER_DIR,
     CHECKPOINT_FILE,
@@ -40,8 +41,9 @@ from fedlora.results.store import (
 
 LOCK_FILE = ".fedlora.lock"
 
-# what a run writes: a file by name, or a folder by name with what it writes inside
-Layout: TypeAlias = Mapping[str, "Layout | None"]
+# what a run writes: a file by name, or a folder by name with what it writes inside (by name,
+# or as files whose names match a pattern)
+Layout: TypeAlias = Mapping[str, "Layout | re.Pattern[str] | None"]
 RUN_LAYOUT: Layout = {
     name: None
     for name in (
@@ -55,7 +57,10 @@ RUN_LAYOUT: Layout = {
         LOCK_FILE,
         *CHECKPOINT_FILES,
     )
-} | {ADAPTER_DIR: {"adapter_config.json": None, PEFT_WEIGHTS_FILE: None}}
+} | {
+    ADAPTER_DIR: {"adapter_config.json": None, PEFT_WEIGHTS_FILE: None},
+    STEP_PREDICTIONS: STEP_FILE,
+}
 
 
 def foreign_entries(folder: Path, layout: Layout = RUN_LAYOUT) -> list[str]:
@@ -70,7 +75,14 @@ def foreign_entries(folder: Path, layout: Layout = RUN_LAYOUT) -> list[str]:
             inside = layout[entry.name]
             if inside is None and entry.is_file():
                 continue
-            if inside is not None and entry.is_dir():
+            if isinstance(inside, re.Pattern) and entry.is_dir():
+                found += [
+                    f"{entry.name}/{child.name}"
+                    for child in sorted(entry.iterdir())
+                    if child.is_symlink() or not child.is_file() or not inside.fullmatch(child.name)
+                ]
+                continue
+            if isinstance(inside, Mapping) and entry.is_dir():
                 found += [f"{entry.name}/{name}" for name in foreign_entries(entry, inside)]
                 continue
         found.append(entry.name)

@@ -1,4 +1,4 @@
-"""The final global model's accuracy and loss per length tercile of the eval split.
+"""The final global model's accuracy (a classifier's) and loss per length tercile of the eval split.
 
 Does a length skew hurt the global model on long texts or on short ones? The tercile edges are
 the eval split's own 1/3 and 2/3 quantiles of the context length, so every arm of a study
@@ -26,9 +26,11 @@ def tercile_ids(lengths: npt.ArrayLike) -> npt.NDArray[np.int64]:
 
 
 def length_terciles(predictions: Predictions) -> dict[str, dict[str, Any]]:
-    """Per tercile with examples: their number, length range, accuracy and mean loss.
+    """Per tercile with examples: their number, length range, accuracy (classification) and
+    loss (:meth:`Predictions.loss`: per example, or per response token for an instruction task).
 
-    Weighted by ``examples`` the terciles' accuracies and losses average to the whole split's.
+    Weighted by ``examples`` the terciles' accuracies and per-example losses average to the
+    whole split's (token-weighted losses, weighted by the terciles' tokens).
     """
     if predictions.lengths is None:
         raise ValueError("length terciles: these predictions carry no context lengths")
@@ -41,7 +43,8 @@ def length_terciles(predictions: Predictions) -> dict[str, dict[str, Any]]:
             sliced[name] = {
                 "examples": int(mask.sum()),
                 "lengths": [float(lengths.min()), float(lengths.max())],
-                "accuracy": float(predictions.correct[mask].mean()),
-                "loss": float(predictions.losses[mask].mean()),
             }
+            if predictions.classified:
+                sliced[name]["accuracy"] = float(predictions.correct[mask].mean())
+            sliced[name]["loss"] = predictions.loss(mask)
     return sliced

@@ -3,7 +3,7 @@
 The first evaluation whose accuracy crosses a target is biased early when the evaluation set is
 small (a lucky draw of noise counts), and more so for a policy evaluated more often. A loss is
 smoother, and a running mean of the last few evaluations damps the noise. A metric whose name
-ends in ``loss`` is reached from above (lower is better), any other from below.
+ends in ``loss`` or ``perplexity`` is reached from above (lower is better), any other from below.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith("loss")
+    return metric.endswith(("loss", "perplexity"))
 
 
 def meets(metrics: Mapping[str, float], metric: str, value: float) -> bool:
