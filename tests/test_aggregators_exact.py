@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from fakes import FakeLearner, config, delta_terms, run_cli, simulate
+from fakes import FakeLearner, config, delta_terms, deterministic, run_cli, simulate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_diagnostics import EchoLearner
@@ -26,7 +27,10 @@ from fedlora.aggregation.diagnostics import merge_error
 from fedlora.cli import app
 from fedlora.client.model import build_resident_model
 from fedlora.config import ExperimentConfig, LoraConfig, load_config
+from fedlora.results.events import EventLog
 from fedlora.results.store import read_global_state
+from fedlora.server import Snapshot
+from fedlora.sim.engine import Simulation, build_simulation
 
 MODULES = ("q", "v")
 # Float64 factors (6×5 layers, entries O(1), ≤ 40 stacked components): the QR and SVD of a
@@ -196,12 +200,15 @@ SERVERS = {
 NEW = ["fedex", "reppad"]
 
 
-def run_config(aggregator: str, policy: str, update: str, ranks: list[int]) -> ExperimentConfig:
+def run_config(
+    aggregator: str, policy: str, update: str, ranks: list[int], **sections: Any
+) -> ExperimentConfig:
     return config(
         lora={"r": 4, "alpha": 8.0},
         clients={"ranks": ranks},
         server={"policy": policy, "aggregator": aggregator, "update": update, "rounds": 3}
         | SERVERS[policy],
+        **sections,
     )
 
 
@@ -281,3 +288,35 @@ def test_a_fedex_run_exports_only_merged_and_the_merged_model_is_the_global(
         assert torch.allclose(logits, resident.model(**batch).logits, atol=1e-5)
         resident.load(replace(state, frozen={}))  # what a plain adapter would have carried
         assert not torch.allclose(logits, resident.model(**batch).logits, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("update", ["model", "delta"])
+def test_a_resumed_fedex_run_merges_as_the_uninterrupted_one(update: str) -> None:
+    """FedFa's window holds results (and, with delta updates, what their jobs were sent)
+    across checkpoints, and a resumed run reads their shared frozen factors back as copies;
+    the merge groups frozen factors by value, so the resumed run is bit for bit the
+    uninterrupted one (grouped by object only, delta updates differ in the last bits)."""
+    every_merge = {"checkpoint_every": 1, "checkpoint_seconds": None}
+    cfg = run_config("fedex", "fedfa", update, [2, 4, 2, 4], runtime=every_merge)
+    saved: list[Snapshot] = []
+
+    def simulation(log: EventLog, keep: bool) -> Simulation:
+        def checkpoint(snap: Snapshot) -> None:
+            snap.meta["events_offset"] = log.sync()
+            saved.append(Snapshot.from_bytes(snap.to_bytes()))  # through the file format
+
+        learner = TrainingLearner([5] * 4)
+        return build_simulation(cfg, learner, [5] * 4, log, checkpoint=checkpoint if keep else None)
+
+    log = EventLog()
+    reference = simulation(log, keep=True).run()
+    assert len(saved) > 3
+    for snap in saved[1::2]:
+        resumed_log = EventLog()
+        resumed = simulation(resumed_log, keep=False)
+        resumed.load_state_dict(snap)
+        outcome = resumed.run()
+        events = log.records[: snap.meta["events_offset"]] + resumed_log.records
+        assert deterministic(events) == deterministic(log.records)
+        assert outcome.global_state.to_bytes() == reference.global_state.to_bytes()

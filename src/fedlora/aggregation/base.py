@@ -62,18 +62,33 @@ def products(terms: Sequence[WeightedState], module: str) -> list[tuple[float, L
     frozen update F_t, if any.
 
     The trained factors come first, one pair per term in order. Frozen factors follow, one
-    pair per distinct object with the terms' weights summed: a job's result and what it was
-    sent share theirs (screening gives the result the sent ones), so under delta updates they
-    cancel exactly and are left out, instead of adding rounding to every merge.
+    pair per distinct value with the terms' weights summed: a job's result and what it was
+    sent carry the same (screening gives the result the sent ones), so under delta updates
+    they cancel exactly and are left out, instead of adding rounding to every merge, and a
+    resumed run (whose factors are copies read back from a checkpoint) merges the same.
     """
     pairs = [(t.weight, t.state.lora[module]) for t in terms]
-    shared: dict[int, tuple[float, LoraFactors]] = {}
+    shared: list[tuple[float, LoraFactors]] = []
     for t in terms:
         frozen = t.state.frozen.get(module)
-        if frozen is not None:
-            weight, _ = shared.get(id(frozen), (0.0, frozen))
-            shared[id(frozen)] = (weight + t.weight, frozen)
-    return pairs + [(weight, f) for weight, f in shared.values() if weight != 0.0]
+        if frozen is None:
+            continue
+        same = next((i for i, (_, f) in enumerate(shared) if _same_factors(f, frozen)), None)
+        if same is None:
+            shared.append((t.weight, frozen))
+        else:
+            shared[same] = (shared[same][0] + t.weight, shared[same][1])
+    return pairs + [(weight, f) for weight, f in shared if weight != 0.0]
+
+
+def _same_factors(one: LoraFactors, other: LoraFactors) -> bool:
+    return one is other or (
+        one.alpha == other.alpha
+        and one.A.shape == other.A.shape
+        and one.B.shape == other.B.shape
+        and bool(torch.equal(one.A, other.A))
+        and bool(torch.equal(one.B, other.B))
+    )
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
