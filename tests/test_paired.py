@@ -71,9 +71,12 @@ def test_mismatched_seeds_or_examples_are_named() -> None:
         paired_difference([np.zeros(3), np.zeros(4)], [np.zeros(3), np.zeros(4)])
 
 
-def _run(folder: Path, logits: np.ndarray, labels: np.ndarray) -> Path:
+def _run(
+    folder: Path, logits: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None
+) -> Path:
     folder.mkdir()
-    write_predictions(folder / "predictions.csv", Predictions.from_logits(logits, labels))
+    predictions = Predictions.from_logits(logits, labels, ids=ids)
+    write_predictions(folder / "predictions.csv", predictions)
     return folder
 
 
@@ -91,6 +94,9 @@ def test_compare_runs_reads_predictions_and_checks_the_examples(tmp_path: Path) 
     other = _run(tmp_path / "other", right, 1 - labels)
     with pytest.raises(ValueError, match="other: its eval examples differ"):
         compare_runs([reference], [other])
+    shifted = _run(tmp_path / "shifted", right, labels, ids=np.array([1, 2, 3, 4]))
+    with pytest.raises(ValueError, match="shifted: its eval examples differ"):
+        compare_runs([reference], [shifted])  # the same labels, other examples
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "predictions.csv").write_text("index,label\n0,x\n")
     with pytest.raises(ValueError, match=r"bad/predictions\.csv: not a readable"):

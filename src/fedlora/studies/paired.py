@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from fedlora.results.errors import RunFolderError
 from fedlora.results.slices import TERCILES, tercile_ids
 from fedlora.studies.kept import read_cell_predictions
 
@@ -146,7 +147,8 @@ def compare_runs(
     reference: Sequence[Path], arm: Sequence[Path], confidence: float = 0.95
 ) -> dict[str, PairedDifference]:
     """Accuracy and mean-loss differences of ``arm`` against ``reference`` from their run
-    folders' predictions, paired seed by seed (the folders in the same seed order); where the
+    folders' predictions, paired seed by seed (the folders in the same seed order) and example
+    by example (the same ids and labels, or a RunFolderError naming the arm's folder); where the
     predictions carry context lengths, also the accuracy within each length tercile of the
     eval split (``"accuracy, short"``, ``"accuracy, middle"``, ``"accuracy, long"``; a
     tercile whose size differs between seeds, as seeded eval subsets may give, is left out)."""
@@ -158,8 +160,9 @@ def compare_runs(
         same_lengths = (
             a.lengths is None or b.lengths is None or np.array_equal(a.lengths, b.lengths)
         )
-        if not np.array_equal(a.labels, b.labels) or not same_lengths:
-            raise ValueError(f"{folder}: its eval examples differ from the reference's")
+        same_examples = np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
+        if not same_examples or not same_lengths:
+            raise RunFolderError(f"{folder}: its eval examples differ from the reference's")
     differences = {
         "accuracy": paired_difference(
             [a.correct for a, _ in pairs], [b.correct for _, b in pairs], confidence
