@@ -243,3 +243,26 @@ def test_length_grouped_batches_pad_less_and_train_the_same_examples() -> None:
     grouped = plan_batches(np.arange(200), train, np.random.default_rng(1), lengths)
     assert sorted(np.concatenate(grouped).tolist()) == sorted(np.concatenate(plain).tolist())
     assert padding(grouped) < 0.1 < padding(plain)
+
+
+def test_degradation_reaches_the_part_of_the_rows_the_config_names() -> None:
+    from fedlora.config import DegradeConfig
+    from fedlora.data.degrade import degrade
+
+    examples = [
+        Example(
+            f"instruction {i} one two three", f"context {i} a b c d", 0, response=f"r {i} x y z"
+        )
+        for i in range(8)
+    ]
+    clients = [np.arange(4), np.arange(4, 8)]
+    for part, changed in (("response", {"response"}), ("context", {"text_b"})):
+        config = DegradeConfig(share=0.5, kind="truncate", rate=0.5, part=part)
+        split, chosen = degrade(_split(examples), clients, config, seed=0)
+        for index, (before, after) in enumerate(zip(examples, split.examples, strict=True)):
+            touched = index in clients[chosen[0]]
+            for field in ("text_a", "text_b", "response"):
+                same = getattr(before, field) == getattr(after, field)
+                assert same != (touched and field in changed), (part, index, field)
+    with pytest.raises(ConfigError, match=r"data\.degrade\.part: 'response' is a part of"):
+        build_config({"data": {"task": "mrpc", "degrade": {"share": 0.5, "part": "response"}}})

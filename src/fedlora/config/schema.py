@@ -73,6 +73,8 @@ class DegradeConfig(_Section):
     share: Annotated[float, Field(gt=0, le=1)]
     kind: Literal["dropout", "shuffle", "truncate"] = "dropout"
     rate: Annotated[float, Field(gt=0, le=1)] = 0.3
+    # what is degraded: every text segment, or an instruction row's context or response alone
+    part: Literal["texts", "context", "response"] = "texts"
 
 
 class InstructConfig(_Section):
@@ -114,6 +116,11 @@ class DataConfig(_Section):
         if self.partition.by == "column" and self.score_column is None:
             raise ValueError(
                 "data.partition.by: 'column' needs data.score_column, the file's score column"
+            )
+        if self.degrade is not None and self.degrade.part != "texts" and self.task != "instruct":
+            raise ValueError(
+                f"data.degrade.part: {self.degrade.part!r} is a part of instruction rows"
+                " (data.task: instruct); a classification task's is texts"
             )
         if (self.partition.method == "given") != (self.client_column is not None):
             raise ValueError(

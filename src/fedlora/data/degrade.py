@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedlora.config import DegradeConfig
-from fedlora.data.sources import LabelledSplit
+from fedlora.data.sources import Example, LabelledSplit
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
@@ -44,6 +44,19 @@ def degrade_text(text: str, config: DegradeConfig, rng: np.random.Generator) -> 
     return " ".join(kept or [words[int(rng.integers(len(words)))]])
 
 
+def _degraded(example: Example, config: DegradeConfig, rng: np.random.Generator) -> Example:
+    """The example with ``config.part`` degraded: its text segments in order (an instruction
+    row's instruction and context), or an instruction row's context or response alone."""
+    if config.part == "response":
+        response = degrade_text(example.response or "", config, rng)
+        return dataclasses.replace(example, response=response)
+    text_a = (
+        example.text_a if config.part == "context" else degrade_text(example.text_a, config, rng)
+    )
+    text_b = None if example.text_b is None else degrade_text(example.text_b, config, rng)
+    return dataclasses.replace(example, text_a=text_a, text_b=text_b)
+
+
 def degrade(
     split: LabelledSplit,
     client_indices: Sequence[np.ndarray],
@@ -57,13 +70,7 @@ def degrade(
     for client in chosen:
         for index in client_indices[client]:
             example = examples[index]
-            examples[index] = dataclasses.replace(
-                example,
-                text_a=degrade_text(example.text_a, config, rng),
-                text_b=None
-                if example.text_b is None
-                else degrade_text(example.text_b, config, rng),
-            )
+            examples[index] = _degraded(example, config, rng)
     touched = np.sort(np.concatenate([client_indices[c] for c in chosen]))
     recipe = json.dumps([config.model_dump(), seed, hashlib.sha256(touched.tobytes()).hexdigest()])
     fingerprint = f"{split.fingerprint}:degraded:{recipe}"  # its own encoding cache entry
