@@ -235,6 +235,24 @@ def export(
 
 
 @app.command()
+def generate(
+    source: Annotated[
+        Path, typer.Argument(help="An instruction run's folder, or an exported adapter or model.")
+    ],
+    instruction: Annotated[str, typer.Argument(help="What to ask the model.")],
+    context: Annotated[str, typer.Option(help="A passage the instruction is about.")] = "",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 128,
+) -> None:
+    """Print the model's answer (greedy: the same model always answers the same)."""
+    from fedlora.generate import answer
+
+    try:
+        typer.echo(answer(source, instruction, context, max_new_tokens))
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+
+
+@app.command()
 def study(
     study_file: Annotated[
         str, typer.Argument(help="A study YAML file, or a name: configs/<name>/study.yaml.")
