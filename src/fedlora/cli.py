@@ -287,8 +287,9 @@ def study(
 
     --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
 
-    Beside the table, cells/ keeps what it is computed from (no weights): a fresh clone's
-    --table-only rewrites the same table from those files.
+    Beside the table, cells/ keeps what it is computed from (no weights).
+
+    A fresh clone's --table-only rewrites the same table from those files.
 
     The table's first line says how many of the study's cells it covers.
 

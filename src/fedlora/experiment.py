@@ -20,7 +20,9 @@ from fedlora.client.model import (
     model_path,
     write_adapter_folder,
 )
+from fedlora.client.readouts import Reader
 from fedlora.config import ExperimentConfig, with_resolved_data_dir
+from fedlora.data.choices import configured_questions
 from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
 from fedlora.preflight import check
@@ -31,6 +33,14 @@ from fedlora.results.predictions import (
     PREDICTIONS_FILE,
     step_predictions_path,
     write_predictions,
+)
+from fedlora.results.readouts import (
+    FINAL,
+    START,
+    choices_summary,
+    read_readout,
+    write_generations,
+    write_readout,
 )
 from fedlora.results.store import (
     ADAPTER_DIR,
@@ -55,6 +65,7 @@ class Prepared:
     config: ExperimentConfig
     data: FederatedData
     learner: ModelLearner
+    reader: Reader | None = None  # eval.choices / eval.generate, at the start and the end
 
     @property
     def task(self) -> TaskSpec:
@@ -87,7 +98,18 @@ def prepare(config: ExperimentConfig) -> Prepared:
         data.client_test,
         data.eval_ids,
     )
-    return Prepared(config, data, learner)
+    reader = None
+    if config.eval.choices is not None or config.eval.generate is not None:
+        questions = configured_questions(config)
+        reader = Reader(model, tokenizer, config, questions, learner.bf16)
+    return Prepared(config, data, learner, reader)
+
+
+def read_start(folder: Path, prepared: Prepared) -> None:
+    """The base model's readout, before any training (a fresh LoRA adds nothing to it)."""
+    if prepared.reader is not None:
+        initial = prepared.reader.read(prepared.learner.initial_state(), 0)
+        write_readout(folder, START, initial)
 
 
 class Interrupted(Exception):
@@ -123,6 +145,7 @@ def run_experiment(
         prepared = prepare(config)
         if snapshot is None:
             write_config(folder, with_resolved_data_dir(config))
+            read_start(folder, prepared)
         log = EventLog(
             folder / EVENTS_FILE,
             resume_at=None if snapshot is None else checkpoint_mark(snapshot),
@@ -179,11 +202,14 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
     assert learner.global_predictions is not None
     tests = prepared.data.client_test
     local_sizes = None if tests is None else [len(indices) for indices in tests]
-    summary = write_run(
-        folder,
-        outcome,
-        summarize(config, outcome, prepared.task, learner.global_predictions, local_sizes),
-    )
+    summary = summarize(config, outcome, prepared.task, learner.global_predictions, local_sizes)
+    if prepared.reader is not None:
+        write_readout(folder, FINAL, prepared.reader.read(outcome.global_state, outcome.steps))
+        start, final = read_readout(folder, START), read_readout(folder, FINAL)
+        assert final is not None
+        summary |= choices_summary(start, final)
+        write_generations(folder, start, final)
+    summary = write_run(folder, outcome, summary)
     write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)
     write_adapter_folder(
         outcome.global_state,

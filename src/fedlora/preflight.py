@@ -24,6 +24,7 @@ from fedlora.aggregation.diagnostics import shadow_aggregators
 from fedlora.client.gguf_cache import cached_folder
 from fedlora.client.model import model_path
 from fedlora.config import ConfigError, ExperimentConfig, ModelConfig, resolve_data_dir
+from fedlora.data.choices import configured_questions
 from fedlora.data.federated import _subset, given_clients
 from fedlora.data.partition import partition
 from fedlora.data.sources import LabelledSplit, load_split
@@ -56,6 +57,18 @@ def _check_threads(threads: int | None) -> None:
         )
 
 
+def _check_readouts(config: ExperimentConfig) -> None:
+    """Multiple-choice questions and generations ask a causal LM: a classifier has no answer to
+    score or write. The questions are read here, so a bad file stops the run before any work."""
+    asked = [key for key in ("choices", "generate") if getattr(config.eval, key) is not None]
+    if asked and not is_causal(config.data.task):
+        raise ConfigError(
+            f"eval.{asked[0]}: needs an instruction task (data.task: instruct), but task"
+            f" {config.data.task!r} trains a classifier"
+        )
+    configured_questions(config)
+
+
 @dataclass(frozen=True)
 class _ModelFacts:
     """What the checks need of a model: its adaptable layers' names and the largest LoRA rank
@@ -81,6 +94,7 @@ class Preflight:
         _check_threads(config.runtime.threads)
         self._check_model(config)
         self._check_data(config)
+        _check_readouts(config)
 
     def _check_model(self, config: ExperimentConfig) -> None:
         causal = is_causal(config.data.task)

@@ -358,6 +358,23 @@ class TargetConfig(_Section):
     max_loss: Annotated[float | None, Field(ge=0)] = None
 
 
+class ChoicesConfig(_Section):
+    """Multiple-choice accuracy of an instruction run's global model, at its start (the base
+    model) and its end: a JSONL file of ``{query, choices, gold}`` rows (ARC's layout), relative
+    to ``data.dir`` unless absolute; ``limit``: its first this many questions."""
+
+    file: FilePath
+    limit: Annotated[int | None, Field(ge=1)] = None
+
+
+class GenerateConfig(_Section):
+    """Greedy answers of an instruction run's global model to these instructions, at its start
+    and its end, for a person to read what training changed."""
+
+    prompts: Annotated[list[str], Field(min_length=1)]
+    max_new_tokens: Annotated[int, Field(ge=1)] = 64
+
+
 class EvalConfig(_Section):
     every: Annotated[int, Field(ge=1)] = 1
     # Instead of every n steps: the first merge once this many virtual seconds have passed
@@ -381,6 +398,8 @@ class EvalConfig(_Section):
     # Aggregators that also merge every merge's terms, only to log their merge error beside
     # the run's own (a paired, noise-free comparison); they never change the run.
     shadow: list[str] = []
+    choices: ChoicesConfig | None = None
+    generate: GenerateConfig | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EvalConfig:

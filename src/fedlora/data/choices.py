@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedlora.config import ExperimentConfig, resolve_data_dir
 from fedlora.data.sources import DataError
 
 
@@ -18,6 +19,17 @@ class Question:
     query: str
     choices: tuple[str, ...]
     gold: int
+
+
+def configured_questions(config: ExperimentConfig) -> list[Question]:
+    """The questions ``eval.choices`` names (its file relative to ``data.dir`` unless absolute);
+    empty without it."""
+    choices = config.eval.choices
+    if choices is None:
+        return []
+    path = choices.file
+    data_dir = None if path.is_absolute() else resolve_data_dir(config)
+    return read_questions(path if data_dir is None else data_dir / path, choices.limit)
 
 
 def read_questions(path: Path, limit: int | None = None) -> list[Question]:

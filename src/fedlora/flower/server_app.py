@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import ExperimentConfig, load_config, with_resolved_data_dir
-from fedlora.experiment import evaluation_writer, prepare, write_results
+from fedlora.experiment import evaluation_writer, prepare, read_start, write_results
 from fedlora.flower.grid_jobs import GridJobs
 from fedlora.flower.grid_runtime import GridRuntime, discover_clients
 from fedlora.results.events import EventLog
@@ -47,6 +47,7 @@ def run_federation(
     with claim_run_folder(folder, overwrite=False):
         nodes = discover_clients(grid, config.clients.num, wait_s)
         write_config(folder, with_resolved_data_dir(config))
+        read_start(folder, prepared)
         with EventLog(folder / EVENTS_FILE) as log:
             learner = prepared.learner
             sizes = [len(indices) for indices in prepared.data.client_train]

@@ -27,6 +27,7 @@ from fedlora.adapters import PEFT_WEIGHTS_FILE
 from fedlora.config import ConfigError
 from fedlora.results.errors import RunFolderError
 from fedlora.results.predictions import PREDICTIONS_FILE, STEP_FILE, STEP_PREDICTIONS
+from fedlora.results.readouts import GENERATIONS_FILE, READOUT_FILES
 from fedlora.results.store import (
     ADAPTER_DIR,
     CHECKPOINT_FILE,
@@ -56,6 +57,9 @@ RUN_LAYOUT: Layout = {
         PREDICTIONS_FILE,
         LOCK_FILE,
         *CHECKPOINT_FILES,
+        *READOUT_FILES,
+        *(file + ".tmp" for file in READOUT_FILES),  # a crash mid-write leaves one
+        GENERATIONS_FILE,
     )
 } | {
     ADAPTER_DIR: {"adapter_config.json": None, PEFT_WEIGHTS_FILE: None},

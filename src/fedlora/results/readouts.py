@@ -1,0 +1,95 @@
+"""An instruction run's readouts in its folder: ``readout.start.json`` (the base model, written
+before training) and ``readout.final.json`` (the final global), each question's scores and each
+instruction's answer; ``generations.md`` sets the answers side by side for a person.
+
+The summary's ``choices`` block pairs the two on the same questions: the change in accuracy
+with a 95 % interval from the per-question differences (normal approximation: hundreds of
+questions), beside chance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedlora.server.snapshot import write_atomically
+
+if TYPE_CHECKING:
+    from fedlora.client.readouts import Readout
+
+START, FINAL = "start", "final"
+READOUT_FILES = tuple(f"readout.{moment}.json" for moment in (START, FINAL))
+GENERATIONS_FILE = "generations.md"
+_Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def readout_path(folder: Path, moment: str) -> Path:
+    return folder / f"readout.{moment}.json"
+
+
+def write_readout(folder: Path, moment: str, readout: Readout) -> None:
+    record: dict[str, Any] = {"version": readout.version, "choices": None}
+    if readout.choices is not None:
+        scores = readout.choices
+        record["choices"] = {
+            **scores.metrics(),
+            "questions": len(scores.gold),
+            "chance": statistics.fmean(1 / count for count in readout.choice_counts),
+            "correct": scores.correct.astype(int).tolist(),
+            "correct_norm": scores.correct_norm.astype(int).tolist(),
+        }
+    record["answers"] = [{"instruction": i, "answer": a} for i, a in readout.answers]
+    text = json.dumps(record, indent=1) + "\n"
+    write_atomically(readout_path(folder, moment), text.encode())
+
+
+def read_readout(folder: Path, moment: str) -> dict[str, Any] | None:
+    """The readout written at ``moment``, or None where there is none (a run resumed from a
+    folder written before readouts existed)."""
+    path = readout_path(folder, moment)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def choices_summary(start: dict[str, Any] | None, final: dict[str, Any]) -> dict[str, Any]:
+    """The summary's ``choices`` block: accuracy at the start and the end, chance, and the
+    paired change on the same questions."""
+    ended = final["choices"]
+    if ended is None:
+        return {}
+    block: dict[str, Any] = {
+        "questions": ended["questions"],
+        "chance": ended["chance"],
+        "final": {key: ended[key] for key in ("mc_accuracy", "mc_accuracy_norm")},
+    }
+    began = None if start is None else start["choices"]
+    if began is not None:
+        block["start"] = {key: began[key] for key in ("mc_accuracy", "mc_accuracy_norm")}
+        block["change"] = {
+            key: _paired_change(began[field], ended[field])
+            for key, field in (("mc_accuracy", "correct"), ("mc_accuracy_norm", "correct_norm"))
+        }
+    return {"choices": block}
+
+
+def _paired_change(before: list[int], after: list[int]) -> dict[str, float]:
+    differences = [a - b for a, b in zip(after, before, strict=True)]
+    mean = statistics.fmean(differences)
+    half = _Z95 * statistics.stdev(differences) / math.sqrt(len(differences))
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
+def write_generations(folder: Path, start: dict[str, Any] | None, final: dict[str, Any]) -> None:
+    """Each instruction with the base model's answer and the final model's, as markdown."""
+    if not final["answers"]:
+        return
+    before = {} if start is None else {a["instruction"]: a["answer"] for a in start["answers"]}
+    lines = ["# Generations: the base model and the final global (greedy)", ""]
+    for entry in final["answers"]:
+        lines += [f"## {entry['instruction']}", ""]
+        if entry["instruction"] in before:
+            lines += ["**start**", "", before[entry["instruction"]] or "(empty)", ""]
+        lines += [f"**final** (version {final['version']})", "", entry["answer"] or "(empty)", ""]
+    (folder / GENERATIONS_FILE).write_text("\n".join(lines), encoding="utf-8")
