@@ -267,6 +267,7 @@ def test_a_fedex_run_exports_only_merged_and_the_merged_model_is_the_global(
     run_cli(tmp_path, tiny_config, run)
     state = read_global_state(run)
     assert state.frozen and all(f.rank >= 1 for f in state.frozen.values())
+    assert not (run / "adapter").exists()  # no PEFT folder that would drop the frozen part
     plain = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "adapter")])
     assert plain.exit_code != 0
     assert "frozen factors" in plain.output and "--merge" in plain.output

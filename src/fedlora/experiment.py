@@ -211,13 +211,14 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
         write_generations(folder, start, final)
     summary = write_run(folder, outcome, summary)
     write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)
-    write_adapter_folder(
-        outcome.global_state,
-        folder / ADAPTER_DIR,
-        config.lora,
-        model_path(config.model.name),
-        prepared.task.causal,
-    )
+    if not outcome.global_state.frozen:  # FedEx-LoRA's: no PEFT adapter carries them
+        write_adapter_folder(
+            outcome.global_state,
+            folder / ADAPTER_DIR,
+            config.lora,
+            model_path(config.model.name),
+            prepared.task.causal,
+        )
     curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
     plot_curves({config.name: curves}, [summary], folder / CURVES_FILE, run_title(summary))
     return summary
