@@ -112,6 +112,7 @@ def test_stock_peft_and_transformers_load_the_exports_and_score_the_same(
     assert _stock_dev_loss(merged, raw) == pytest.approx(final, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("policy", "aggregator"),
     [("fedavg", name) for name in aggregation.available()]
@@ -137,6 +138,7 @@ def test_every_aggregator_and_policy_runs_an_instruction_task(
     assert math.isfinite(summary["final"]["loss"])
 
 
+@pytest.mark.slow
 def test_an_interrupted_instruction_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     raw = instruct_config(tmp_path)
     raw["runtime"] = {"checkpoint_every": 1, "checkpoint_seconds": None}

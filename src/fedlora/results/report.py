@@ -66,7 +66,8 @@ def comparison_table(runs: list[Run]) -> Table:
     """One row per run; speedups are time-to-target ratios against the first run."""
     table = Table(title=f"fedlora runs (speedup: time to target against {runs[0].folder.name})")
     for column in (
-        "run", "policy", "aggregator", "final acc", "final f1", "best acc", "steps", "rounds",
+        "run", "policy", "aggregator", "final acc", "final f1", "best acc", "final loss", "steps",
+        "rounds",
         "virtual s", "wall s", "MB down", "MB up", "to target (s)", "speedup",
     ):  # fmt: skip
         table.add_column(
@@ -83,6 +84,7 @@ def comparison_table(runs: list[Run]) -> Table:
             _fmt(s["final"].get("accuracy")),
             _fmt(s["final"].get("f1")),
             _fmt(s["best"].get("accuracy")),
+            _fmt(s["final"].get("loss")),
             str(s["server_steps"]),
             str(s["rounds"]),
             _fmt(s["virtual_time_s"], 1),
