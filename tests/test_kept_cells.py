@@ -19,6 +19,17 @@ from fedlora.studies.sweep import load_study, plan, start_partial
 from tests.test_study import write_study
 
 runner = CliRunner()
+REPOSITORY = Path(__file__).parents[1]
+# (study file, the docs folder whose table.md its kept cells re-derive)
+COMMITTED = [("configs/hlora/study.yaml", "docs/results/hlora/rerun")]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def _table_only(study: Path | str, out: Path, docs: Path) -> str:
@@ -26,6 +37,22 @@ def _table_only(study: Path | str, out: Path, docs: Path) -> str:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return (docs / "table.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("study", "docs"), COMMITTED)
+def test_a_committed_table_is_rewritten_byte_for_byte_from_its_kept_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, study: str, docs: str
+) -> None:
+    """No run folder, and another machine's data folder: the same table, and the kept files
+    untouched."""
+    committed = REPOSITORY / docs
+    copy = tmp_path / "docs"
+    shutil.copytree(committed, copy)
+    (copy / "table.md").unlink()
+    monkeypatch.setenv("FEDLORA_DATA", str(tmp_path / "elsewhere"))
+    table = _table_only(REPOSITORY / study, tmp_path / "no-runs", copy)
+    assert table == (committed / "table.md").read_text(encoding="utf-8")
+    assert _files(copy / "cells") == _files(committed / "cells")
 
 
 @pytest.mark.slow
