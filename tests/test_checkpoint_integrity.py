@@ -70,7 +70,8 @@ def runs(tmp_path: Path, tiny_config: dict) -> Runs:
 
 
 def _state(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != LOCK_FILE}
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def _resume(runs: Runs, folder: Path, refusal: str) -> bool:
