@@ -23,7 +23,7 @@ from fedlora.results.errors import RunFolderError
 from fedlora.results.events import LogMark, verified_prefix
 from fedlora.results.predictions import Predictions
 from fedlora.results.slices import length_terciles
-from fedlora.results.target import first_reaching
+from fedlora.results.target import first_reaching, lower_is_better
 from fedlora.server.outcome import Evaluation, Outcome
 from fedlora.server.snapshot import Snapshot, SnapshotError, write_atomically
 
@@ -60,14 +60,16 @@ def summarize(
     predictions: Predictions | None = None,
     local_sizes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """The run's headline numbers; the task's first metric is the one ``best`` maximises.
+    """The run's headline numbers; ``best`` is the evaluation best on the task's first metric
+    (highest, or lowest for a loss: an instruction task's).
 
     With the final model's ``predictions`` (carrying context lengths), ``final.by_length``
     slices its accuracy and loss by length tercile; ``local_sizes`` are the clients' own test
     split sizes, reported beside their local scores."""
     metrics = task.metrics
     final = outcome.evaluations[-1]
-    best = max(outcome.evaluations, key=lambda e: e.metrics[metrics[0]])
+    pick = min if lower_is_better(metrics[0]) else max
+    best = pick(outcome.evaluations, key=lambda e: e.metrics[metrics[0]])
     summary: dict[str, Any] = {
         "name": config.name,
         "task": config.data.task,
