@@ -6,9 +6,12 @@ import json
 import random
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer, LlamaConfig
 
 from fedlora.client.model import model_path
+from fedlora.data.encoding import IGNORE
 
 WORDS = ["red", "blue", "green", "cat", "dog", "bird", "runs", "sleeps", "eats", "fast"]
 CATEGORIES = ["closed_qa", "open_qa", "summarization"]
@@ -80,3 +83,15 @@ def instruct_config(tmp_path: Path) -> dict:
         "server": {"per_round": 3, "rounds": 3},
         "eval": {"every": 1, "batch_size": 8},
     }
+
+
+def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """Token-weighted response loss of a collated batch, with plain torch: what a user of stock
+    PEFT or transformers would compute to check a run's ``loss``."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    total = F.cross_entropy(
+        logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"
+    )
+    return float(total) / int((targets != IGNORE).sum())

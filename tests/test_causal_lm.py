@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from fakes import run_cli
-from transformers import AutoTokenizer, LlamaConfig
+from instruct_data import tiny_llama as make_tiny_llama
+from transformers import AutoTokenizer
 
 from fedlora.client.model import PACKAGE_PREFIX, model_path
 from fedlora.config import ConfigError
@@ -18,19 +19,7 @@ from fedlora.data.encoding import tokenizer_inputs
 @pytest.fixture
 def tiny_llama(tmp_path: Path) -> Path:
     """A folder holding a 2-layer Llama config and a tokenizer (the packaged MiniLM's)."""
-    folder = tmp_path / "tiny-llama"
-    tokenizer = AutoTokenizer.from_pretrained(model_path(None))
-    tokenizer.save_pretrained(folder)
-    LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        pad_token_id=tokenizer.pad_token_id,
-    ).save_pretrained(folder)
-    return folder
+    return make_tiny_llama(tmp_path / "tiny-llama")
 
 
 def test_a_causal_lm_runs_a_round_and_exports(

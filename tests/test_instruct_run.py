@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from fakes import run_cli
-from instruct_data import instruct_config
+from instruct_data import instruct_config, response_loss
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from fedlora import aggregation, policies
 from fedlora.cli import app
 from fedlora.config import build_config
-from fedlora.data.encoding import IGNORE, collate, encode_split
+from fedlora.data.encoding import collate, encode_split
 from fedlora.data.federated import _subset
 from fedlora.data.sources import load_split
 from fedlora.experiment import Interrupted, run_experiment
@@ -80,14 +79,7 @@ def _stock_dev_loss(model: torch.nn.Module, raw: dict) -> float:
     tokenizer = AutoTokenizer.from_pretrained(raw["model"]["name"])
     split = _subset(load_split(config.data, None, "dev"), None, 0)
     encoded = encode_split(split, tokenizer, config.data.max_length, config.data.cache_dir)
-    batch = collate(encoded, np.arange(len(encoded)), tokenizer.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    total = F.cross_entropy(
-        logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"
-    )
-    return float(total) / int((targets != IGNORE).sum())
+    return response_loss(model, collate(encoded, np.arange(len(encoded)), tokenizer.pad_token_id))
 
 
 def test_stock_peft_and_transformers_load_the_exports_and_score_the_same(

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from fakes import run_cli
+from instruct_data import response_loss
 from transformers import AutoModelForCausalLM
 
 from fedlora.client.model import load_tokenizer, model_path
 from fedlora.config import build_config
-from fedlora.data.encoding import IGNORE, collate, encode_split
+from fedlora.data.encoding import collate, encode_split
 from fedlora.data.federated import _subset
 from fedlora.data.sources import load_split
 
@@ -70,12 +69,6 @@ def test_smollm2_trains_on_dolly_and_stock_peft_scores_its_adapter_the_same(
 
     base = AutoModelForCausalLM.from_pretrained(model_path(config.model.name), gguf_file=GGUF)
     model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
-    batch = collate(encoded, np.arange(len(encoded)), tokenizer.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(
-        logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"
-    ) / int((targets != IGNORE).sum())
+    loss = response_loss(model, collate(encoded, np.arange(len(encoded)), tokenizer.pad_token_id))
     # fp32 both ways; only the batching (4 rows against 12) changes the summation order
-    assert float(loss) == pytest.approx(summary["final"]["loss"], abs=1e-4)
+    assert loss == pytest.approx(summary["final"]["loss"], abs=1e-4)
