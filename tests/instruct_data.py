@@ -95,3 +95,17 @@ def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> flo
         logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"
     )
     return float(total) / int((targets != IGNORE).sum())
+
+
+def write_questions(path: Path, count: int) -> Path:
+    """A multiple-choice file in ARC's layout: ``count`` questions of three choices."""
+    rows = [
+        {
+            "query": f"Question: which word {i}?",
+            "choices": ["red", "blue cat", "dog"],
+            "gold": i % 3,
+        }
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

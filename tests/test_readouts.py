@@ -8,26 +8,14 @@ from pathlib import Path
 
 import pytest
 from fakes import run_cli
-from instruct_data import instruct_config
+from instruct_data import instruct_config, write_questions
 from typer.testing import CliRunner
 
 from fedlora.cli import app
+from fedlora.results.predictions import read_predictions
 from fedlora.results.readouts import choices_summary
 
 runner = CliRunner()
-
-
-def write_questions(path: Path, count: int) -> Path:
-    rows = [
-        {
-            "query": f"Question: which word {i}?",
-            "choices": ["red", "blue cat", "dog"],
-            "gold": i % 3,
-        }
-        for i in range(count)
-    ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.mark.slow
@@ -52,6 +40,15 @@ def test_a_run_reads_the_base_model_and_the_final_one(tmp_path: Path) -> None:
         final["choices"]["mc_accuracy"] - start["choices"]["mc_accuracy"]
     )
     assert change["low"] <= change["mean"] <= change["high"]
+    # the dev loss, paired from the base model (the first evaluation) to the final one
+    summary = json.loads((run / "summary.json").read_text())
+    from_start = summary["from_start"]
+    base = read_predictions(run / "predictions" / "step_000000.csv")
+    assert from_start["start"]["loss"] == pytest.approx(base.loss(), rel=1e-12)
+    assert from_start["final"]["loss"] == pytest.approx(summary["final"]["loss"], rel=1e-12)
+    loss = from_start["change"]["loss"]
+    assert loss["mean"] == pytest.approx(summary["final"]["loss"] - base.loss(), rel=1e-9)
+    assert loss["low"] < loss["mean"] < loss["high"] and from_start["examples"] == 30
     generations = (run / "generations.md").read_text()
     assert "## blue dog runs" in generations and "**start**" in generations
     # the readouts are a run's files: --overwrite replaces the run

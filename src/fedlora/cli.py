@@ -308,7 +308,7 @@ def study(
     from fedlora.studies.kept import CELLS_DIR, keep_cells, table_cells
     from fedlora.studies.processes import CellsFailed, CellsInterrupted, run_sweep_in_processes
     from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
-    from fedlora.studies.table import plot_local, plot_study, study_table
+    from fedlora.studies.table import plot_local, plot_study, study_metric, study_table
 
     path = Path(study_file)
     if not path.suffix:
@@ -382,9 +382,10 @@ def study(
             )
         table = study_table(found, spec.baselines, spec.contrasts)
         docs.mkdir(parents=True, exist_ok=True)
-        plot_study(found, docs / "accuracy.png")
-        written = ["table.md", "accuracy.png"]
-        if plot_local(found, docs / "local.png"):
+        metric = study_metric(found)
+        plot_study(found, docs / f"{metric}.png", metric)
+        written = ["table.md", f"{metric}.png"]
+        if plot_local(found, docs / "local.png", metric):
             written.append("local.png")
         keep_cells(found, root, docs)
     except _USER_ERRORS as error:

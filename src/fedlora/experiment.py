@@ -31,6 +31,7 @@ from fedlora.results.folders import claim_run_folder, hold_run_folder
 from fedlora.results.plots import plot_curves, run_title
 from fedlora.results.predictions import (
     PREDICTIONS_FILE,
+    read_predictions,
     step_predictions_path,
     write_predictions,
 )
@@ -38,6 +39,7 @@ from fedlora.results.readouts import (
     FINAL,
     START,
     choices_summary,
+    loss_change_summary,
     read_readout,
     write_generations,
     write_readout,
@@ -203,6 +205,9 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
     tests = prepared.data.client_test
     local_sizes = None if tests is None else [len(indices) for indices in tests]
     summary = summarize(config, outcome, prepared.task, learner.global_predictions, local_sizes)
+    base = step_predictions_path(folder, 0)
+    if outcome.evaluations[0].step == 0 and base.is_file():
+        summary |= loss_change_summary(read_predictions(base), learner.global_predictions)
     if prepared.reader is not None:
         write_readout(folder, FINAL, prepared.reader.read(outcome.global_state, outcome.steps))
         start, final = read_readout(folder, START), read_readout(folder, FINAL)

@@ -4,7 +4,8 @@ instruction's answer; ``generations.md`` sets the answers side by side for a per
 
 The summary's ``choices`` block pairs the two on the same questions: the change in accuracy
 with a 95 % interval from the per-question differences (normal approximation: hundreds of
-questions), beside chance.
+questions), beside chance. Its ``from_start`` block does the same for the eval loss, from the
+predictions of the first evaluation (the base model) and the last.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
+from fedlora.results.predictions import Predictions
 from fedlora.server.snapshot import write_atomically
 
 if TYPE_CHECKING:
@@ -74,10 +79,34 @@ def choices_summary(start: dict[str, Any] | None, final: dict[str, Any]) -> dict
     return {"choices": block}
 
 
-def _paired_change(before: list[int], after: list[int]) -> dict[str, float]:
-    differences = [a - b for a, b in zip(after, before, strict=True)]
-    mean = statistics.fmean(differences)
-    half = _Z95 * statistics.stdev(differences) / math.sqrt(len(differences))
+def loss_change_summary(start: Predictions, final: Predictions) -> dict[str, Any]:
+    """The summary's ``from_start`` block: the eval loss of the first evaluated global (the
+    base model) and of the final one, and the paired change on the same examples (an
+    instruction task's weighted by response tokens, as its loss is)."""
+    if not np.array_equal(start.ids, final.ids):
+        return {}
+    weights = None if final.tokens is None else final.tokens.astype(np.float64)
+    return {
+        "from_start": {
+            "examples": len(final.ids),
+            "start": {"loss": start.loss()},
+            "final": {"loss": final.loss()},
+            "change": {"loss": _paired_change(start.losses, final.losses, weights)},
+        }
+    }
+
+
+def _paired_change(
+    before: npt.ArrayLike, after: npt.ArrayLike, weights: npt.NDArray[np.float64] | None = None
+) -> dict[str, float]:
+    """The (weighted) mean of the per-item differences with a normal 95 % interval (the
+    ratio estimator's standard error where weighted)."""
+    differences = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    shares = np.ones_like(differences) if weights is None else weights / weights.mean()
+    count = len(differences)
+    mean = float((shares * differences).mean())
+    spread = float(np.sqrt(((shares * (differences - mean)) ** 2).sum() / (count - 1)))
+    half = _Z95 * spread / math.sqrt(count)
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 

@@ -66,8 +66,8 @@ def comparison_table(runs: list[Run]) -> Table:
     """One row per run; speedups are time-to-target ratios against the first run."""
     table = Table(title=f"fedlora runs (speedup: time to target against {runs[0].folder.name})")
     for column in (
-        "run", "policy", "aggregator", "final acc", "final f1", "best acc", "final loss", "steps",
-        "rounds",
+        "run", "policy", "aggregator", "final acc", "final f1", "best acc", "final loss",
+        "loss from start [95% CI]", "MC acc start → final", "steps", "rounds",
         "virtual s", "wall s", "MB down", "MB up", "to target (s)", "speedup",
     ):  # fmt: skip
         table.add_column(
@@ -85,6 +85,8 @@ def comparison_table(runs: list[Run]) -> Table:
             _fmt(s["final"].get("f1")),
             _fmt(s["best"].get("accuracy")),
             _fmt(s["final"].get("loss")),
+            _loss_change(s),
+            _choices_change(s),
             str(s["server_steps"]),
             str(s["rounds"]),
             _fmt(s["virtual_time_s"], 1),
@@ -95,6 +97,23 @@ def comparison_table(runs: list[Run]) -> Table:
             "—" if ratio is None else f"{ratio:.2f}×",
         )
     return table
+
+
+def _loss_change(summary: dict[str, Any]) -> str:
+    """The eval loss's paired change from the base model, where the run measured it."""
+    if "from_start" not in summary:
+        return "—"
+    change = summary["from_start"]["change"]["loss"]
+    return f"{change['mean']:+.4f} [{change['low']:+.4f}, {change['high']:+.4f}]"
+
+
+def _choices_change(summary: dict[str, Any]) -> str:
+    """Multiple-choice accuracy of the base model and the final one, where scored."""
+    block = summary.get("choices")
+    if not block:
+        return "—"
+    start = _fmt(block["start"]["mc_accuracy"]) if "start" in block else "—"
+    return f"{start} → {_fmt(block['final']['mc_accuracy'])}"
 
 
 def write_comparison_plot(runs: list[Run], path: Path) -> None:

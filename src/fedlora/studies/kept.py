@@ -2,12 +2,13 @@
 
 A study's run folders (``results/studies/<name>/``) are not committed: they hold adapters,
 checkpoints and event logs. Whenever ``fedlora study`` writes a table, it copies what the table
-and its plots read from each cell it covers (config.yaml, summary.json, metrics.csv and the
-final model's predictions, gzip-compressed, byte for byte as the cell wrote them) into
-``<docs>/cells/<task>/<setting>/<arm>/seed<N>/``, and removes the kept files of cells it no
-longer covers. A cell with no finished run folder is read from its kept copy when that copy ran
-the same experiment (whatever data folder it was run with), so on a fresh clone, with no runs
-at all, ``fedlora study NAME --table-only`` rewrites the committed table byte for byte.
+and its plots read from each cell it covers (config.yaml, summary.json, metrics.csv, an
+instruction run's final readout, and the final model's predictions, gzip-compressed; byte for
+byte as the cell wrote them) into ``<docs>/cells/<task>/<setting>/<arm>/seed<N>/``, and
+removes the kept files of cells it no longer covers. A cell with no finished run folder is
+read from its kept copy when that copy ran the same experiment (whatever data folder it was
+run with), so on a fresh clone, with no runs at all, ``fedlora study NAME --table-only``
+rewrites the committed table byte for byte.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from pathlib import Path
 
 from fedlora.results.errors import RunFolderError
 from fedlora.results.predictions import PREDICTIONS_FILE, Predictions, read_predictions
+from fedlora.results.readouts import READOUT_FILES
 from fedlora.results.store import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, damaged
 from fedlora.studies.sweep import Cell
 
 CELLS_DIR = "cells"
 PACKED_PREDICTIONS_FILE = PREDICTIONS_FILE + ".gz"
 _AS_WRITTEN = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)  # kept as the cell wrote them
-_KEPT_FILES = {*_AS_WRITTEN, PACKED_PREDICTIONS_FILE}
+_FINAL_READOUT = READOUT_FILES[-1]  # an instruction run's final multiple-choice answers
+_KEPT_FILES = {*_AS_WRITTEN, PACKED_PREDICTIONS_FILE, _FINAL_READOUT}
 
 
 def kept_copy(cell: Cell, root: Path, docs: Path) -> Cell:
@@ -59,6 +62,8 @@ def keep_cells(cells: Sequence[Cell], root: Path, docs: Path) -> None:
         target = kept_copy(cell, root, docs).folder
         kept.add(target)
         files = {name: (cell.folder / name).read_bytes() for name in _AS_WRITTEN}
+        if (cell.folder / _FINAL_READOUT).is_file():
+            files[_FINAL_READOUT] = (cell.folder / _FINAL_READOUT).read_bytes()
         if (cell.folder / PREDICTIONS_FILE).is_file():
             plain = (cell.folder / PREDICTIONS_FILE).read_bytes()
             # no time stamp in the header: the same predictions give the same bytes

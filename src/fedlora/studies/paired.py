@@ -18,7 +18,7 @@ it instead of a verdict.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ import numpy.typing as npt
 from scipy import stats
 
 from fedlora.results.errors import RunFolderError
+from fedlora.results.predictions import Predictions
+from fedlora.results.readouts import FINAL, read_readout
 from fedlora.results.slices import TERCILES, tercile_ids
 from fedlora.studies.kept import read_cell_predictions
 
@@ -146,43 +148,83 @@ def _expansion(seeds: int, confidence: float) -> float:
 def compare_runs(
     reference: Sequence[Path], arm: Sequence[Path], confidence: float = 0.95
 ) -> dict[str, PairedDifference]:
-    """Accuracy and mean-loss differences of ``arm`` against ``reference`` from their run
-    folders' predictions, paired seed by seed (the folders in the same seed order) and example
-    by example (the same ids and labels, or a RunFolderError naming the arm's folder); where the
-    predictions carry context lengths, also the accuracy within each length tercile of the
-    eval split (``"accuracy, short"``, ``"accuracy, middle"``, ``"accuracy, long"``; a
-    tercile whose size differs between seeds, as seeded eval subsets may give, is left out)."""
+    """Differences of ``arm`` against ``reference`` from their run folders' predictions, paired
+    seed by seed (the folders in the same seed order) and example by example (the same ids,
+    labels and response tokens, or a RunFolderError naming the arm's folder): the mean loss
+    (an instruction task's weighted by response tokens, as its reported loss is) and a
+    classifier's accuracy. Where the predictions carry context lengths, also within each
+    length tercile of the eval split: a classifier's accuracy (``"accuracy, short"``, …), an
+    instruction task's loss (``"loss, short"``, …); a tercile whose size differs between
+    seeds, as seeded eval subsets may give, is left out."""
     pairs = [
         (read_cell_predictions(a), read_cell_predictions(b))
         for a, b in zip(reference, arm, strict=True)
     ]
     for (a, b), folder in zip(pairs, arm, strict=True):
-        same_lengths = (
-            a.lengths is None or b.lengths is None or np.array_equal(a.lengths, b.lengths)
-        )
-        same_examples = np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
-        if not same_examples or not same_lengths:
+        if not _same_examples(a, b):
             raise RunFolderError(f"{folder}: its eval examples differ from the reference's")
-    differences = {
-        "accuracy": paired_difference(
-            [a.correct for a, _ in pairs], [b.correct for _, b in pairs], confidence
-        ),
-        "loss": paired_difference(
-            [a.losses for a, _ in pairs], [b.losses for _, b in pairs], confidence
-        ),
-    }
+    classified = all(a.classified and b.classified for a, b in pairs)
+    everything = [np.ones(len(a.ids), dtype=bool) for a, _ in pairs]
+    differences = {}
+    if classified:
+        differences["accuracy"] = _difference(pairs, everything, _correct, confidence)
+    differences["loss"] = _difference(pairs, everything, _weighted_losses, confidence)
     if any(a.lengths is None or b.lengths is None for a, b in pairs):
         return differences
     ids = [tercile_ids(a.lengths) for a, _ in pairs]  # type: ignore[arg-type]
     for tercile, name in enumerate(TERCILES):
         masks = [of_seed == tercile for of_seed in ids]
         if len({int(m.sum()) for m in masks}) == 1 and masks[0].any():
-            differences[f"accuracy, {name}"] = paired_difference(
-                [a.correct[m] for (a, _), m in zip(pairs, masks, strict=True)],
-                [b.correct[m] for (_, b), m in zip(pairs, masks, strict=True)],
-                confidence,
-            )
+            if classified:
+                differences[f"accuracy, {name}"] = _difference(pairs, masks, _correct, confidence)
+            else:
+                differences[f"loss, {name}"] = _difference(
+                    pairs, masks, _weighted_losses, confidence
+                )
     return differences
+
+
+def _same_examples(a: Predictions, b: Predictions) -> bool:
+    """Whether two runs' predictions are of the same examples (ids, labels, and where both
+    carry them, lengths and response tokens)."""
+    return (
+        np.array_equal(a.ids, b.ids)
+        and np.array_equal(a.labels, b.labels)
+        and all(
+            x is None or y is None or np.array_equal(x, y)
+            for x, y in ((a.lengths, b.lengths), (a.tokens, b.tokens))
+        )
+    )
+
+
+def _correct(predictions: Predictions, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    return predictions.correct[mask]
+
+
+def _weighted_losses(
+    predictions: Predictions, mask: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
+    """Per-example losses whose plain mean is the loss as the run reports it: an instruction
+    row's scaled by its share of the response tokens (w / mean w), a classifier's as they are."""
+    losses = predictions.losses[mask]
+    if predictions.tokens is None:
+        return losses
+    weights = predictions.tokens[mask].astype(np.float64)
+    return losses * weights / weights.mean()
+
+
+def _difference(
+    pairs: Sequence[tuple[Predictions, Predictions]],
+    masks: Sequence[npt.NDArray[np.bool_]],
+    values: Callable[[Predictions, npt.NDArray[np.bool_]], npt.NDArray[np.float64]],
+    confidence: float,
+) -> PairedDifference:
+    """:func:`paired_difference` of ``values`` over the examples each seed's mask selects."""
+    return paired_difference(
+        [values(a, m) for (a, _), m in zip(pairs, masks, strict=True)],
+        [values(b, m) for (_, b), m in zip(pairs, masks, strict=True)],
+        confidence,
+    )
 
 
 def compare_local(
@@ -214,3 +256,18 @@ def compare_local(
     if all("own_loss" in entry for a, b in pairs for entry in (*a.values(), *b.values())):
         differences["local loss"] = difference("own_loss")
     return differences
+
+
+def compare_choices(
+    reference: Sequence[Path], arm: Sequence[Path], confidence: float = 0.95
+) -> dict[str, PairedDifference]:
+    """The multiple-choice accuracy difference of the final models (``"mc accuracy"``), paired
+    seed by seed and question by question, where every folder has a final readout that scored
+    choices; empty otherwise."""
+    readouts = [[read_readout(f, FINAL) for f in folders] for folders in (reference, arm)]
+    before, after = (
+        [r["choices"]["correct"] for r in side if r and r["choices"]] for side in readouts
+    )
+    if len(before) != len(reference) or len(after) != len(arm):
+        return {}
+    return {"mc accuracy": paired_difference(before, after, confidence)}

@@ -21,6 +21,7 @@ from fedlora.studies.kept import has_predictions
 from fedlora.studies.paired import (
     FEW_SEEDS,
     PairedDifference,
+    compare_choices,
     compare_local,
     compare_runs,
     holm,
@@ -57,9 +58,10 @@ def _by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
     return grouped
 
 
-_COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "final loss", "rounds to target",
-            "virtual s to target", "s to smoothed target", "s to loss target",
-            "mean staleness", "idle share", "MB sent", "update spread")  # fmt: skip
+_COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "final loss", "best loss",
+            "final MC acc", "final MC acc norm", "rounds to target", "virtual s to target",
+            "s to smoothed target", "s to loss target")  # fmt: skip
+_AFTER_SPEEDUPS = ("mean staleness", "idle share", "MB sent", "update spread")
 # Time to target, and speedups, by the first crossing, the running mean, and the loss target.
 _MEASURES = {None: "", "smoothed": " (smoothed)", "on_loss": " (loss)"}
 _LOCAL_COLUMNS = ("local acc, own split", "client sd, own split", "local loss, own split",
@@ -67,6 +69,8 @@ _LOCAL_COLUMNS = ("local acc, own split", "client sd, own split", "local loss, o
 # (column label, key of compare_runs / compare_local): each against every baseline
 _PAIRED = (("acc", "accuracy"), ("loss", "loss"), ("acc short", "accuracy, short"),
            ("acc middle", "accuracy, middle"), ("acc long", "accuracy, long"),
+           ("loss short", "loss, short"), ("loss middle", "loss, middle"),
+           ("loss long", "loss, long"), ("MC acc", "mc accuracy"),
            ("local acc", "local"), ("local loss", "local loss"))  # fmt: skip
 
 
@@ -97,9 +101,9 @@ def study_table(
         }
         present = [b for b in baselines if b in summaries]
         header = [
-            *_COLUMNS[:10],
+            *_COLUMNS,
             *(f"speedup vs {b}{label}" for b in present for label in _MEASURES.values()),
-            *_COLUMNS[10:],
+            *_AFTER_SPEEDUPS,
             *_LOCAL_COLUMNS,
             *(f"Δ {label} vs {b} [95% CI]" for b in present for label, _ in _PAIRED),
         ]
@@ -107,7 +111,7 @@ def study_table(
         paired = [_paired(arms, summaries, arm, present) for arm in summaries]
         contrasts_found = _contrasts(arms, contrasts)
         family = [d for row in paired for d in row if d is not None]
-        family += [d for *_, acc, loss in contrasts_found for d in (acc, loss)]
+        family += [d for *_, acc, loss in contrasts_found for d in (acc, loss) if d is not None]
         verdicts = dict(zip(map(id, family), holm(family), strict=True))
         rows = [
             m + [_cell(d, verdicts) for d in row] for m, row in zip(measured, paired, strict=True)
@@ -164,21 +168,23 @@ def _compared_predictions(pairs: Sequence[tuple[Cell, Cell]]) -> dict[str, Paire
     folders = [c.folder for pair in pairs for c in pair]
     if not pairs or not all(has_predictions(f) for f in folders):
         return {}
-    return compare_runs([a.folder for a, _ in pairs], [b.folder for _, b in pairs])
+    reference, arm = [a.folder for a, _ in pairs], [b.folder for _, b in pairs]
+    return compare_runs(reference, arm) | compare_choices(reference, arm)
 
 
 def _contrasts(
     arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]]
-) -> list[tuple[str, str, str, PairedDifference, PairedDifference]]:
+) -> list[tuple[str, str, str, PairedDifference | None, PairedDifference]]:
     """Each contrast (arm, reference) both arms finished with predictions: the seeds, and the
-    paired accuracy and loss differences."""
+    paired accuracy (None for a task without) and loss differences."""
     found = []
     for arm, reference in contrasts:
         pairs = _seed_pairs(arms, reference, arm)
         differences = _compared_predictions(pairs)
         if differences:
             seeds = ", ".join(str(b.seed) for _, b in pairs)
-            found.append((arm, reference, seeds, differences["accuracy"], differences["loss"]))
+            accuracy = differences.get("accuracy")
+            found.append((arm, reference, seeds, accuracy, differences["loss"]))
     return found
 
 
@@ -191,12 +197,17 @@ def _row(
     runs: list[dict[str, Any]] = list(by_seed.values())
     targets = [s.get("target") or {} for s in runs]
     hits = [t for t in targets if t.get("reached")]
+    choices = [s["choices"]["final"] for s in runs if "choices" in s]
     row = [
         str(len(runs)),
-        _spread([s["final"]["accuracy"] for s in runs]),
+        _spread([s["final"]["accuracy"] for s in runs if "accuracy" in s["final"]]),
         _spread([s["final"]["f1"] for s in runs if "f1" in s["final"]]),
-        _spread([s["best"]["accuracy"] for s in runs]),
+        _spread([s["best"]["accuracy"] for s in runs if "accuracy" in s["best"]]),
         _spread([s["final"]["loss"] for s in runs if "loss" in s["final"]]),
+        # the best evaluation is the lowest loss only where there is no accuracy to pick it by
+        _spread([s["best"]["loss"] for s in runs if "accuracy" not in s["best"]]),
+        _spread([c["mc_accuracy"] for c in choices]),
+        _spread([c["mc_accuracy_norm"] for c in choices]),
         _reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—",
     ]
     for measure in _MEASURES:
@@ -321,18 +332,31 @@ def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> N
     plt.close(figure)
 
 
+def study_metric(cells: Sequence[Cell]) -> str:
+    """The metric a study's curves and bars show: accuracy, or the loss for a task without
+    one (an instruction task)."""
+    done = next((c for c in cells if c.done), None)
+    if done is None or "accuracy" in read_summary(done.folder)["final"]:
+        return "accuracy"
+    return "loss"
+
+
 _LOCAL_BARS = (
-    ("global model, dev", lambda s: s["final"]["accuracy"]),
-    ("client models, own split", lambda s: s["local"]["own"]["mean"]),
-    ("client models, dev", lambda s: s["local"].get("dev", {}).get("mean", math.nan)),
+    ("global model, dev", lambda s, metric: s["final"][metric]),
+    ("client models, own split", lambda s, _: s["local"]["own"]["mean"]),
+    ("client models, dev", lambda s, _: s["local"].get("dev", {}).get("mean", math.nan)),
 )
 
 
-def local_bars(arms: dict[str, list[dict[str, Any]]]) -> dict[str, list[list[float]]]:
-    """Each bar series' values, per arm and seed; a series no cell scored (client models on
-    the dev set when ``eval.local_dev`` is off) is left out rather than drawn as NaN."""
+def local_bars(
+    arms: dict[str, list[dict[str, Any]]], metric: str = "accuracy"
+) -> dict[str, list[list[float]]]:
+    """Each bar series' values of ``metric`` (the task's first: a client's local scores are in
+    it), per arm and seed; a series no cell scored (client models on the dev set when
+    ``eval.local_dev`` is off) is left out rather than drawn as NaN."""
     bars = {
-        label: [[value(s) for s in runs] for runs in arms.values()] for label, value in _LOCAL_BARS
+        label: [[value(s, metric) for s in runs] for runs in arms.values()]
+        for label, value in _LOCAL_BARS
     }
     return {
         label: values
@@ -341,7 +365,7 @@ def local_bars(arms: dict[str, list[dict[str, Any]]]) -> dict[str, list[list[flo
     }
 
 
-def plot_local(cells: Sequence[Cell], path: Path) -> bool:
+def plot_local(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> bool:
     """Per task (and setting), bars per arm: the final global model on the dev set against
     the clients' own trained models on their local test splits and on the dev set (mean over
     clients; error bars: sd over seeds, none for one seed). False, and no file, when no cell
@@ -360,7 +384,7 @@ def plot_local(cells: Sequence[Cell], path: Path) -> bool:
     figure, axes = plt.subplots(len(grouped), 1, figsize=(11, 4 * len(grouped)), squeeze=False)
     for ax, (group, arms) in zip(axes[:, 0], grouped.items(), strict=True):
         positions = np.arange(len(arms))
-        bars = local_bars(arms)
+        bars = local_bars(arms, metric)
         width = 0.8 / len(bars)
         for i, (label, values) in enumerate(bars.items()):
             ax.bar(
@@ -372,8 +396,9 @@ def plot_local(cells: Sequence[Cell], path: Path) -> bool:
                 capsize=3,
             )
         ax.set_xticks(positions, list(arms))
-        ax.set_ylim(0.3, 1.0)
-        ax.set_ylabel("accuracy")
+        if metric == "accuracy":
+            ax.set_ylim(0.3, 1.0)
+        ax.set_ylabel(metric)
         ax.set_title(f"{group}: global against local (mean over seeds)")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8, loc="upper right")
