@@ -23,7 +23,7 @@ from fedlora import aggregation, policies
 from fedlora.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedlora.data.partition import PartitionError
 from fedlora.data.sources import DataError
-from fedlora.data.tasks import available_tasks
+from fedlora.data.tasks import available_tasks, is_causal
 from fedlora.results.errors import RunFolderError
 
 # Types only: these modules pull in torch or matplotlib, which only some commands need.
@@ -415,6 +415,7 @@ def partition(
 ) -> None:
     """Show how a config divides the data among clients, without training anything."""
     from fedlora.client.model import load_tokenizer
+    from fedlora.client.quality import PERPLEXITY, perplexity_scorer
     from fedlora.data.context import SCORES
     from fedlora.data.describe import describe_partition, plot_partition
     from fedlora.data.federated import prepare_data
@@ -428,9 +429,17 @@ def partition(
         chosen = score or (by if by != "label" else "length")
         if chosen not in SCORES:
             raise ConfigError(f"--score: unknown score {chosen!r}; choose one of {SCORES}")
-        data = prepare_data(config, load_tokenizer(config.model))
+        if chosen == PERPLEXITY and not is_causal(config.data.task):
+            raise ConfigError(f"--score: {PERPLEXITY} is a score of instruction rows")
+        tokenizer = load_tokenizer(config.model)
+        # the base model loads only when its scores are not cached yet
+        scorer = perplexity_scorer(config, tokenizer) if PERPLEXITY in (by, chosen) else None
+        data = prepare_data(config, tokenizer, scorer)
         if chosen not in data.train.scores:
-            raise ConfigError(f"--score: no {chosen!r} score (set data.score_column)")
+            raise ConfigError(
+                f"--score: no {chosen!r} score for task {config.data.task!r}"
+                + (" (set data.score_column)" if chosen == "column" else "")
+            )
     except _USER_ERRORS as error:
         raise _fail(error) from None
     description = describe_partition(data, chosen)

@@ -6,6 +6,7 @@ loads, so a mistake costs seconds, not a run.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,10 @@ from typing import Any
 
 import torch
 
+from fedlora.client import quality
 from fedlora.client.learner import ModelLearner
 from fedlora.client.model import (
+    ResidentModel,
     build_resident_model,
     load_tokenizer,
     model_path,
@@ -79,16 +82,25 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if config.runtime.threads is not None:
         torch.set_num_threads(config.runtime.threads)
     tokenizer = load_tokenizer(config.model)
-    data = prepare_data(config, tokenizer)
-    model, _ = build_resident_model(
-        config.model,
-        config.lora,
-        None if data.task.causal else data.task.num_labels,
-        config.seed,
-        rank=config.global_rank,
-        tokenizer=tokenizer,
-        device=config.runtime.device,
-    )
+
+    @functools.cache
+    def model_for(num_labels: int | None) -> ResidentModel:
+        """The backbone, built once: a partition by a model score (causal) builds it first."""
+        return build_resident_model(
+            config.model,
+            config.lora,
+            num_labels,
+            config.seed,
+            rank=config.global_rank,
+            tokenizer=tokenizer,
+            device=config.runtime.device,
+        )[0]
+
+    scorer = None
+    if quality.needed(config):
+        scorer = quality.perplexity_scorer(config, tokenizer, lambda: model_for(None))
+    data = prepare_data(config, tokenizer, scorer)
+    model = model_for(None if data.task.causal else data.task.num_labels)
     learner = ModelLearner(
         model,
         data.train,

@@ -44,7 +44,15 @@ class PartitionConfig(_Section):
 
     method: Literal["iid", "dirichlet", "sorted", "given"] = "iid"
     by: Literal[
-        "label", "length", "sentences", "lexical", "column", "prompt", "context", "response"
+        "label",
+        "length",
+        "sentences",
+        "lexical",
+        "column",
+        "prompt",
+        "context",
+        "response",
+        "perplexity",
     ] = "label"
     alpha: Annotated[float, Field(gt=0)] = 0.5
     buckets: Annotated[int, Field(ge=1)] = 5
@@ -116,6 +124,12 @@ class DataConfig(_Section):
         if self.partition.by == "column" and self.score_column is None:
             raise ValueError(
                 "data.partition.by: 'column' needs data.score_column, the file's score column"
+            )
+        if self.partition.by == "perplexity" and self.task != "instruct":
+            raise ValueError(
+                "data.partition.by: 'perplexity' is a response's perplexity under the base causal"
+                f" LM, a score of instruction rows (data.task: instruct); task {self.task!r}"
+                " trains a classifier"
             )
         if self.degrade is not None and self.degrade.part != "texts" and self.task != "instruct":
             raise ValueError(

@@ -6,7 +6,11 @@ what it is, not what the model keeps); ``sentences`` counts sentences, the paper
 reading of quality; ``lexical`` is the moving-average type-token ratio, a lexical diversity
 that, unlike the plain ratio, does not fall just because a text is longer; ``column`` is a
 numeric column of the data file (``data.score_column``). Scores are computed once, with the
-tokenization, and cached with it.
+tokenization, and cached with it. Instruction rows add ``prompt``, ``context`` and ``response``
+(their tokens, before any cut) and one model-based score, ``perplexity``: exp of the mean
+cross-entropy of the response tokens under the base model (no adapter), the usual data-quality
+proxy of instruction tuning; it needs the model, so :mod:`fedlora.client.quality` computes it,
+only for a partition by it, and caches it beside the encoding.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy.typing as npt
 
 from fedlora.data.sources import Example
 
-SCORES = ("length", "sentences", "lexical", "column")
+SCORES = ("length", "sentences", "lexical", "column", "prompt", "context", "response", "perplexity")
 LEXICAL_WINDOW = 25  # words per window of the moving-average type-token ratio
 
 # A sentence ends at . ! or ? (runs of them, and closing quotes or brackets) before a space.

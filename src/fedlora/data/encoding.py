@@ -49,7 +49,8 @@ class EncodedSplit:
     """Token ids of each example, unpadded, the labels and the context scores aligned with
     them (:mod:`fedlora.data.context`). An instruction task's labels are its categories, and
     ``prompt_lengths`` says how many leading tokens of each row are prompt; ``cut`` holds
-    each row's truncation bits (:data:`fedlora.data.prompts.CUT_CONTEXT` ...)."""
+    each row's truncation bits (:data:`fedlora.data.prompts.CUT_CONTEXT` ...). ``key`` is its
+    cache key: what decides its tokens, and what anything computed from them is cached under."""
 
     input_ids: list[torch.Tensor]
     token_type_ids: list[torch.Tensor] | None
@@ -57,6 +58,7 @@ class EncodedSplit:
     scores: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
     prompt_lengths: torch.Tensor | None = None
     cut: torch.Tensor | None = None
+    key: str = ""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -79,12 +81,12 @@ def encode_split(
     """
     key = _cache_key(split, tokenizer, max_length)
     if key not in _memo:
-        path = (cache_dir or _default_cache_dir()) / f"{key}.pt"
+        path = cache_folder(cache_dir) / f"{key}.pt"
         payload = _read_cache(path, len(split.examples))
         if payload is None:
             payload = _tokenize(split, tokenizer, max_length)
-            _write_cache(path, payload)
-        _memo[key] = _unpack(payload)
+            write_cache(path, payload)
+        _memo[key] = _unpack(payload, key)
     return _memo[key]
 
 
@@ -139,7 +141,11 @@ def _cache_key(split: LabelledSplit, tokenizer: PreTrainedTokenizerBase, max_len
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def _default_cache_dir() -> Path:
+def cache_folder(cache_dir: Path | None = None) -> Path:
+    """Where encodings are cached: ``cache_dir`` (``data.cache_dir``), else ``$FEDLORA_CACHE``,
+    else ``~/.cache/fedlora/encoded``."""
+    if cache_dir is not None:
+        return cache_dir
     from_env = os.environ.get(CACHE_ENV)
     return Path(from_env) if from_env else Path.home() / ".cache" / "fedlora" / "encoded"
 
@@ -223,7 +229,7 @@ def tokenizer_inputs(
     return firsts, seconds
 
 
-def _unpack(payload: Payload) -> EncodedSplit:
+def _unpack(payload: Payload, cache_key: str) -> EncodedSplit:
     sizes = torch.diff(payload["offsets"]).tolist()
     types = payload.get("token_type_ids")
     return EncodedSplit(
@@ -237,6 +243,7 @@ def _unpack(payload: Payload) -> EncodedSplit:
             for key, value in payload.items()
             if key.startswith(_SCORE)
         },
+        key=cache_key,
     )
 
 
@@ -276,7 +283,7 @@ def _check(payload: object, count: int) -> None:
         raise ValueError("prompt lengths or cuts do not match the examples")
 
 
-def _write_cache(path: Path, payload: Payload) -> None:
+def write_cache(path: Path, payload: Payload) -> None:
     """Write atomically, so a crash or a concurrent run never leaves half a file behind.
 
     The cache only saves time: when it cannot be written the run goes on without it.

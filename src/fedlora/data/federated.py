@@ -2,11 +2,15 @@
 
 The order matters and is fixed: the partition is drawn on the clean examples (so the same seed
 gives the same clients with and without degradation), then the chosen clients' texts are
-degraded, then each client holds out its local test split.
+degraded, then each client holds out its local test split. A model-based score (the response's
+perplexity, :mod:`fedlora.client.quality`) comes from a scorer the caller passes in, so this
+layer never loads a model; it scores the clean rows, and a degraded split keeps their scores.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +25,9 @@ from fedlora.data.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+ModelScorer = Callable[[EncodedSplit], dict[str, np.ndarray]]
+"""Scores of every row of a split that need the model (:data:`fedlora.client.quality.Scorer`)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,13 @@ def hold_out(
     return train, test
 
 
-def prepare_data(config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> FederatedData:
+def prepare_data(
+    config: ExperimentConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    model_scores: ModelScorer | None = None,
+) -> FederatedData:
+    """The run's data; ``model_scores`` adds scores computed by a model to the training rows
+    (needed when ``data.partition.by`` names one)."""
     data_dir = resolve_data_dir(config)
     seed = config.seed
     train_split = _subset(
@@ -108,15 +121,25 @@ def prepare_data(config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -
         return encode_split(split, tokenizer, config.data.max_length, config.data.cache_dir)
 
     train = encode(train_split)
+    added = {} if model_scores is None else model_scores(train)
+    train = with_scores(train, added)
     clients = client_partition(config, train_split, train)
     degraded: list[int] = []
     if config.data.degrade is not None:
         degraded_split, degraded = degrade(train_split, clients, config.data.degrade, seed)
-        train = encode(degraded_split)
+        train = with_scores(encode(degraded_split), added)
     client_train, client_test = hold_out(clients, config.eval.local_share, seed)
     return FederatedData(
         train_split.task, train, encode(eval_split), client_train, client_test, degraded, eval_ids
     )
+
+
+def with_scores(data: EncodedSplit, scores: dict[str, np.ndarray]) -> EncodedSplit:
+    """``data`` with more scores: a copy, since an encoding is shared by every run in the
+    process."""
+    if not scores:
+        return data
+    return dataclasses.replace(data, scores=data.scores | scores)
 
 
 def client_partition(
