@@ -357,6 +357,18 @@ CASES = [
         _run("server.policy=fedbuff", "server.concurrency=2", "server.window=7"),
     ),
     Case(
+        "greedy answers asked of a classifier (`--set eval.generate={prompts: [hello]}`)",
+        "eval.generate: needs an instruction task (data.task: instruct), but task 'csv' trains"
+        " a classifier",
+        _run("eval.generate={prompts: [hello]}"),
+    ),
+    Case(
+        "a partition by response perplexity for a classifier",
+        "data.partition.by: 'perplexity' is a response's perplexity under the base causal LM, a"
+        " score of instruction rows (data.task: instruct); task 'csv' trains a classifier",
+        _run("data.partition={method: sorted, by: perplexity}"),
+    ),
+    Case(
         "`fedlora report` on a summary.json cut short",
         "run/summary.json: line 1: not valid JSON (Expecting ':' delimiter); the run folder is"
         " damaged",

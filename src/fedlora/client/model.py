@@ -260,9 +260,9 @@ def build_resident_model(
     tokenizer = tokenizer or load_tokenizer(config)
     torch.manual_seed(seed)
     backbone = load_backbone(config, num_labels, tokenizer.pad_token_id)
-    resident = ResidentModel(
-        backbone, lora, model_path(config.name), rank or lora.r, device, num_labels is None
-    )
+    # PEFT records the folder the backbone was read from (a GGUF's dequantized copy)
+    base = backbone.name_or_path or model_path(config.name)
+    resident = ResidentModel(backbone, lora, base, rank or lora.r, device, num_labels is None)
     return resident, tokenizer
 
 
