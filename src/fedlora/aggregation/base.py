@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation.catalog import registry
 from fedlora.config import LoraConfig, ServerConfig
-from fedlora.policies.base import Source
+from fedlora.terms import Source
 
 
 @dataclass(frozen=True)

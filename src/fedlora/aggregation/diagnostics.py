@@ -29,7 +29,7 @@ import torch
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation.base import Aggregator, WeightedState, create, products
 from fedlora.config import ConfigError, ExperimentConfig
-from fedlora.policies.base import Source
+from fedlora.terms import Source
 
 Product = list[tuple[float, LoraFactors]]  # Σ coefficient · s·B·A
 

@@ -27,7 +27,7 @@ from fedlora.aggregation.base import (
     weighted_sum,
 )
 from fedlora.config import LoraConfig
-from fedlora.policies.base import Source
+from fedlora.terms import Source
 
 
 def _pad_rows(tensor: torch.Tensor, rank: int) -> torch.Tensor:

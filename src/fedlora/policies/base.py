@@ -12,12 +12,12 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
-from enum import Enum
 from typing import Any, ClassVar
 
 from fedlora.config import ServerConfig
 from fedlora.policies.staleness import staleness_factor
 from fedlora.registry import Registry
+from fedlora.terms import Source, Term
 
 
 @dataclass(frozen=True)
@@ -41,19 +41,6 @@ class Arrival:
     @classmethod
     def from_json(cls, data: list[Any]) -> Arrival:
         return cls(*data)
-
-
-class Source(Enum):
-    UPDATE = "update"  # the adapter a job sent back
-    SENT = "sent"  # the adapter that job was given at dispatch (for delta-based policies)
-    GLOBAL = "global"  # the current global adapter
-
-
-@dataclass(frozen=True)
-class Term:
-    source: Source
-    weight: float
-    job: int | None = None
 
 
 @dataclass(frozen=True)
