@@ -38,9 +38,9 @@ import numpy as np
 from fedlora.client.fastlearner import FastLearner, FastTask
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.results.events import EventLog
-from fedlora.results.target import first_reaching
 from fedlora.server import Evaluation
 from fedlora.sim.engine import build_simulation
+from fedlora.target import first_reaching
 
 # arm → (server settings, the η grid its tuning starts from; None: no server step size)
 ARMS: dict[str, tuple[dict[str, Any], list[float] | None]] = {

@@ -6,8 +6,8 @@ import pytest
 
 from fedlora.data.tasks import generic_task
 from fedlora.results.store import summarize
-from fedlora.results.target import first_reaching, meets
 from fedlora.server import Evaluation, Outcome
+from fedlora.target import first_reaching, meets
 from tests.fakes import FakeLearner, config, simulate
 
 

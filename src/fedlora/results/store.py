@@ -23,9 +23,9 @@ from fedlora.results.errors import RunFolderError
 from fedlora.results.events import LogMark, verified_prefix
 from fedlora.results.predictions import Predictions
 from fedlora.results.slices import length_terciles
-from fedlora.results.target import first_reaching, lower_is_better
 from fedlora.server.outcome import Evaluation, Outcome
 from fedlora.server.snapshot import Snapshot, SnapshotError, write_atomically
+from fedlora.target import first_reaching, lower_is_better
 
 if TYPE_CHECKING:
     from fedlora.aggregation.diagnostics import MergeDiagnostics

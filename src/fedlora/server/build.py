@@ -9,8 +9,8 @@ from fedlora import aggregation, policies
 from fedlora.adapters import AdapterState
 from fedlora.client.protocol import Evaluator
 from fedlora.config import ExperimentConfig
-from fedlora.results.events import EventLog
 from fedlora.server.core import ServerCore
+from fedlora.server.events import EventSink
 from fedlora.server.outcome import Outcome
 
 
@@ -20,7 +20,7 @@ def build_core(
     client_sizes: Sequence[int],
     ranks: Sequence[int],
     evaluator: Evaluator,
-    log: EventLog,
+    log: EventSink,
     *,
     policy: policies.Policy | None = None,
     progress: Callable[[Outcome], None] | None = None,

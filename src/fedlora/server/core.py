@@ -22,12 +22,12 @@ from fedlora.aggregation.diagnostics import diagnose, shadow_aggregators
 from fedlora.client.protocol import Evaluator
 from fedlora.config import ExperimentConfig
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
-from fedlora.results.events import EventLog
-from fedlora.results.target import lower_is_better, meets
 from fedlora.server.defence import defend
+from fedlora.server.events import EventSink
 from fedlora.server.outcome import Evaluation, LocalEvaluation, Outcome
 from fedlora.server.screening import screen
 from fedlora.server.snapshot import Snapshot
+from fedlora.target import lower_is_better, meets
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class ServerCore:
         initial: AdapterState,
         ranks: Sequence[int],
         evaluator: Evaluator,
-        log: EventLog,
+        log: EventSink,
         progress: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.config = config

@@ -21,9 +21,9 @@ import numpy as np
 from fedlora import policies
 from fedlora.client.protocol import Learner, plan_job
 from fedlora.config import ExperimentConfig
-from fedlora.results.events import EventLog
 from fedlora.server import Outcome, Send, ServerCore, Snapshot
 from fedlora.server.build import build_core
+from fedlora.server.events import EventSink
 from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
 from fedlora.sim.jobs import InProcess, JobFailed, JobRunner
@@ -186,7 +186,7 @@ def build_simulation(
     config: ExperimentConfig,
     learner: Learner,
     client_sizes: Sequence[int],
-    log: EventLog,
+    log: EventSink,
     *,
     profiles: Sequence[ClientProfile] | None = None,
     policy: policies.Policy | None = None,
