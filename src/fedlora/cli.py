@@ -29,6 +29,7 @@ from fedlora.results.errors import RunFolderError
 # Types only: these modules pull in torch or matplotlib, which only some commands need.
 if TYPE_CHECKING:
     from fedlora.data.describe import PartitionDescription
+    from fedlora.studies.sweep import Cell
 
 app = typer.Typer(
     help="Federated LoRA fine-tuning across heterogeneous clients, simulated or deployed.",
@@ -301,14 +302,8 @@ def study(
 
     --jobs N runs N cells at once, each in its own process (N cores, or sharing one GPU).
     """
-    from fedlora.experiment import Interrupted, run_experiment
-    from fedlora.interrupt import stop_requests
-    from fedlora.preflight import Preflight
-    from fedlora.results.store import learning_failure
-    from fedlora.studies.kept import CELLS_DIR, keep_cells, table_cells
-    from fedlora.studies.processes import CellsFailed, CellsInterrupted, run_sweep_in_processes
-    from fedlora.studies.sweep import Cell, load_study, plan, run_sweep
-    from fedlora.studies.table import plot_local, plot_study, study_metric, study_table
+    from fedlora.studies.publish import narrowed, publish
+    from fedlora.studies.sweep import load_study, plan
 
     path = Path(study_file)
     if not path.suffix:
@@ -321,19 +316,38 @@ def study(
         planned = plan(spec, root, set_ or [])
     except _USER_ERRORS as error:
         raise _fail(error) from None
-    cells = [
-        c
-        for c in planned
-        if (arms is None or c.arm in arms.split(","))
-        and (seeds is None or str(c.seed) in seeds.split(","))
-        and (tasks is None or c.task in tasks.split(","))
-    ]
+    cells = narrowed(planned, arms, seeds, tasks)
     if plan_only:
         for cell in cells:
             typer.echo(f"{'done' if cell.done else 'todo'}  {cell.folder}")
         return
     if table_only:
         cells = []  # nothing to check or run: straight to the table
+
+    _run_cells(cells, jobs)
+    narrowing = [
+        f"--{flag} {value}"
+        for flag, value in (("arms", arms), ("seeds", seeds), ("tasks", tasks))
+        if value is not None
+    ] + [f"--set {pair}" for pair in changes]
+    docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
+    try:
+        table, written = publish(spec, planned, root, docs, narrowing)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(table)
+    typer.echo(f"wrote {', '.join(written)} and the cells they are computed from in {docs}")
+
+
+def _run_cells(cells: list[Cell], jobs: int) -> None:
+    """Check every unfinished cell, then run them (``jobs`` at once, each in a process, or in
+    this one); a bad cell is named before any runs, and Ctrl-C stops at a checkpoint."""
+    from fedlora.experiment import Interrupted, run_experiment
+    from fedlora.interrupt import stop_requests
+    from fedlora.preflight import Preflight
+    from fedlora.results.store import learning_failure
+    from fedlora.studies.processes import CellsFailed, CellsInterrupted, run_sweep_in_processes
+    from fedlora.studies.sweep import run_sweep
 
     def announce(cell: Cell, status: str) -> None:
         console.print(f"{status}: {cell.folder}", highlight=False)
@@ -366,38 +380,6 @@ def study(
         except CellsInterrupted as stop:
             console.print(str(stop), highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
-    narrowing = [
-        f"--{flag} {value}"
-        for flag, value in (("arms", arms), ("seeds", seeds), ("tasks", tasks))
-        if value is not None
-    ] + [f"--set {pair}" for pair in changes]
-    docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
-    try:
-        found = table_cells(planned, root, docs)
-        finished = sum(cell.done for cell in found)
-        if not finished:
-            raise RunFolderError(
-                f"no finished cell of study {spec.name!r}, neither in {root} nor kept in"
-                f" {docs / CELLS_DIR}: no table written"
-            )
-        table = study_table(found, spec.baselines, spec.contrasts)
-        docs.mkdir(parents=True, exist_ok=True)
-        metric = study_metric(found)
-        plot_study(found, docs / f"{metric}.png", metric)
-        written = ["table.md", f"{metric}.png"]
-        if plot_local(found, docs / "local.png", metric):
-            written.append("local.png")
-        keep_cells(found, root, docs)
-    except _USER_ERRORS as error:
-        raise _fail(error) from None
-    if finished < len(planned):
-        covers = f"{finished} of the study's {len(planned)} cells finished; this covers those."
-        table = f"{covers}\n\n{table}"
-    if narrowing:
-        table = f"Not the committed study: run with {' '.join(narrowing)}.\n\n{table}"
-    (docs / "table.md").write_text(table + "\n", encoding="utf-8")
-    typer.echo(table)
-    typer.echo(f"wrote {', '.join(written)} and the cells they are computed from in {docs}")
 
 
 @app.command()
