@@ -1,9 +1,11 @@
-"""The same apps under Flower's simulation engine (Ray): the in-process simulator's event log.
-Ray listens on every interface, so the test re-runs itself inside a loopback-only network
-namespace, and is skipped where none can be made."""
+"""The same apps under Flower's simulation engine (Ray): the in-process simulator's event log,
+for a classifier and for an instruction task (a causal LM). Ray listens on every interface, so
+each test re-runs itself inside a loopback-only network namespace, and is skipped where none can
+be made."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fakes import assert_same_global, run_cli
+from instruct_data import instruct_config
 
 from fedlora.config import build_config
 from fedlora.results.events import read_events
@@ -60,19 +63,53 @@ def test_fedfa_under_the_simulation_engine_logs_what_the_simulator_logs(
                              "window": 2, "rounds": 3}  # fmt: skip
     simulate(build_config(tiny_config), tmp_path / "engine", cpus_per_client=1.0)
     run_cli(tmp_path, tiny_config, tmp_path / "sim")
-    engine, sim = (events_without_wall(tmp_path / run) for run in ("engine", "sim"))
-    assert [e["type"] for e in engine] == [e["type"] for e in sim]
+    sim = events_without_wall(tmp_path / "sim")
     assert {e["type"] for e in sim} >= {"dispatch", "arrival", "merge", "lost", "eval"}
-    for ours, theirs in zip(engine, sim, strict=True):
-        assert ours.keys() == theirs.keys()
-        floats = [k for k, v in theirs.items() if isinstance(v, float)]
-        assert [ours[k] for k in floats] == pytest.approx(
-            [theirs[k] for k in floats], rel=1e-4, abs=1e-5
-        )
-        assert {k: v for k, v in ours.items() if k not in floats} == {
-            k: v for k, v in theirs.items() if k not in floats
-        }
+    assert_same_events(tmp_path / "engine", tmp_path / "sim")
     assert_same_global(tmp_path / "engine", tmp_path / "sim")
+
+
+def test_an_instruction_task_under_the_simulation_engine_logs_what_the_simulator_logs(
+    tmp_path: Path,
+) -> None:
+    """A causal LM on the engine's nodes (FedAvg, 3 rounds of 3 of 4 clients): the response
+    loss metrics, per-evaluation predictions and event log of the in-process simulator."""
+    pytest.importorskip("ray", reason="Ray is the simulation extra: pip install -e '.[simulation]'")
+    test = "test_an_instruction_task_under_the_simulation_engine_logs_what_the_simulator_logs"
+    if os.environ.get(INSIDE) != "1":
+        rerun_in_loopback_namespace(test)
+        return
+    from fedlora.flower.simulation import simulate
+
+    raw = instruct_config(tmp_path)
+    raw["data"] |= {"max_length": 32, "max_eval_examples": 12}
+    simulate(build_config(raw), tmp_path / "engine", cpus_per_client=1.0)
+    run_cli(tmp_path, raw, tmp_path / "sim")
+    assert_same_events(tmp_path / "engine", tmp_path / "sim")
+    assert_same_global(tmp_path / "engine", tmp_path / "sim")
+    summary = json.loads((tmp_path / "engine" / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["jobs_lost"] == 0
+    assert {"loss", "perplexity", "category.open_qa.loss", "length.short.loss"} <= set(
+        summary["final"]
+    )
+    assert sorted(p.name for p in (tmp_path / "engine" / "predictions").iterdir()) == sorted(
+        p.name for p in (tmp_path / "sim" / "predictions").iterdir()
+    )
+
+
+def assert_same_events(run: Path, other: Path) -> None:
+    """The same events in the same order: floats within rounding, everything else equal."""
+    ours, theirs = events_without_wall(run), events_without_wall(other)
+    assert [e["type"] for e in ours] == [e["type"] for e in theirs]
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine.keys() == reference.keys()
+        floats = [k for k, v in reference.items() if isinstance(v, float)]
+        assert [mine[k] for k in floats] == pytest.approx(
+            [reference[k] for k in floats], rel=1e-4, abs=1e-5
+        )
+        assert {k: v for k, v in mine.items() if k not in floats} == {
+            k: v for k, v in reference.items() if k not in floats
+        }
 
 
 def events_without_wall(run: Path) -> list[dict]:

@@ -4,8 +4,10 @@ The node's ``partition-id`` (its ``--node-config``) picks the partition, made by
 partitioner and seed as the simulator; the job's batches and seed are derived from the
 experiment seed and the job id exactly as the simulator derives them, so a job trains the same
 on either runtime. The data and the backbone are built once per process and kept resident for
-every later message of the same experiment. A job that fails is answered with Flower's error
-content, so the server counts it lost and carries on.
+every later message of the same experiment. A node is sent the experiment without the server's
+own readouts (``eval.choices``, ``eval.generate``: the server reads the global at the start and
+the end), so it needs no questions file and builds no reader. A job that fails is answered with
+Flower's error content, so the server counts it lost and carries on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ EXPERIMENT = "experiment"  # the config record that carries the experiment's con
 PARTITION_KEY = "partition-id"
 
 _resident: dict[str, Prepared] = {}  # by config JSON: data and backbone, built once per process
+
+
+def node_experiment(config: ExperimentConfig) -> str:
+    """The experiment as JSON for the nodes: ``config`` less what only the server does (the
+    readouts of the global at the start and the end)."""
+    readouts = config.eval.model_copy(update={"choices": None, "generate": None})
+    return config.model_copy(update={"eval": readouts}).model_dump_json()
 
 
 def put_experiment(content: RecordDict, config_json: str) -> None:

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import ExperimentConfig, load_config, with_resolved_data_dir
 from fedlora.experiment import evaluation_writer, prepare, read_start, write_results
+from fedlora.flower.client_app import node_experiment
 from fedlora.flower.grid_jobs import GridJobs
 from fedlora.flower.grid_runtime import GridRuntime, discover_clients
 from fedlora.results.events import EventLog
@@ -53,7 +54,7 @@ def run_federation(
             sizes = [len(indices) for indices in prepared.data.client_train]
             written = evaluation_writer(folder, learner, None)
             if virtual_clock:
-                jobs = GridJobs(grid, nodes, config.model_dump_json())
+                jobs = GridJobs(grid, nodes, node_experiment(config))
                 simulation = build_simulation(
                     config, learner, sizes, log, runner=jobs, progress=written
                 )
@@ -63,7 +64,7 @@ def run_federation(
                 ranks = [p.rank for p in profiles]
                 initial = learner.initial_state()
                 core = build_core(config, initial, sizes, ranks, learner, log, progress=written)
-                outcome = GridRuntime(grid, core, nodes, config.model_dump_json()).run()
+                outcome = GridRuntime(grid, core, nodes, node_experiment(config)).run()
         return write_results(folder, prepared, outcome)
 
 
