@@ -163,5 +163,5 @@ def test_fedlora_partition_describes_perplexity_bands(
     assert means == sorted(means) and described["score"] == "perplexity"
     clear_memo()
     monkeypatch.setattr(quality, "base_perplexity", _refuse)  # the second time: no model needed
-    monkeypatch.setattr(quality, "build_resident_model", _refuse)
+    monkeypatch.setattr(quality, "run_resident_model", _refuse)
     assert CliRunner().invoke(app, [*args, "--score", "length"]).exit_code == 0

@@ -18,9 +18,9 @@ from fedlora.client import quality
 from fedlora.client.learner import ModelLearner
 from fedlora.client.model import (
     ResidentModel,
-    build_resident_model,
     load_tokenizer,
     model_path,
+    run_resident_model,
     write_adapter_folder,
 )
 from fedlora.client.readouts import Reader
@@ -86,15 +86,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     @functools.cache
     def model_for(num_labels: int | None) -> ResidentModel:
         """The backbone, built once: a partition by a model score (causal) builds it first."""
-        return build_resident_model(
-            config.model,
-            config.lora,
-            num_labels,
-            config.seed,
-            rank=config.global_rank,
-            tokenizer=tokenizer,
-            device=config.runtime.device,
-        )[0]
+        return run_resident_model(config, tokenizer, num_labels)
 
     scorer = None
     if quality.needed(config):

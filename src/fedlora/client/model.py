@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.client.gguf_cache import dequantized_folder
-from fedlora.config import ConfigError, LoraConfig, ModelConfig
+from fedlora.config import ConfigError, ExperimentConfig, LoraConfig, ModelConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 hf_logging.set_verbosity_error()
@@ -264,6 +264,23 @@ def build_resident_model(
     base = backbone.name_or_path or model_path(config.name)
     resident = ResidentModel(backbone, lora, base, rank or lora.r, device, num_labels is None)
     return resident, tokenizer
+
+
+def run_resident_model(
+    config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase, num_labels: int | None
+) -> ResidentModel:
+    """A run's resident model: its backbone, seeded by the run, with a LoRA slot at the
+    global rank, on the run's device."""
+    resident, _ = build_resident_model(
+        config.model,
+        config.lora,
+        num_labels,
+        config.seed,
+        rank=config.global_rank,
+        tokenizer=tokenizer,
+        device=config.runtime.device,
+    )
+    return resident
 
 
 def write_adapter_folder(

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import torch
 import transformers
 
-from fedlora.client.model import build_resident_model, model_path, use_bf16
+from fedlora.client.model import model_path, run_resident_model, use_bf16
 from fedlora.client.responses import response_losses
 from fedlora.config import ExperimentConfig
 from fedlora.data.encoding import EncodedSplit, cache_folder, write_cache
@@ -67,18 +67,7 @@ def perplexity_scorer(
     bf16 = use_bf16(config.model.bf16, config.runtime.device)
 
     def base() -> ResidentModel:
-        if model is not None:
-            return model()
-        resident, _ = build_resident_model(
-            config.model,
-            config.lora,
-            None,
-            config.seed,
-            rank=config.global_rank,
-            tokenizer=tokenizer,
-            device=config.runtime.device,
-        )
-        return resident
+        return model() if model is not None else run_resident_model(config, tokenizer, None)
 
     def score(data: EncodedSplit) -> dict[str, Scores]:
         path = None
