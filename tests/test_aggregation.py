@@ -48,6 +48,7 @@ def test_registry() -> None:
         "flora",
         "hetlora",
         "hlora",
+        "raflora",
         "reppad",
         "zeropad",
     }

@@ -25,6 +25,7 @@ registry: Registry[Aggregator] = Registry(
         "flora": "fedlora.aggregation.flora",
         "hlora": "fedlora.aggregation.hlora",
         "flexlora": "fedlora.aggregation.hlora",
+        "raflora": "fedlora.aggregation.raflora",
     },
 )
 
@@ -41,6 +42,8 @@ DESCRIPTIONS = {
     " NeurIPS 2024)",
     "hlora": "best global-rank SVD approximation of the exact sum (HLoRA)",
     "flexlora": "the same merge as hlora (FlexLoRA: Bai et al., NeurIPS 2024)",
+    "raflora": "hlora's merge with each rank partition averaged over the clients that have it,"
+    " against rank collapse (raFLoRA: Wu et al., arXiv 2602.13486, 2026)",
 }
 
 
