@@ -208,7 +208,13 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
     assert learner.global_predictions is not None
     tests = prepared.data.client_test
     local_sizes = None if tests is None else [len(indices) for indices in tests]
-    summary = summarize(config, outcome, prepared.task, learner.global_predictions, local_sizes)
+    # the control for the clients' own models on their own splits: the final global model on
+    # the same splits, for the clients those models were scored for
+    scored = sorted({e.client for e in outcome.local_evaluations})
+    global_own = learner.evaluate_on_local_splits(outcome.global_state, scored)
+    summary = summarize(
+        config, outcome, prepared.task, learner.global_predictions, local_sizes, global_own
+    )
     base = step_predictions_path(folder, 0)
     if outcome.evaluations[0].step == 0 and base.is_file():
         summary |= loss_change_summary(read_predictions(base), learner.global_predictions)

@@ -96,6 +96,17 @@ class ModelLearner:
         dev = self._evaluate(state, self.eval_data) if self.config.eval.local_dev else {}
         return ClientEvaluation(own=own, dev=dev)
 
+    def evaluate_on_local_splits(
+        self, state: AdapterState, clients: Sequence[int]
+    ) -> dict[int, dict[str, float]]:
+        """``state`` (the final global model) on each of ``clients``' own local test splits,
+        scored exactly as :meth:`evaluate_client` scores a client's own model there (the same
+        examples, batches and metrics): the control that tells a client model's gain on its
+        own split from an easier split. Empty when clients hold no local test split."""
+        if self.local_test is None:
+            return {}
+        return {c: self._evaluate(state, self.train_data, self.local_test[c]) for c in clients}
+
     def _evaluate(
         self, state: AdapterState, data: EncodedSplit, indices: np.ndarray | None = None
     ) -> dict[str, float]:

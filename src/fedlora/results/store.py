@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,13 +59,15 @@ def summarize(
     task: TaskSpec,
     predictions: Predictions | None = None,
     local_sizes: Sequence[int] | None = None,
+    global_own: Mapping[int, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The run's headline numbers; ``best`` is the evaluation best on the task's first metric
     (highest, or lowest for a loss: an instruction task's).
 
     With the final model's ``predictions`` (carrying context lengths), ``final.by_length``
     slices its accuracy and loss by length tercile; ``local_sizes`` are the clients' own test
-    split sizes, reported beside their local scores."""
+    split sizes, reported beside their local scores, and ``global_own`` the final global
+    model's scores on each client's own test split (the control for them)."""
     metrics = task.metrics
     final = outcome.evaluations[-1]
     pick = min if lower_is_better(metrics[0]) else max
@@ -106,7 +108,7 @@ def summarize(
     if predictions is not None and predictions.lengths is not None:
         summary["final"]["by_length"] = length_terciles(predictions)
     if outcome.local_evaluations:
-        summary["local"] = _local_summary(outcome, metrics[0], local_sizes)
+        summary["local"] = _local_summary(outcome, metrics[0], local_sizes, global_own)
     if outcome.diagnostics:
         summary["diagnostics"] = _diagnostics_summary(outcome.diagnostics)
     if config.eval.target is not None:
@@ -141,14 +143,31 @@ def _target_summary(target: TargetConfig, outcome: Outcome) -> dict[str, Any]:
 
 
 def _local_summary(
-    outcome: Outcome, metric: str, local_sizes: Sequence[int] | None
+    outcome: Outcome,
+    metric: str,
+    local_sizes: Sequence[int] | None,
+    global_own: Mapping[int, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Each client's latest trained model on its own test split and on the global eval split:
     mean, spread across clients and range, against the final global model; the losses beside
     (``own_loss``, ``dev_loss``) where the evaluations scored them, and the size of each
-    client's own split (``examples``) where known, since accuracy on a handful is noise."""
+    client's own split (``examples``) where known, since accuracy on a handful is noise.
+
+    With ``global_own`` (the final global model scored on each client's own split, the same
+    way), ``global_own`` and (beside ``own_loss``) ``global_own_loss``, and the paired
+    difference per client of its own model minus the global one on the same split:
+    ``own_gain`` (``own − global_own``) and ``own_loss_gain`` (``own_loss − global_own_loss``).
+    For accuracy higher is better, so a positive gain is the client model's advantage on its
+    own data; for a loss (``own_loss_gain``, and ``own_gain`` of an instruction task, whose
+    metric is the response loss) lower is better, so the advantage is a negative gain. An
+    easier own split lifts both scores alike and cancels in the gain."""
     latest = {e.client: e for e in outcome.local_evaluations}  # later evaluations win
     clients = sorted(latest)
+    scored: dict[str, dict[int, Mapping[str, float]]] = {
+        "own": {c: latest[c].own for c in clients},
+        "dev": {c: latest[c].dev for c in clients},
+        "global_own": {c: (global_own or {}).get(c, {}) for c in clients},
+    }
 
     def spread(values: list[float]) -> dict[str, float]:
         return {
@@ -167,9 +186,22 @@ def _local_summary(
         ("dev", "dev", metric),
         ("own_loss", "own", "loss"),
         ("dev_loss", "dev", "loss"),
+        ("global_own", "global_own", metric),
+        ("global_own_loss", "global_own", "loss"),
     ):
-        if all(key in getattr(latest[c], side) for c in clients):  # dev: with eval.local_dev
-            values = [getattr(latest[c], side)[key] for c in clients]
+        if name == "global_own_loss" and "own_loss" not in summary:
+            continue  # the control's loss only beside the client models' own
+        if all(key in scored[side][c] for c in clients):  # dev: with eval.local_dev
+            values = [scored[side][c][key] for c in clients]
+            summary[name] = spread(values)
+            for c, value in zip(clients, values, strict=True):
+                per_client[c][name] = value
+    for name, mine, theirs in (
+        ("own_gain", "own", "global_own"),
+        ("own_loss_gain", "own_loss", "global_own_loss"),
+    ):
+        if mine in summary and theirs in summary:
+            values = [per_client[c][mine] - per_client[c][theirs] for c in clients]
             summary[name] = spread(values)
             for c, value in zip(clients, values, strict=True):
                 per_client[c][name] = value

@@ -64,8 +64,12 @@ _COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "final loss", "
 _AFTER_SPEEDUPS = ("mean staleness", "idle share", "MB sent", "update spread")
 # Time to target, and speedups, by the first crossing, the running mean, and the loss target.
 _MEASURES = {None: "", "smoothed": " (smoothed)", "on_loss": " (loss)"}
+# "global acc, own split": the final global model on the clients' own splits; "local gain,
+# own split": the client models minus it there, per client (an easier split cancels); both in
+# the task's first metric, "—" in summaries written before they were scored
 _LOCAL_COLUMNS = ("local acc, own split", "client sd, own split", "local loss, own split",
-                  "own split size", "local acc, dev")  # fmt: skip
+                  "own split size", "local acc, dev", "global acc, own split",
+                  "local gain, own split")  # fmt: skip
 # (column label, key of compare_runs / compare_local): each against every baseline
 _PAIRED = (("acc", "accuracy"), ("loss", "loss"), ("acc short", "accuracy, short"),
            ("acc middle", "accuracy, middle"), ("acc long", "accuracy, long"),
@@ -84,9 +88,12 @@ def study_table(
     staleness of accepted results, the mean share of time clients had no job, traffic, the
     spread of client updates around their mean (per merge, averaged over the run's merges),
     and where clients held local test splits, how their own trained models did on them (with
-    loss and split size) and on the dev set. Where cells wrote predictions, each arm's paired
-    differences against the baselines (:mod:`fedlora.studies.paired`): accuracy and loss,
-    accuracy per length tercile of the eval split, and the clients' local accuracy and loss.
+    loss and split size) and on the dev set, the final global model on the same splits, and
+    the clients' gain over it there (client minus global model per client, in the task's
+    first metric: an easier split lifts both and cancels). Where cells wrote predictions, each
+    arm's paired differences against the baselines (:mod:`fedlora.studies.paired`): accuracy
+    and loss, accuracy per length tercile of the eval split, and the clients' local accuracy
+    and loss.
     A column with no value in any row is left out. Below it, for each of the ``contrasts``
     (arm, reference) both ran with predictions, their paired accuracy and loss differences.
 
@@ -241,6 +248,8 @@ def _row(
         _spread([entry["own_loss"]["mean"] for entry in local if "own_loss" in entry]),
         _spread([entry["examples"]["mean"] for entry in local if "examples" in entry], 1),
         _spread([entry["dev"]["mean"] for entry in local if "dev" in entry]),
+        _spread([entry["global_own"]["mean"] for entry in local if "global_own" in entry]),
+        _spread([entry["own_gain"]["mean"] for entry in local if "own_gain" in entry]),
     ]
 
 
@@ -343,6 +352,10 @@ def study_metric(cells: Sequence[Cell]) -> str:
 
 _LOCAL_BARS = (
     ("global model, dev", lambda s, metric: s["final"][metric]),
+    (
+        "global model, own split",
+        lambda s, _: s["local"].get("global_own", {}).get("mean", math.nan),
+    ),
     ("client models, own split", lambda s, _: s["local"]["own"]["mean"]),
     ("client models, dev", lambda s, _: s["local"].get("dev", {}).get("mean", math.nan)),
 )
@@ -353,7 +366,8 @@ def local_bars(
 ) -> dict[str, list[list[float]]]:
     """Each bar series' values of ``metric`` (the task's first: a client's local scores are in
     it), per arm and seed; a series no cell scored (client models on the dev set when
-    ``eval.local_dev`` is off) is left out rather than drawn as NaN."""
+    ``eval.local_dev`` is off, the global model on the clients' own splits in summaries
+    written before it was scored) is left out rather than drawn as NaN."""
     bars = {
         label: [[value(s, metric) for s in runs] for runs in arms.values()]
         for label, value in _LOCAL_BARS
@@ -367,9 +381,9 @@ def local_bars(
 
 def plot_local(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> bool:
     """Per task (and setting), bars per arm: the final global model on the dev set against
-    the clients' own trained models on their local test splits and on the dev set (mean over
-    clients; error bars: sd over seeds, none for one seed). False, and no file, when no cell
-    has local splits."""
+    the clients' own trained models on their local test splits and on the dev set, and the
+    final global model on those same local splits (mean over clients; error bars: sd over
+    seeds, none for one seed). False, and no file, when no cell has local splits."""
     grouped = {
         group: {arm: [read_summary(c.folder) for c in done] for arm, done in arms.items()}
         for group, arms in _by_group_arm(cells).items()
