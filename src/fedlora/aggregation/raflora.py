@@ -1,5 +1,7 @@
 """raFLoRA (Wu, Hu, Min & Wang, arXiv 2602.13486, 2026): HLoRA's merge of the true products,
 with each rank partition of the client results weighted by the clients that contribute it.
+Written from the paper's abstract and summaries of it: its method section (the exact weights,
+its collapse measure) was not available here to check against.
 
 **The collapse it fixes.** Under SVD-based allocation (HLoRA, FlexLoRA) a client of rank r_k
 trains the leading r_k components of the global and the server merges Σ_k p_k B_k A_k with
