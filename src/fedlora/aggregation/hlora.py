@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from fedlora.adapters import AdapterState
@@ -46,7 +47,7 @@ class HLoRA(Aggregator):
         for module in terms[0].state.lora:
             factors = [t.state.lora[module] for t in terms]
             b, a = weighted_sum_factors(
-                [effective_b(f) for f in factors],
+                self.merged_bs(terms, module),
                 [f.A for f in factors],
                 [t.weight for t in terms],
                 self.global_rank,
@@ -54,3 +55,7 @@ class HLoRA(Aggregator):
             )
             lora[module] = self.factors(b, a)
         return AdapterState(lora=lora, extra=average_extra(terms))
+
+    def merged_bs(self, terms: Sequence[WeightedState], module: str) -> list[torch.Tensor]:
+        """Each term's B (scale folded in) as the merge sums it: as it is, for ``hlora``."""
+        return [effective_b(t.state.lora[module]) for t in terms]

@@ -56,10 +56,8 @@ from collections.abc import Sequence
 
 import torch
 
-from fedlora.adapters import AdapterState
-from fedlora.aggregation.base import WeightedState, average_extra, effective_b, registry
+from fedlora.aggregation.base import WeightedState, effective_b, registry
 from fedlora.aggregation.hlora import HLoRA, HLoRAOptions
-from fedlora.aggregation.lowrank import weighted_sum_factors
 from fedlora.terms import Source
 
 
@@ -99,26 +97,12 @@ class RaFLoRA(HLoRA):
     name = "raflora"
     Options = HLoRAOptions
 
-    def combine(self, terms: Sequence[WeightedState]) -> AdapterState:
-        if not terms:
-            raise ValueError("combine needs at least one term")
-        assert isinstance(self.options, HLoRAOptions)
-        lora = {}
-        for module in terms[0].state.lora:
-            factors = [t.state.lora[module] for t in terms]
-            scales = partition_scales(terms, module)
-            bs = []
-            for f, scale in zip(factors, scales, strict=True):
-                b = effective_b(f)
-                if any(s != 1.0 for s in scale):
-                    b = b * torch.tensor(scale, dtype=b.dtype, device=b.device)
-                bs.append(b)
-            b, a = weighted_sum_factors(
-                bs,
-                [f.A for f in factors],
-                [t.weight for t in terms],
-                self.global_rank,
-                split=self.options.split,
-            )
-            lora[module] = self.factors(b, a)
-        return AdapterState(lora=lora, extra=average_extra(terms))
+    def merged_bs(self, terms: Sequence[WeightedState], module: str) -> list[torch.Tensor]:
+        """Each term's B with its rank components scaled by :func:`partition_scales`."""
+        bs = []
+        for term, scale in zip(terms, partition_scales(terms, module), strict=True):
+            b = effective_b(term.state.lora[module])
+            if any(s != 1.0 for s in scale):
+                b = b * torch.tensor(scale, dtype=b.dtype, device=b.device)
+            bs.append(b)
+        return bs
