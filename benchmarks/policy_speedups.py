@@ -37,8 +37,8 @@ import numpy as np
 
 from fedlora.client.fastlearner import FastLearner, FastTask
 from fedlora.config import ExperimentConfig, build_config
+from fedlora.outcome import Evaluation
 from fedlora.results.events import EventLog
-from fedlora.server import Evaluation
 from fedlora.sim.engine import build_simulation
 from fedlora.target import first_reaching
 

@@ -17,9 +17,9 @@ from fedlora.cli import app
 from fedlora.client.protocol import ClientEvaluation, LocalResult
 from fedlora.config import ExperimentConfig, build_config
 from fedlora.data.encoding import EncodedSplit
+from fedlora.outcome import Outcome
 from fedlora.policies import Policy, Source
 from fedlora.results.events import EventLog, read_events
-from fedlora.server import Outcome
 from fedlora.sim.engine import build_simulation
 from fedlora.sim.profiles import ClientProfile
 

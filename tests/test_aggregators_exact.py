@@ -29,8 +29,8 @@ from fedlora.client.model import build_resident_model
 from fedlora.config import ExperimentConfig, LoraConfig, load_config
 from fedlora.results.events import EventLog
 from fedlora.results.store import read_global_state
-from fedlora.server import Snapshot
 from fedlora.sim.engine import Simulation, build_simulation
+from fedlora.snapshot import Snapshot
 
 MODULES = ("q", "v")
 # Float64 factors (6×5 layers, entries O(1), ≤ 40 stacked components): the QR and SVD of a

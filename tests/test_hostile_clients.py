@@ -24,8 +24,8 @@ from fedlora.experiment import prepare
 from fedlora.flower.client_app import app as client_app
 from fedlora.flower.records import get_state, put_state
 from fedlora.flower.server_app import run_federation
+from fedlora.outcome import Outcome
 from fedlora.results.events import EventLog
-from fedlora.server import Outcome
 from fedlora.sim.engine import build_simulation
 from fedlora.sim.jobs import InProcess, Job
 

@@ -24,8 +24,8 @@ from fakes import FakeLearner, config, deterministic
 
 from fedlora.config import ExperimentConfig
 from fedlora.results.events import EventLog
-from fedlora.server import Snapshot
 from fedlora.sim.engine import Simulation, build_simulation
+from fedlora.snapshot import Snapshot
 
 
 def _simulation(cfg: ExperimentConfig, log: EventLog, saved: list[Snapshot]) -> Simulation:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fedlora.data.tasks import generic_task
+from fedlora.outcome import Evaluation, Outcome
 from fedlora.results.store import summarize
-from fedlora.server import Evaluation, Outcome
 from fedlora.target import first_reaching, meets
 from tests.fakes import FakeLearner, config, simulate
 

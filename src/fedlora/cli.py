@@ -81,9 +81,9 @@ def run(
 
     from fedlora.experiment import Interrupted, run_experiment
     from fedlora.interrupt import stop_requests
+    from fedlora.outcome import Outcome
     from fedlora.preflight import check
     from fedlora.results.store import learning_failure, read_config
-    from fedlora.server import Outcome
 
     try:
         if resume is not None:

@@ -28,6 +28,7 @@ from fedlora.config import ExperimentConfig, with_resolved_data_dir
 from fedlora.data.choices import configured_questions
 from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
+from fedlora.outcome import Outcome
 from fedlora.preflight import check
 from fedlora.results.events import EventLog
 from fedlora.results.folders import claim_run_folder, hold_run_folder
@@ -59,8 +60,8 @@ from fedlora.results.store import (
     write_config,
     write_run,
 )
-from fedlora.server import Outcome, Snapshot
 from fedlora.sim.engine import build_simulation
+from fedlora.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

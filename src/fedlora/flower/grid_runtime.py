@@ -18,7 +18,8 @@ from flwr.serverapp import Grid
 from fedlora.adapters import AdapterState
 from fedlora.flower.client_app import PARTITION_KEY, put_experiment
 from fedlora.flower.records import JobFields, ResultFields, get_state, payload_bytes, put_state
-from fedlora.server import Outcome, Send, ServerCore
+from fedlora.outcome import Outcome
+from fedlora.server import Send, ServerCore
 
 
 class FederationError(RuntimeError):

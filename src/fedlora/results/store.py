@@ -19,12 +19,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, TargetConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
+from fedlora.outcome import Evaluation, Outcome
+from fedlora.results.atomic import write_atomically
 from fedlora.results.errors import RunFolderError
 from fedlora.results.events import LogMark, verified_prefix
 from fedlora.results.predictions import Predictions
 from fedlora.results.slices import length_terciles
-from fedlora.server.outcome import Evaluation, Outcome
-from fedlora.server.snapshot import Snapshot, SnapshotError, write_atomically
+from fedlora.snapshot import Snapshot, SnapshotError
 from fedlora.target import first_reaching, lower_is_better
 
 if TYPE_CHECKING:

@@ -9,9 +9,9 @@ from fedlora import aggregation, policies
 from fedlora.adapters import AdapterState
 from fedlora.client.protocol import Evaluator
 from fedlora.config import ExperimentConfig
+from fedlora.outcome import Outcome
 from fedlora.server.core import ServerCore
 from fedlora.server.events import EventSink
-from fedlora.server.outcome import Outcome
 
 
 def build_core(

@@ -21,12 +21,12 @@ from fedlora.aggregation import Aggregator, WeightedState
 from fedlora.aggregation.diagnostics import diagnose, shadow_aggregators
 from fedlora.client.protocol import Evaluator
 from fedlora.config import ExperimentConfig
+from fedlora.outcome import Evaluation, LocalEvaluation, Outcome
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
 from fedlora.server.defence import defend
 from fedlora.server.events import EventSink
-from fedlora.server.outcome import Evaluation, LocalEvaluation, Outcome
 from fedlora.server.screening import screen
-from fedlora.server.snapshot import Snapshot
+from fedlora.snapshot import Snapshot
 from fedlora.target import lower_is_better, meets
 
 

@@ -21,13 +21,15 @@ import numpy as np
 from fedlora import policies
 from fedlora.client.protocol import Learner, plan_job
 from fedlora.config import ExperimentConfig
-from fedlora.server import Outcome, Send, ServerCore, Snapshot
+from fedlora.outcome import Outcome
+from fedlora.server import Send, ServerCore
 from fedlora.server.build import build_core
 from fedlora.server.events import EventSink
 from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
 from fedlora.sim.jobs import InProcess, JobFailed, JobRunner
 from fedlora.sim.profiles import ClientProfile, draw_profiles, job_seconds
+from fedlora.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """What a run knows once it ends (or at a checkpoint): plain data the results writer turns
-into files, whatever runtime drove the run."""
+into files, whatever runtime drove the run.
+
+The server core fills it in and ``results/`` writes it out; it lives below both so that
+neither package imports the other.
+"""
 
 from __future__ import annotations
 

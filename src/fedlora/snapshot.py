@@ -1,18 +1,19 @@
-"""A checkpoint: JSON-ready state plus named tensors, in one safetensors file written
-atomically (temporary file, fsync, rename), so a crash at any moment leaves either the previous
-checkpoint or the new one, never a torn file. No pickle: loading a checkpoint runs no code.
+"""A checkpoint's contents: JSON-ready state plus named tensors, as the bytes of one
+safetensors file. No pickle: loading a checkpoint runs no code.
 
 A snapshot carries the sha256 of everything it restores, and reading one verifies it: a file
-damaged on disk is refused, never resumed into a different run."""
+damaged on disk is refused, never resumed into a different run.
+
+The server core and the runtimes fill a snapshot in and restore from one; ``results/`` writes
+it to the run folder (atomically: :func:`fedlora.results.atomic.write_atomically`) and reads it
+back. It lives below both so that neither package imports the other."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,21 +76,3 @@ def _digest(meta: str, tensors: Mapping[str, torch.Tensor]) -> str:
         sha.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
         sha.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
     return sha.hexdigest()
-
-
-def write_atomically(path: Path, data: bytes, keep: Path | None = None) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one; with
-    ``keep``, the old file moves there (a fallback, should the new one be damaged later)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if keep is not None and path.is_file():
-        os.replace(path, keep)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the renames themselves survive a power cut
-    finally:
-        os.close(directory)
