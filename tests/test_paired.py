@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedlora.results.predictions import Predictions, read_predictions, write_predictions
+from fedlora.predictions import Predictions
+from fedlora.results.predictions import read_predictions, write_predictions
 from fedlora.studies.paired import (
     PairedDifference,
     compare_local,

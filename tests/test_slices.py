@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedlora.results.predictions import Predictions, read_predictions, write_predictions
-from fedlora.results.slices import TERCILES, length_terciles, tercile_ids
+from fedlora.predictions import Predictions
+from fedlora.results.predictions import read_predictions, write_predictions
+from fedlora.terciles import TERCILES, length_terciles, tercile_ids
 
 
 @settings(max_examples=60, deadline=None)

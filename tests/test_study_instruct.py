@@ -15,8 +15,8 @@ from instruct_data import instruct_config, write_questions
 from typer.testing import CliRunner
 
 from fedlora.cli import app
+from fedlora.predictions import Predictions
 from fedlora.results.errors import RunFolderError
-from fedlora.results.predictions import Predictions
 from fedlora.studies.paired import compare_runs
 
 runner = CliRunner()

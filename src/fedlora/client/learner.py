@@ -4,7 +4,7 @@ What an evaluation computes depends on the task: a classifier's metrics (accurac
 logits, or an instruction task's response loss and perplexity, overall and, for the global
 model, per category (``category.<name>.loss``) and per length tercile (``length.<tercile>.loss``,
 prompt and response tokens, the eval split's own terciles). Either way the global evaluation
-also returns per-example :class:`~fedlora.results.predictions.Predictions`.
+also returns per-example :class:`~fedlora.predictions.Predictions`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from fedlora.config import ExperimentConfig
 from fedlora.data.encoding import EncodedSplit
 from fedlora.data.tasks import TaskSpec
 from fedlora.metrics import response_metrics
-from fedlora.results.predictions import Predictions
-from fedlora.results.slices import TERCILES, tercile_ids
+from fedlora.predictions import Predictions
+from fedlora.terciles import TERCILES, tercile_ids
 
 
 class ModelLearner:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from fedlora.predictions import Predictions
 from fedlora.results.atomic import write_atomically
-from fedlora.results.predictions import Predictions
 
 if TYPE_CHECKING:
     from fedlora.client.readouts import Readout

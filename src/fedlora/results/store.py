@@ -20,13 +20,13 @@ from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, TargetConfig, dump_config, load_config
 from fedlora.data.tasks import TaskSpec
 from fedlora.outcome import Evaluation, Outcome
+from fedlora.predictions import Predictions
 from fedlora.results.atomic import write_atomically
 from fedlora.results.errors import RunFolderError
 from fedlora.results.events import LogMark, verified_prefix
-from fedlora.results.predictions import Predictions
-from fedlora.results.slices import length_terciles
 from fedlora.snapshot import Snapshot, SnapshotError
 from fedlora.target import first_reaching, lower_is_better
+from fedlora.terciles import length_terciles
 
 if TYPE_CHECKING:
     from fedlora.aggregation.diagnostics import MergeDiagnostics

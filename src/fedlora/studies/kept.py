@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from fedlora.predictions import Predictions
 from fedlora.results.errors import RunFolderError
-from fedlora.results.predictions import PREDICTIONS_FILE, Predictions, read_predictions
+from fedlora.results.predictions import PREDICTIONS_FILE, read_predictions
 from fedlora.results.readouts import READOUT_FILES
 from fedlora.results.store import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, damaged
 from fedlora.studies.sweep import Cell

@@ -27,11 +27,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from fedlora.predictions import Predictions
 from fedlora.results.errors import RunFolderError
-from fedlora.results.predictions import Predictions
 from fedlora.results.readouts import FINAL, read_readout
-from fedlora.results.slices import TERCILES, tercile_ids
 from fedlora.studies.kept import read_cell_predictions
+from fedlora.terciles import TERCILES, tercile_ids
 
 _CHUNK = 256  # bootstrap draws materialised at once: bounds memory at seeds x examples x chunk
 

@@ -4,6 +4,10 @@ Does a length skew hurt the global model on long texts or on short ones? The ter
 the eval split's own 1/3 and 2/3 quantiles of the context length, so every arm of a study
 slices the same examples the same way and a tercile can be compared pair by pair like the
 whole split.
+
+The learner cuts its per-tercile eval losses with the same edges (:func:`tercile_ids`) as the
+results writer and the studies cut predictions: the slicing lives below ``client/`` and
+``results/`` so that neither imports the other for it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedlora.results.predictions import Predictions
+from fedlora.predictions import Predictions
 
 TERCILES = ("short", "middle", "long")
 
