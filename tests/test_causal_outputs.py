@@ -15,13 +15,14 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from fedlora.cli import app
-from fedlora.client.choices import ANSWER_CUE, ChoiceScores, score_choices
+from fedlora.client.choices import ANSWER_CUE, score_choices
 from fedlora.client.generation import answer_end_tokens, greedy_answer
 from fedlora.client.model import ResidentModel, build_resident_model
 from fedlora.config import LoraConfig, ModelConfig
 from fedlora.data.choices import Question, read_questions
 from fedlora.data.prompts import PromptBuilder
 from fedlora.data.sources import DataError
+from fedlora.readout import ChoiceScores
 
 runner = CliRunner()
 ARC_EASY = Path(__file__).parents[1].parent / "shared/data/mc/arc/arc_easy_test.jsonl"

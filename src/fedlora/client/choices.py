@@ -11,10 +11,8 @@ question is scored after exactly the same context tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
@@ -23,34 +21,9 @@ from fedlora.adapters import AdapterState
 from fedlora.client.model import ResidentModel
 from fedlora.client.trainer import autocast
 from fedlora.data.choices import Question
+from fedlora.readout import ChoiceScores
 
 ANSWER_CUE = "\nAnswer:"
-
-
-@dataclass(frozen=True)
-class ChoiceScores:
-    """Per question: each choice's log-likelihood and length in characters, and the right
-    choice."""
-
-    loglik: list[npt.NDArray[np.float64]]
-    lengths: list[npt.NDArray[np.float64]]
-    gold: npt.NDArray[np.int64]
-
-    @property
-    def correct(self) -> npt.NDArray[np.float64]:
-        picked = [int(np.argmax(scores)) for scores in self.loglik]
-        return (np.asarray(picked) == self.gold).astype(np.float64)
-
-    @property
-    def correct_norm(self) -> npt.NDArray[np.float64]:
-        picked = [int(np.argmax(s / n)) for s, n in zip(self.loglik, self.lengths, strict=True)]
-        return (np.asarray(picked) == self.gold).astype(np.float64)
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            "mc_accuracy": float(self.correct.mean()),
-            "mc_accuracy_norm": float(self.correct_norm.mean()),
-        }
 
 
 def _sequences(

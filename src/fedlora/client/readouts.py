@@ -8,27 +8,17 @@ the change is paired on the same questions and prompts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
 from fedlora.adapters import AdapterState
-from fedlora.client.choices import ChoiceScores, score_choices
+from fedlora.client.choices import score_choices
 from fedlora.client.generation import greedy_answer
 from fedlora.client.model import ResidentModel
 from fedlora.config import ExperimentConfig
 from fedlora.data.choices import Question
 from fedlora.data.prompts import PromptBuilder
-
-
-@dataclass(frozen=True)
-class Readout:
-    """One model's answers: per question its choices' scores, per instruction its answer."""
-
-    version: int
-    choices: ChoiceScores | None
-    answers: list[tuple[str, str]]  # (instruction, answer)
-    choice_counts: list[int]  # choices per question: chance is the mean of 1/count
+from fedlora.readout import Readout
 
 
 class Reader:

@@ -14,16 +14,14 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedlora.predictions import Predictions
+from fedlora.readout import Readout
 from fedlora.results.atomic import write_atomically
-
-if TYPE_CHECKING:
-    from fedlora.client.readouts import Readout
 
 START, FINAL = "start", "final"
 READOUT_FILES = tuple(f"readout.{moment}.json" for moment in (START, FINAL))
