@@ -213,7 +213,11 @@ SERVERS = {
 }
 
 
-@pytest.mark.parametrize("aggregator", ["hetlora", "zeropad", "hlora"])
+# hetlora with rank self-pruning on: an unchanged trailing norm never prunes
+OPTIONS = {"hetlora+self_prune": ("hetlora", {"self_prune": {"decay": 0.5, "penalty": 1.0}})}
+
+
+@pytest.mark.parametrize("aggregator", ["hetlora", "hetlora+self_prune", "zeropad", "hlora"])
 @pytest.mark.parametrize("update", ["model", "delta"])
 @pytest.mark.parametrize("policy", sorted(SERVERS))
 def test_a_global_that_clients_return_unchanged_stays_unchanged(
@@ -222,11 +226,13 @@ def test_a_global_that_clients_return_unchanged_stays_unchanged(
     """Under delta updates ranks differ (the pairs must cancel); under model updates every
     client holds the full global rank (otherwise truncation moves the global by design)."""
     ranks = [2, 4, 2, 4] if update == "delta" else [4, 4, 4, 4]
+    name, options = OPTIONS.get(aggregator, (aggregator, {}))
     cfg = config(
         lora={"r": 4, "alpha": 8.0},
         clients={"ranks": ranks},
-        server={"policy": policy, "aggregator": aggregator, "update": update, "rounds": 3}
-        | SERVERS[policy],
+        server={"policy": policy, "aggregator": name, "update": update, "rounds": 3}
+        | SERVERS[policy]
+        | {"aggregator_options": options},
     )
     learner = EchoLearner([5, 5, 5, 5])
     outcome, events = simulate(cfg, learner)

@@ -52,11 +52,16 @@ def _simulation(cfg: ExperimentConfig, log: EventLog, saved: list[Snapshot]) -> 
         # evaluated on a virtual-time grid: the next grid point is part of the state
         ("fedavg", "fedavg", "model", 0.125),
         ("fedfa", "fedsa", "delta", 0.125),
+        # with HetLoRA's rank self-pruning: each client's rank and last trailing norm
+        ("fedfa", "hetlora", "delta", None),
+        ("fedbuff", "hetlora", "model", None),
     ],
 )
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_run(
     policy: str, aggregator: str, update: str, grid: float | None
 ) -> None:
+    pruning = aggregator == "hetlora"
+    options = {"self_prune": {"decay": 0.5, "penalty": 0.1}} if pruning else {}
     cfg = config(
         clients={"num": 5, "availability": {"failure_prob": 0.2}},
         server={
@@ -68,6 +73,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_run(
             "window": 2,
             "rounds": 5,
             "staleness_bound": 3 if policy != "fedavg" else None,
+            "aggregator_options": options,
         },
         eval={"grid_seconds": grid},
         runtime={"checkpoint_every": 1, "checkpoint_seconds": None},
@@ -75,6 +81,8 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_run(
     log, saved = EventLog(), []
     reference = _simulation(cfg, log, saved).run()
     assert len(saved) > 3
+    if pruning:  # some client trains below its rank from some checkpoint on
+        assert any(e.get("active_rank", 2) < 2 for e in log.records if e["type"] == "dispatch")
     for snap in saved:
         resumed_log = EventLog()
         simulation = _simulation(cfg, resumed_log, [])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -21,6 +21,9 @@ from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation.catalog import registry
 from fedlora.config import LoraConfig, ServerConfig
 from fedlora.terms import Source
+
+if TYPE_CHECKING:
+    from fedlora.aggregation.selfprune import SelfPrune
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,15 @@ class Aggregator(ABC):
 
     def remember(self, client: int, update: AdapterState) -> None:  # noqa: B027 (optional hook)
         """Told every accepted update, so personalised aggregators can keep a client's parts."""
+
+    def local_penalty(self) -> SelfPrune | None:
+        """A term every client adds to its local loss (HetLoRA's rank self-pruning), or None."""
+        return None
+
+    def dispatch_details(self, client: int, sent: AdapterState) -> dict[str, int]:
+        """Fields the dispatch event of a job that sends ``client`` the adapter ``sent``
+        carries besides its rank (HetLoRA's self-pruning: the rank it trains at)."""
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What the aggregator keeps between merges, for checkpoints (most keep nothing)."""

@@ -34,7 +34,8 @@ DESCRIPTIONS = {
     "fedavg": "mean of A and of B, same-rank clients only (FedIT: Zhang et al., ICASSP 2024)",
     "zeropad": "pad every client to the global rank with zeros, then average A and B",
     "reppad": "pad with replicated components instead of zeros (Byun & Lee, NAACL 2025)",
-    "hetlora": "zero-padding, results weighted by their norms (HetLoRA: Cho et al., EMNLP 2024)",
+    "hetlora": "zero-padding, results weighted by their norms, optional local rank"
+    " self-pruning (HetLoRA: Cho et al., EMNLP 2024)",
     "fedsa": "share A only, each client keeps its B (FedSA-LoRA: Guo et al., ICLR 2025)",
     "fedex": "FedIT's means plus the exact residual in the frozen weights (FedEx-LoRA: Singhal"
     " et al., ACL 2025)",

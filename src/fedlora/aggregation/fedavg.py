@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from fedlora.adapters import AdapterState
 from fedlora.aggregation.base import (
@@ -26,6 +26,7 @@ from fedlora.aggregation.base import (
     registry,
     weighted_sum,
 )
+from fedlora.aggregation.selfprune import RankMemory, SelfPrune, active_rank, factor_pairs
 from fedlora.config import LoraConfig
 from fedlora.terms import Source
 
@@ -131,6 +132,12 @@ def _mean_where_present(
     return torch.where(share > 0, total / torch.where(share > 0, share, 1.0), 0.0)
 
 
+class HetLoRAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    self_prune: SelfPrune | None = None  # off unless set: {decay: γ, penalty: λ}
+
+
 @registry.register("hetlora")
 class HetLoRA(ZeroPad):
     """Zero-padding with sparsity weights: each client result's weight scaled by ‖ΔW_k‖_F
@@ -139,11 +146,47 @@ class HetLoRA(ZeroPad):
     Only client results are reweighted, and the total weight of the results is kept, so a
     mean stays a mean. A job's sent term takes its result's factor, so under delta updates
     the pair stays a (rescaled) difference that vanishes when a client returns what it was
-    sent; the global term keeps its weight. (HetLoRA's local rank self-pruning is a change to
-    local training and is not part of this aggregator.)
+    sent; the global term keeps its weight.
+
+    With ``self_prune: {decay: γ, penalty: λ}`` clients also self-prune their rank
+    (:mod:`fedlora.aggregation.selfprune`): every client adds λ times the norm of its trailing
+    components to its local loss, and a client whose trailing norm fell since its previous
+    round is from then on sent its adapter with the components from ⌊γr⌋ on zeroed, inside
+    the shape of its rank (uploads, screening and bytes keep that shape). Each dispatch event
+    then carries the client's ``active_rank``; the memory is checkpointed.
     """
 
     name = "hetlora"
+    Options = HetLoRAOptions
+
+    def __init__(self, lora: LoraConfig, global_rank: int, options: BaseModel) -> None:
+        super().__init__(lora, global_rank, options)
+        assert isinstance(options, HetLoRAOptions)
+        self.pruning = None if options.self_prune is None else RankMemory(options.self_prune)
+
+    def local_penalty(self) -> SelfPrune | None:
+        return None if self.pruning is None else self.pruning.options
+
+    def personalize(self, sent: AdapterState, client: int) -> AdapterState:
+        return sent if self.pruning is None else self.pruning.personalize(sent, client)
+
+    def remember(self, client: int, update: AdapterState) -> None:
+        if self.pruning is not None:
+            self.pruning.remember(client, update)
+
+    def dispatch_details(self, client: int, sent: AdapterState) -> dict[str, int]:
+        """The rank the client trains at, read from ``sent`` as its learner reads it: below
+        its memory's where the global has lost a component every client had pruned."""
+        if self.pruning is None:
+            return {}
+        return {"active_rank": active_rank(factor_pairs(sent))}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.pruning is None else self.pruning.state_dict()
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        if self.pruning is not None:
+            self.pruning.load_state_dict(tensors)
 
     def reweight(self, terms: Sequence[WeightedState]) -> list[float]:
         norms = {i: update_norm(t.state) for i, t in enumerate(terms) if t.role is Source.UPDATE}

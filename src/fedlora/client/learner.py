@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedlora import aggregation
 from fedlora.adapters import AdapterState
 from fedlora.client.model import ResidentModel, use_bf16
 from fedlora.client.protocol import ClientEvaluation, LocalResult
@@ -54,6 +55,11 @@ class ModelLearner:
         self.pad_token_id = pad_token_id
         self.eval_ids = eval_ids
         self.bf16 = use_bf16(config.model.bf16, config.runtime.device)
+        # what the run's aggregator adds to every client's local loss, if anything
+        server = config.server
+        self.penalty = aggregation.create(
+            server.aggregator, config.lora, config.global_rank, server.aggregator_options
+        ).local_penalty()
         self._initial = model.state()
         self.global_predictions: Predictions | None = None
 
@@ -79,6 +85,7 @@ class ModelLearner:
             seed,
             self.bf16,
             self.pad_token_id,
+            self.penalty,
         )
 
     def evaluate(self, state: AdapterState) -> dict[str, float]:

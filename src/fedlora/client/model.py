@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import (
     AutoConfig,
@@ -242,6 +243,15 @@ class ResidentModel:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def lora_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The active adapter's trainable (A, B) weights, one pair per adapted layer."""
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer in self.model.modules():
+            if isinstance(layer, LoraLayer) and self._active in layer.lora_A:
+                a = layer.lora_A[self._active].get_parameter("weight")
+                pairs.append((a, layer.lora_B[self._active].get_parameter("weight")))
+        return pairs
 
 
 def build_resident_model(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fedlora.adapters import AdapterState
+from fedlora.aggregation.selfprune import SelfPrune, active_rank
 from fedlora.client.model import ResidentModel
 from fedlora.client.protocol import LocalResult
 from fedlora.config import TrainConfig
@@ -66,21 +67,29 @@ def train_local(
     seed: int,
     bf16: bool,
     pad_token_id: int,
+    penalty: SelfPrune | None = None,
 ) -> LocalResult:
     """Fresh AdamW from ``start`` over ``batches``; the trained adapter and the mean loss (the
     model's own: a classifier's over examples, a causal LM's over the batch's response
-    tokens)."""
+    tokens). With ``penalty`` (HetLoRA's self-pruning) each step also minimises λ times the
+    norm of the trailing components of the rank ``start`` is active at; the reported loss
+    leaves it out."""
     model.load(start)
     torch.manual_seed(seed)  # LoRA dropout
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     model.model.train()
+    pairs = model.lora_pairs() if penalty is not None and penalty.penalty > 0 else []
+    rank = active_rank(pairs)  # 0 without a penalty to add
     losses = []
     for batch_indices in batches:
         batch = collate(data, batch_indices, pad_token_id)
         with autocast(bf16, model.device):
             loss = model.forward(batch).loss
-        loss.backward()
+        if penalty is not None and rank > 0:
+            (loss + penalty.loss(pairs, rank)).backward()
+        else:
+            loss.backward()
         if train.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
         optimizer.step()

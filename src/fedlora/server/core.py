@@ -110,6 +110,7 @@ class ServerCore:
             client=send.client,
             version=send.version,
             rank=send.rank,
+            **self.aggregator.dispatch_details(send.client, send.state),
             **details,
             bytes=send.bytes,
         )
