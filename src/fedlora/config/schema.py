@@ -323,7 +323,8 @@ class ServerConfig(_Section):
     policy: str = "fedavg"
     aggregator: str = "fedavg"
     per_round: Annotated[int | None, Field(ge=1)] = None
-    # Asynchronous policies: clients training at once, and K (FedBuff's buffer, FedFa's window).
+    # Asynchronous policies: clients training at once, and K (FedBuff's buffer, FedFa's window,
+    # semiasync's minimum). Each policy reads its own keys (``fedlora.policies``' options).
     concurrency: Annotated[int, Field(ge=1)] = 10
     window: Annotated[int, Field(ge=1)] = 5
     # How results are weighted in a merge: by sample count, or equally; null: the policy's own

@@ -15,34 +15,52 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fedlora.config import ServerConfig
-from fedlora.policies.base import Arrival, ClientInfo, Decision, Dispatch, Drop, Policy
+from fedlora.policies.base import (
+    Arrival,
+    ClientInfo,
+    Decision,
+    Dispatch,
+    Drop,
+    Policy,
+    PolicyOptions,
+)
+
+
+class AsyncOptions(PolicyOptions):
+    """What every asynchronous policy reads: ``concurrency`` clients at work at once, and the
+    ``staleness_bound`` past which a result is dropped (semiasync: waited for)."""
+
+    concurrency: int = 10
+    staleness_bound: int | None = None
+
+    def check(self, policy: str, rounds: int, num_clients: int) -> None:
+        if self.concurrency > num_clients:
+            raise ValueError(
+                f"server.concurrency: {self.concurrency} clients training at once but"
+                f" clients.num is {num_clients}"
+            )
+
+    def check_window_fills(self, window: int, policy: str, rounds: int) -> None:
+        """A policy whose first merge waits for ``window`` results (FedBuff's buffer, FedFa's
+        window) never merges in a run that ends before that many jobs finish."""
+        budget = rounds * self.concurrency
+        if window > budget:
+            raise ValueError(
+                f"server.window: {policy} first merges once {window} results are in, but the"
+                f" run ends after server.rounds × server.concurrency = {rounds}"
+                f" × {self.concurrency} = {budget} finished jobs: it would never merge"
+            )
 
 
 class AsyncPolicy(Policy):
     default_weights = "uniform"
-    # Whether the first merge waits for ``server.window`` results (FedBuff's buffer, FedFa's
-    # window), so a run that ends before that many jobs finish never merges.
-    waits_for_window: ClassVar[bool] = False
+    Options: ClassVar[type[PolicyOptions]] = AsyncOptions
+    options: AsyncOptions
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
         self._busy: set[int] = set()
         self._finished_jobs = 0
-
-    @classmethod
-    def check_setup(cls, server: ServerConfig, num_clients: int) -> None:
-        if server.concurrency > num_clients:
-            raise ValueError(
-                f"server.concurrency: {server.concurrency} clients training at once but"
-                f" clients.num is {num_clients}"
-            )
-        budget = server.rounds * server.concurrency
-        if cls.waits_for_window and server.window > budget:
-            raise ValueError(
-                f"server.window: {cls.name} first merges once {server.window} results are in,"
-                f" but the run ends after server.rounds × server.concurrency = {server.rounds}"
-                f" × {server.concurrency} = {budget} finished jobs: it would never merge"
-            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -58,12 +76,12 @@ class AsyncPolicy(Policy):
 
     def start(self) -> list[Decision]:
         everyone = [c.client for c in self.clients]
-        return self._dispatch(sorted(self.rng.sample(everyone, self.server.concurrency)))
+        return self._dispatch(sorted(self.rng.sample(everyone, self.options.concurrency)))
 
     def on_arrival(self, arrival: Arrival) -> list[Decision]:
         self._finish(arrival.client)
         staleness = self.staleness_of(arrival.dispatched_version)
-        bound = self.server.staleness_bound
+        bound = self.options.staleness_bound
         if bound is not None and staleness > bound:
             decisions: list[Decision] = [
                 Drop(arrival.job, f"staleness {staleness} exceeds staleness_bound {bound}")
@@ -86,7 +104,7 @@ class AsyncPolicy(Policy):
 
     def _count_finished(self) -> None:
         self._finished_jobs += 1
-        self.rounds = self._finished_jobs // self.server.concurrency
+        self.rounds = self._finished_jobs // self.options.concurrency
 
     def _refill(self) -> list[Decision]:
         idle = [c.client for c in self.clients if c.client not in self._busy]

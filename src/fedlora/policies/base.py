@@ -12,9 +12,11 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Self
 
-from fedlora.config import ServerConfig
+from pydantic import BaseModel, ConfigDict
+
+from fedlora.config import ServerConfig, StalenessConfig
 from fedlora.policies.staleness import staleness_factor
 from fedlora.registry import Registry
 from fedlora.terms import Source, Term
@@ -69,24 +71,54 @@ class Drop:
 Decision = Dispatch | Merge | Drop
 
 
+class PolicyOptions(BaseModel):
+    """The ``server`` keys a policy reads, typed; every policy reads these.
+
+    A config keeps its flat ``server`` keys (config names are user interface); each policy's
+    options are built from them once the config is parsed (:meth:`from_server`). A field
+    whose alias differs from its name reads the flat key of that alias: ``server.window`` is
+    FedBuff's ``buffer``, FedFa's ``window`` and semiasync's ``minimum``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # None: the policy's own default (``Policy.default_weights``)
+    weights: Literal["samples", "uniform"] | None = None
+    update: Literal["model", "delta"] = "model"
+    server_lr: float = 1.0
+    staleness: StalenessConfig = StalenessConfig()
+    staleness_unit: Literal["updates", "merges"] = "updates"
+
+    @classmethod
+    def server_keys(cls) -> list[str]:
+        """The flat ``server`` keys these options read."""
+        return [field.alias or name for name, field in cls.model_fields.items()]
+
+    @classmethod
+    def from_server(cls, server: ServerConfig) -> Self:
+        return cls.model_validate({key: getattr(server, key) for key in cls.server_keys()})
+
+    def check(self, policy: str, rounds: int, num_clients: int) -> None:
+        """Raise ``ValueError`` naming the key if ``policy`` with these options cannot serve
+        ``num_clients`` clients for ``server.rounds`` rounds."""
+
+
 class Policy(ABC):
     """Template: subclasses answer :meth:`start`, :meth:`on_arrival` and :meth:`on_lost`.
 
     ``version`` counts merges (server steps); ``rounds`` is the policy's own progress unit,
     which the runtime compares with ``server.rounds``. ``default_weights`` is how results are
     weighted when ``server.weights`` is not set. :meth:`staleness_of` measures a job's age in
-    ``server.staleness_unit``.
+    ``server.staleness_unit``. ``Options`` are the ``server`` keys the policy reads.
     """
 
     name: ClassVar[str]
     default_weights: ClassVar[str] = "samples"
-
-    @classmethod  # noqa: B027 (an optional hook)
-    def check_setup(cls, server: ServerConfig, num_clients: int) -> None:
-        """Raise ``ValueError`` naming the key if this policy cannot serve this setup."""
+    Options: ClassVar[type[PolicyOptions]] = PolicyOptions
+    options: PolicyOptions
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
-        self.server = server
+        self.options = self.Options.from_server(server)
         self.clients = list(clients)
         self.sizes = {c.client: c.num_examples for c in clients}
         self.rng = random.Random(seed)
@@ -131,7 +163,7 @@ class Policy(ABC):
 
     def weight_of(self, client: int) -> float:
         """A result's weight before normalisation: its sample count, or 1 (``server.weights``)."""
-        if (self.server.weights or self.default_weights) == "uniform":
+        if (self.options.weights or self.default_weights) == "uniform":
             return 1.0
         return float(self.sizes[client])
 
@@ -144,10 +176,10 @@ class Policy(ABC):
         adapter − the adapter it was sent), which keeps what the global holds above a client's
         rank instead of replacing it.
         """
-        if self.server.update == "model":
+        if self.options.update == "model":
             mixed = [Term(Source.UPDATE, scale * weight, job) for job, weight in weighted_jobs]
             return ([Term(Source.GLOBAL, 1.0 - scale)] if scale != 1.0 else []) + mixed
-        step = scale * self.server.server_lr
+        step = scale * self.options.server_lr
         terms = [Term(Source.GLOBAL, 1.0)]
         for job, weight in weighted_jobs:
             terms += [
@@ -158,7 +190,7 @@ class Policy(ABC):
 
     def staleness_weight(self, client: int, staleness: int) -> float:
         """The result's weight before normalisation, times s(τ)."""
-        return self.weight_of(client) * staleness_factor(staleness, self.server.staleness)
+        return self.weight_of(client) * staleness_factor(staleness, self.options.staleness)
 
     def step_towards(
         self, results: Sequence[tuple[Arrival, int]], release: Sequence[int], rate: float = 1.0
@@ -194,7 +226,7 @@ class Policy(ABC):
         count of merges makes the same age about K times staler under FedFa). ``merges``: server
         steps since then, the unit of the FedAsync and FedBuff papers and of Plato's rounds.
         """
-        if self.server.staleness_unit == "merges":
+        if self.options.staleness_unit == "merges":
             return self.version - dispatched_version
         return self._absorbed_at[-1] - self._absorbed_at[dispatched_version]
 
@@ -211,6 +243,27 @@ def create(name: str, server: ServerConfig, clients: Sequence[ClientInfo], seed:
     return registry.get(name)(server, clients, seed)
 
 
+# The federation's shape that a comparison of policies holds fixed across its arms: FedAvg's
+# clients per round, the asynchronous policies' clients at work and their K. A study's base
+# sets them once for every arm (configs/fedfa/base.yaml), so a policy that does not read one
+# of them leaves it unread without complaint.
+SHARED_KEYS = ("per_round", "concurrency", "window")
+
+
 def check_setup(server: ServerConfig, num_clients: int) -> None:
-    """Raise ``ValueError`` naming the key if ``server.policy`` cannot run this setup."""
-    registry.get(server.policy).check_setup(server, num_clients)
+    """Raise ``ValueError`` naming the key if ``server.policy`` cannot run this setup: a key
+    set away from its default that the policy never reads (outside :data:`SHARED_KEYS`), or
+    the policy's own checks."""
+    policy = registry.get(server.policy)
+    readers: dict[str, list[str]] = {}
+    for name in registry.available():
+        for key in registry.get(name).Options.server_keys():
+            readers.setdefault(key, []).append(name)
+    for key, names in readers.items():
+        unread = key not in policy.Options.server_keys() and key not in SHARED_KEYS
+        if unread and getattr(server, key) != ServerConfig.model_fields[key].default:
+            raise ValueError(
+                f"server.{key}: policy {policy.name} does not read it (read by"
+                f" {', '.join(names)}); leave it out, or choose a policy that reads it"
+            )
+    policy.Options.from_server(server).check(policy.name, server.rounds, num_clients)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from fedlora.policies.base import Arrival, Decision, Dispatch, Policy, registry
+from fedlora.policies.base import Arrival, Decision, Dispatch, Policy, PolicyOptions, registry
+
+
+class FedAvgOptions(PolicyOptions):
+    per_round: int | None = None  # clients sampled per round; None: every client
 
 
 @registry.register("fedavg")
 class FedAvgPolicy(Policy):
     name = "fedavg"
+    Options: ClassVar[type[PolicyOptions]] = FedAvgOptions
+    options: FedAvgOptions
 
     def start(self) -> list[Decision]:
         return self._new_round()
 
     def _new_round(self) -> list[Decision]:
-        per_round = self.server.per_round or len(self.clients)
+        per_round = self.options.per_round or len(self.clients)
         cohort = sorted(self.rng.sample([c.client for c in self.clients], per_round))
         self._waiting = len(cohort)
         self._arrived: list[Arrival] = []

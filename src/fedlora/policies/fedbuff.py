@@ -9,17 +9,28 @@ the client adapters.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import Field
 
 from fedlora.config import ServerConfig
-from fedlora.policies.asynchronous import AsyncPolicy
-from fedlora.policies.base import Arrival, ClientInfo, Decision, registry
+from fedlora.policies.asynchronous import AsyncOptions, AsyncPolicy
+from fedlora.policies.base import Arrival, ClientInfo, Decision, PolicyOptions, registry
+
+
+class FedBuffOptions(AsyncOptions):
+    buffer: int = Field(5, alias="window")  # K: results held before one step
+
+    def check(self, policy: str, rounds: int, num_clients: int) -> None:
+        super().check(policy, rounds, num_clients)
+        self.check_window_fills(self.buffer, policy, rounds)
 
 
 @registry.register("fedbuff")
 class FedBuffPolicy(AsyncPolicy):
     name = "fedbuff"
-    waits_for_window = True
+    Options: ClassVar[type[PolicyOptions]] = FedBuffOptions
+    options: FedBuffOptions
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
@@ -35,7 +46,7 @@ class FedBuffPolicy(AsyncPolicy):
 
     def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
         self._buffer.append((arrival, staleness))
-        if len(self._buffer) < self.server.window:
+        if len(self._buffer) < self.options.buffer:
             return []
         buffered, self._buffer = self._buffer, []
         return [self.step_towards(buffered, release=[a.job for a, _ in buffered])]

@@ -15,17 +15,26 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from fedlora.config import ServerConfig
-from fedlora.policies.asynchronous import AsyncPolicy
-from fedlora.policies.base import Arrival, ClientInfo, Decision, registry
+from fedlora.policies.asynchronous import AsyncOptions, AsyncPolicy
+from fedlora.policies.base import Arrival, ClientInfo, Decision, PolicyOptions, registry
+
+
+class FedFaOptions(AsyncOptions):
+    window: int = 5  # K: the latest results every merge takes
+
+    def check(self, policy: str, rounds: int, num_clients: int) -> None:
+        super().check(policy, rounds, num_clients)
+        self.check_window_fills(self.window, policy, rounds)
 
 
 @registry.register("fedfa")
 class FedFaPolicy(AsyncPolicy):
     name = "fedfa"
-    waits_for_window = True
+    Options: ClassVar[type[PolicyOptions]] = FedFaOptions
+    options: FedFaOptions
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
@@ -41,7 +50,7 @@ class FedFaPolicy(AsyncPolicy):
 
     def accept(self, arrival: Arrival, staleness: int) -> list[Decision]:
         self._window.append((arrival, staleness))
-        if len(self._window) < self.server.window:
+        if len(self._window) < self.options.window:
             return []
-        evicted = [self._window.popleft()[0].job] if len(self._window) > self.server.window else []
+        evicted = [self._window.popleft()[0].job] if len(self._window) > self.options.window else []
         return [self.step_towards(list(self._window), release=evicted)]

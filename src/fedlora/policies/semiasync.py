@@ -15,30 +15,40 @@ than K reports are in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import Field
 
 from fedlora.config import ServerConfig
-from fedlora.policies.asynchronous import AsyncPolicy
-from fedlora.policies.base import Arrival, ClientInfo, Decision, registry
+from fedlora.policies.asynchronous import AsyncOptions, AsyncPolicy
+from fedlora.policies.base import Arrival, ClientInfo, Decision, PolicyOptions, registry
+
+
+class SemiAsyncOptions(AsyncOptions):
+    """``staleness_bound`` is how far behind a client still training may be before the
+    server waits for it (never dropped)."""
+
+    minimum: int = Field(5, alias="window")  # K: reports held before an aggregation
+
+    def check(self, policy: str, rounds: int, num_clients: int) -> None:
+        super().check(policy, rounds, num_clients)
+        if self.minimum > self.concurrency:
+            raise ValueError(
+                f"server.window: semiasync waits for {self.minimum} reports but only"
+                f" server.concurrency {self.concurrency} clients train at once"
+            )
 
 
 @registry.register("semiasync")
 class SemiAsyncPolicy(AsyncPolicy):
     name = "semiasync"
+    Options: ClassVar[type[PolicyOptions]] = SemiAsyncOptions
+    options: SemiAsyncOptions
 
     def __init__(self, server: ServerConfig, clients: Sequence[ClientInfo], seed: int) -> None:
         super().__init__(server, clients, seed)
         self._training: dict[int, int] = {}  # client → the version its job was projected from
         self._reported: list[Arrival] = []
-
-    @classmethod
-    def check_setup(cls, server: ServerConfig, num_clients: int) -> None:
-        super().check_setup(server, num_clients)
-        if server.window > server.concurrency:
-            raise ValueError(
-                f"server.window: semiasync waits for {server.window} reports but only"
-                f" server.concurrency {server.concurrency} clients train at once"
-            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -70,13 +80,13 @@ class SemiAsyncPolicy(AsyncPolicy):
 
     def waiting_for(self) -> list[int]:
         """Clients still training from a global more than ``staleness_bound`` behind."""
-        bound = self.server.staleness_bound
+        bound = self.options.staleness_bound
         if bound is None:
             return []
         return sorted(c for c, v in self._training.items() if self.staleness_of(v) > bound)
 
     def _aggregate_if_ready(self) -> list[Decision]:
-        if len(self._reported) < self.server.window or self.waiting_for():
+        if len(self._reported) < self.options.minimum or self.waiting_for():
             return []
         reported, self._reported = self._reported, []
         results = [(a, self.staleness_of(a.dispatched_version)) for a in reported]
