@@ -15,6 +15,7 @@ from fedlora.config import (
     parse_overrides,
     resolve_data_dir,
 )
+from fedlora.preflight import check_setup
 from fedlora.studies.sweep import load_study, plan
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -63,18 +64,9 @@ def test_malformed_override(bad: str) -> None:
             r"exp.yaml:3: lora.r: Input should be greater than or equal to 1",
         ),
         (
-            "clients:\n  num: 3\nserver:\n  per_round: 5\n",
-            r"exp.yaml:4: server.per_round: 5 clients per round but clients.num is 3",
-        ),
-        (
             "server:\n  rounds: many\n",
             r"exp.yaml:2: server.rounds: Input should be a valid integer",
         ),
-        (
-            "server:\n  policy: nope\n",
-            r"server.policy: unknown policy 'nope'; available: fedasync, fedavg, fedbuff, fedfa",
-        ),
-        ("server:\n  aggregator: nope\n", r"server.aggregator: unknown aggregator 'nope'"),
         (
             "clients:\n  speed: {distribution: pareto, alpah: 1}\n",
             r"exp.yaml:2: clients.speed.alpah: unknown key 'alpah'; did you mean 'alpha'\?",
@@ -88,10 +80,6 @@ def test_malformed_override(bad: str) -> None:
         (
             "clients: {num: 2, ranks: [2, 4, 8]}\n",
             r"exp.yaml:1: clients.ranks: 3 ranks listed for 2 clients",
-        ),
-        (
-            "clients:\n  num: 2\nserver:\n  policy: fedfa\n  concurrency: 3\n",
-            r"exp.yaml:5: server.concurrency: 3 clients training at once but clients.num is 2",
         ),
         (
             "lora: {r: 8}\nserver:\n  global_rank: 4\n",
@@ -119,7 +107,6 @@ def test_override_errors_name_the_key(tmp_path: Path) -> None:
     ("override", "message"),
     [
         ("server.rounds=-1", r"\n  --set server.rounds=-1: server.rounds: Input should be greater"),
-        ("server.per_round=9", r"\n  --set server.per_round=9: server.per_round: 9 clients"),
         (
             "clients.speed={distribution: pareto, alpha: -1}",
             r"\n  --set clients.speed=\{distribution: pareto, alpha: -1\}: clients.speed.alpha:",
@@ -133,6 +120,51 @@ def test_override_errors_blame_the_set_not_the_file(
     text = "clients:\n  num: 4\n  speed: {distribution: pareto, alpha: 1}\nserver:\n  rounds: 3\n"
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), [override])
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "override", "message"),
+    [
+        (
+            "clients:\n  num: 3\nserver:\n  per_round: 5\n",
+            None,
+            r"exp.yaml:4: server.per_round: 5 clients per round but clients.num is 3",
+        ),
+        (
+            "clients: {num: 4}\n",
+            "server.per_round=9",
+            r"\n  --set server.per_round=9: server.per_round: 9 clients",
+        ),
+        (
+            "server:\n  policy: nope\n",
+            None,
+            r"exp.yaml:2: server.policy: unknown policy 'nope'; available: fedasync, fedavg,",
+        ),
+        (
+            "server:\n  aggregator: nope\n",
+            None,
+            r"exp.yaml:2: server.aggregator: unknown aggregator 'nope'",
+        ),
+        ("eval: {shadow: [nope]}\n", None, r"exp.yaml:1: eval.shadow: unknown aggregator 'nope'"),
+        (
+            "clients:\n  num: 2\nserver:\n  policy: fedfa\n  concurrency: 3\n",
+            None,
+            r"exp.yaml:5: server.concurrency: 3 clients training at once but clients.num is 2",
+        ),
+        (
+            "server:\n  policy: fedfa\n  mixing: 0.3\n",
+            None,
+            r"exp.yaml:3: server.mixing: policy fedfa does not read it \(read by fedasync\)",
+        ),
+    ],
+)
+def test_setup_errors_after_parsing_name_the_key_and_where(
+    tmp_path: Path, yaml_text: str, override: str | None, message: str
+) -> None:
+    """The registries are asked after parsing (preflight), and still blame the line or --set."""
+    config = load_config(write(tmp_path, yaml_text), [override] if override else [])
+    with pytest.raises(ConfigError, match=message):
+        check_setup(config)
 
 
 def test_an_int_where_a_float_is_meant_stays_fine(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ PACKAGE = Path(fedlora.__file__).parent
 
 # (importer, imported): the server core emits events to a sink and knows no result file; the
 # results writer knows the run's records, not the server or the client that made them; a learner
-# returns its predictions as data; a policy and an aggregator share only ``fedlora.terms``.
+# returns its predictions as data; a policy and an aggregator share only ``fedlora.terms``; the
+# config is parsed without asking any registry (setup checks run after parsing, in preflight).
 FORBIDDEN = [
     ("server", "results"),
     ("results", "server"),
@@ -26,6 +27,8 @@ FORBIDDEN = [
     ("client", "results"),
     ("policies", "aggregation"),
     ("aggregation", "policies"),
+    ("config", "aggregation"),
+    ("config", "policies"),
 ]
 
 # Plain records that sit below the packages above so that those need not import each other:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from fedlora import policies
 from fedlora.config import ConfigError, ServerConfig, build_config
 from fedlora.policies import Arrival, ClientInfo, Decision, Dispatch, Merge, Policy, Source
+from fedlora.preflight import check_setup
 from tests.fakes import FakeLearner, config, simulate
 
 
@@ -62,11 +63,13 @@ def dispatched(decisions: list[Decision]) -> list[int]:
 def test_registered_and_window_above_concurrency_names_the_key() -> None:
     assert "semiasync" in policies.available()
     with pytest.raises(ConfigError, match=r"server\.window: semiasync waits for 4 reports"):
-        build_config(
-            {
-                "clients": {"num": 6},
-                "server": {"policy": "semiasync", "concurrency": 3, "window": 4},
-            }
+        check_setup(
+            build_config(
+                {
+                    "clients": {"num": 6},
+                    "server": {"policy": "semiasync", "concurrency": 3, "window": 4},
+                }
+            )
         )
 
 

@@ -1,5 +1,10 @@
 """Everything a run needs, checked before any file is written or any weights load.
 
+The checks a parsed config needs from the registries come first and live here alone
+(:func:`check_setup`): the policy and aggregator names, the policy's options, the aggregator's
+options and the ranks it can merge, the ``eval.shadow`` aggregators. The config package
+imports no registry.
+
 A mistake found here costs seconds; found later it costs a model load, a tokenized dataset, a
 half-written run folder, or (in a study) the hours of the cells that ran before it. The checks
 read the data splits (not tokenized) and the model's config (its architecture is built on the
@@ -19,11 +24,17 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
-from fedlora import aggregation
+from fedlora import aggregation, policies
 from fedlora.aggregation.diagnostics import shadow_aggregators
 from fedlora.client.gguf_cache import cached_folder
 from fedlora.client.model import model_path
-from fedlora.config import ConfigError, ExperimentConfig, ModelConfig, resolve_data_dir
+from fedlora.config import (
+    ConfigError,
+    ExperimentConfig,
+    ModelConfig,
+    resolve_data_dir,
+    setup_error,
+)
 from fedlora.data.choices import configured_questions
 from fedlora.data.federated import _subset, given_clients
 from fedlora.data.partition import partition
@@ -89,7 +100,7 @@ class Preflight:
     def check(self, config: ExperimentConfig) -> None:
         """Raise :class:`ConfigError` (or ``DataError``, ``PartitionError``) naming the key or
         file at fault."""
-        _check_aggregator(config)
+        check_setup(config)
         _check_device(config.runtime.device)
         _check_threads(config.runtime.threads)
         self._check_model(config)
@@ -167,20 +178,41 @@ def check(config: ExperimentConfig) -> None:
     Preflight().check(config)
 
 
+def check_setup(config: ExperimentConfig) -> None:
+    """What a parsed config asks of the registries, before anything is read: the policy and
+    the aggregator it names exist and can serve this federation; a :class:`ConfigError` names
+    the key and where it was set."""
+    try:
+        _check_names(config)
+        policies.check_setup(config.server, config.clients.num)
+        _check_aggregator(config)
+    except ValueError as error:
+        raise setup_error(config, str(error)) from None
+
+
+def _check_names(config: ExperimentConfig) -> None:
+    named = [("server.policy", "policy", config.server.policy, policies.available())]
+    aggregators = aggregation.available()
+    for key, name in [("server.aggregator", config.server.aggregator)] + [
+        ("eval.shadow", name) for name in config.eval.shadow
+    ]:
+        named.append((key, "aggregator", name, aggregators))
+    for key, kind, name, known in named:
+        if name not in known:
+            raise ValueError(f"{key}: unknown {kind} {name!r}; available: {', '.join(known)}")
+
+
 def _check_aggregator(config: ExperimentConfig) -> None:
     """The aggregator's options, and whether it (and every ``eval.shadow`` one) can merge the
     ranks the clients will draw."""
     ranks = [profile.rank for profile in draw_profiles(config.clients, config.lora.r, config.seed)]
-    try:
-        aggregator = aggregation.create(
-            config.server.aggregator,
-            config.lora,
-            config.global_rank,
-            config.server.aggregator_options,
-        )
-        aggregator.check_setup(ranks, config.server)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    aggregator = aggregation.create(
+        config.server.aggregator,
+        config.lora,
+        config.global_rank,
+        config.server.aggregator_options,
+    )
+    aggregator.check_setup(ranks, config.server)
     shadow_aggregators(config, sorted(set(ranks)))  # raises ConfigError naming eval.shadow
 
 

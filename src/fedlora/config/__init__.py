@@ -12,6 +12,7 @@ from fedlora.config.loading import (
     parse_overrides,
     read_yaml,
     resolve_data_dir,
+    setup_error,
     unreadable,
     with_resolved_data_dir,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "parse_overrides",
     "read_yaml",
     "resolve_data_dir",
+    "setup_error",
     "unreadable",
     "with_resolved_data_dir",
 ]

@@ -17,7 +17,13 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fedlora.config.schema import GENERIC_TASKS, UNION_TAGS, ConfigError, ExperimentConfig
+from fedlora.config.schema import (
+    GENERIC_TASKS,
+    UNION_TAGS,
+    ConfigError,
+    ExperimentConfig,
+    Origins,
+)
 
 DATA_ENV = "FEDLORA_DATA"
 
@@ -187,12 +193,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-Origins = dict[tuple[str, ...], str]  # key path -> where its value came from, for messages
-
-
 def _file_origins(root: yaml.Node, source: str) -> Origins:
     """``file:line`` of each key path in a YAML document; a key given twice is an error."""
-    origins: Origins = {}
+    origins = Origins()
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
         if not isinstance(node, yaml.MappingNode):
@@ -216,7 +219,7 @@ def _file_origins(root: yaml.Node, source: str) -> Origins:
 
 def _override_origins(pairs: list[str], origins: Origins) -> Origins:
     """``origins`` with each ``--set`` blamed for its key and everything under it."""
-    blamed = dict(origins)
+    blamed = Origins(origins)
     for pair in pairs:
         path = tuple(pair.partition("=")[0].strip().split("."))
         for key in [k for k in blamed if k[: len(path)] == path]:
@@ -277,15 +280,26 @@ def _describe(error: ValidationError, origins: Origins) -> str:
                 text += f", got {reprlib.repr(item['input'])}"
         named = _KEY_PREFIX.match(text)
         if named:  # a cross-field check names the key to change: blame where that was set
-            path = tuple(named.group(1).split("."))
-            message = text
+            messages.append(_located(text, origins))
         else:
             message = f"{'.'.join(path) or 'config'}: {text}"
-        where = next(
-            (origins[path[:n]] for n in range(len(path), 0, -1) if path[:n] in origins), None
-        )
-        messages.append(f"{where}: {message}" if where else message)
+            messages.append(_located(message, origins, path))
     return "invalid config\n  " + "\n  ".join(messages)
+
+
+def _located(message: str, origins: Origins, path: tuple[str, ...] | None = None) -> str:
+    """``message`` after where its key (``path``, else the key it starts with) was set."""
+    if path is None:
+        named = _KEY_PREFIX.match(message)
+        path = tuple(named.group(1).split(".")) if named else ()
+    where = next((origins[path[:n]] for n in range(len(path), 0, -1) if path[:n] in origins), None)
+    return f"{where}: {message}" if where else message
+
+
+def setup_error(config: ExperimentConfig, message: str) -> ConfigError:
+    """A check after parsing found ``message``, which starts with the key at fault: the error
+    names where the config set that key (file and line, or ``--set``), as a parse error does."""
+    return ConfigError("invalid config\n  " + _located(message, config.origins))
 
 
 _TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type"}
@@ -294,12 +308,12 @@ _TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type"}
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
     """Validate a raw mapping (plus ``--set`` overrides) into an :class:`ExperimentConfig`."""
     pairs = overrides or []
-    return _validate(_merge(raw, parse_overrides(pairs)), _override_origins(pairs, {}))
+    return _validate(_merge(raw, parse_overrides(pairs)), _override_origins(pairs, Origins()))
 
 
 def _validate(raw: dict[str, Any], origins: Origins) -> ExperimentConfig:
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw, context={"origins": origins})
     except ValidationError as error:
         raise ConfigError(_describe(error, origins)) from None
 

@@ -11,7 +11,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationInfo,
+    model_validator,
+)
 
 GENERIC_TASKS = ("csv", "jsonl", "instruct")  # tasks whose files are data.files
 
@@ -460,6 +469,16 @@ def _plain_folder_name(name: str) -> str:
 RunName = Annotated[str, AfterValidator(_plain_folder_name)]
 
 
+class Origins(dict[tuple[str, ...], str]):
+    """Where each key path's value came from (``exp.yaml:4``, ``--set server.rounds=3``), for
+    messages only: two configs holding the same values are equal wherever they came from."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Origins)
+
+    __hash__ = None
+
+
 class ExperimentConfig(_Section):
     name: RunName = "experiment"
     seed: int = 0
@@ -471,39 +490,26 @@ class ExperimentConfig(_Section):
     server: ServerConfig = ServerConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    # Set by the loader (validation context ``origins``); the policy, the aggregator and the
+    # other checks that need the registries run after parsing (:mod:`fedlora.preflight`) and
+    # name where the key they blame was set, as a parse error does.
+    _origins: Origins = PrivateAttr(default_factory=Origins)
 
     @model_validator(mode="after")
-    def _consistent(self) -> ExperimentConfig:
-        from fedlora import aggregation, policies
-
-        if self.server.policy not in policies.available():
-            raise ValueError(
-                f"server.policy: unknown policy {self.server.policy!r};"
-                f" available: {', '.join(policies.available())}"
-            )
-        if self.server.aggregator not in aggregation.available():
-            raise ValueError(
-                f"server.aggregator: unknown aggregator {self.server.aggregator!r};"
-                f" available: {', '.join(aggregation.available())}"
-            )
-        for name in self.eval.shadow:
-            if name not in aggregation.available():
-                raise ValueError(
-                    f"eval.shadow: unknown aggregator {name!r};"
-                    f" available: {', '.join(aggregation.available())}"
-                )
+    def _consistent(self, info: ValidationInfo) -> ExperimentConfig:
         if self.server.global_rank is not None and self.global_rank < self.max_client_rank:
             raise ValueError(
                 f"server.global_rank: {self.global_rank} is below the largest client"
                 f" rank {self.max_client_rank}"
             )
-        policies.check_setup(self.server, self.clients.num)
-        if self.cohort_size > self.clients.num:
-            raise ValueError(
-                f"server.per_round: {self.cohort_size} clients per round but clients.num"
-                f" is {self.clients.num}"
-            )
+        if info.context and "origins" in info.context:
+            self._origins = Origins(info.context["origins"])
         return self
+
+    @property
+    def origins(self) -> Origins:
+        """Where each key path was set, when the config was loaded from a file or ``--set``."""
+        return self._origins
 
     @property
     def max_client_rank(self) -> int:

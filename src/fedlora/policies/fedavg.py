@@ -10,6 +10,13 @@ from fedlora.policies.base import Arrival, Decision, Dispatch, Policy, PolicyOpt
 class FedAvgOptions(PolicyOptions):
     per_round: int | None = None  # clients sampled per round; None: every client
 
+    def check(self, policy: str, rounds: int, num_clients: int) -> None:
+        if self.per_round is not None and self.per_round > num_clients:
+            raise ValueError(
+                f"server.per_round: {self.per_round} clients per round but clients.num"
+                f" is {num_clients}"
+            )
+
 
 @registry.register("fedavg")
 class FedAvgPolicy(Policy):
