@@ -17,13 +17,10 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fedlora.config.schema import (
-    GENERIC_TASKS,
-    UNION_TAGS,
-    ConfigError,
-    ExperimentConfig,
-    Origins,
-)
+from fedlora.config.clients import UNION_TAGS
+from fedlora.config.data import GENERIC_TASKS
+from fedlora.config.schema import ExperimentConfig, Origins
+from fedlora.config.section import ConfigError
 
 DATA_ENV = "FEDLORA_DATA"
 

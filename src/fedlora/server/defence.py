@@ -29,7 +29,7 @@ from fedlora.adapters import AdapterState, LoraFactors
 from fedlora.aggregation import WeightedState
 from fedlora.aggregation.base import effective_b
 from fedlora.aggregation.lowrank import weighted_sum_factors
-from fedlora.config.schema import DefenceConfig
+from fedlora.config.server import DefenceConfig
 from fedlora.policies import Source
 
 _BLOCK_VALUES = 1 << 24  # floats per block of stacked rows: 64 MB in float32
