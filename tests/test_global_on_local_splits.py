@@ -21,7 +21,8 @@ from fedlora.config import build_config
 from fedlora.data.encoding import IGNORE, collate
 from fedlora.data.tasks import generic_task
 from fedlora.experiment import Prepared, prepare
-from fedlora.results.store import SUMMARY_FILE, read_global_state, summarize, write_config
+from fedlora.results.store import SUMMARY_FILE, read_global_state, write_config
+from fedlora.results.summary import summarize
 from fedlora.studies.sweep import Cell
 from fedlora.studies.table import local_bars, study_table
 
