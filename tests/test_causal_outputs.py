@@ -21,7 +21,7 @@ from fedlora.client.model import ResidentModel, build_resident_model
 from fedlora.config import LoraConfig, ModelConfig
 from fedlora.data.choices import Question, read_questions
 from fedlora.data.prompts import PromptBuilder
-from fedlora.data.sources import DataError
+from fedlora.data.rows import DataError
 from fedlora.readout import ChoiceScores
 
 runner = CliRunner()

@@ -16,9 +16,9 @@ from fedlora.client.trainer import plan_batches
 from fedlora.config import ConfigError, TrainConfig, build_config
 from fedlora.data import DataError, Example, load_split
 from fedlora.data.encoding import IGNORE, clear_memo, collate, encode_split
+from fedlora.data.examples import LabelledSplit
 from fedlora.data.federated import prepare_data
 from fedlora.data.prompts import CUT_CONTEXT, CUT_RESPONSE, PromptBuilder, cut_counts
-from fedlora.data.sources import LabelledSplit
 from fedlora.data.tasks import instruction_task
 
 

@@ -36,9 +36,10 @@ from fedlora.config import (
     setup_error,
 )
 from fedlora.data.choices import configured_questions
+from fedlora.data.examples import LabelledSplit
 from fedlora.data.federated import _subset, given_clients
 from fedlora.data.partition import partition
-from fedlora.data.sources import LabelledSplit, load_split
+from fedlora.data.sources import load_split
 from fedlora.data.tasks import is_causal
 from fedlora.sim.profiles import draw_profiles
 

@@ -33,7 +33,7 @@ from fedlora.client.model import model_path, run_resident_model, use_bf16
 from fedlora.client.responses import response_losses
 from fedlora.config import ExperimentConfig
 from fedlora.data.encoding import EncodedSplit, cache_folder, write_cache
-from fedlora.data.sources import DataError
+from fedlora.data.rows import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

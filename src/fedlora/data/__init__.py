@@ -5,7 +5,9 @@ Tokenizing needs torch and partitioning numpy, so :mod:`~fedlora.data.encoding` 
 data errors from this package and still starts at once.
 """
 
-from fedlora.data.sources import DataError, Example, LabelledSplit, load_split
+from fedlora.data.examples import Example, LabelledSplit
+from fedlora.data.rows import DataError
+from fedlora.data.sources import load_split
 from fedlora.data.tasks import TASKS, TaskSpec, available_tasks
 
 __all__ = [

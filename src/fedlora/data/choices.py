@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedlora.config import ExperimentConfig, resolve_data_dir
-from fedlora.data.sources import DataError
+from fedlora.data.rows import DataError
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedlora.data.sources import Example
+from fedlora.data.examples import Example
 
 SCORES = ("length", "sentences", "lexical", "column", "prompt", "context", "response", "perplexity")
 LEXICAL_WINDOW = 25  # words per window of the moving-average type-token ratio

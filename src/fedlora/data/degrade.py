@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedlora.config import DegradeConfig
-from fedlora.data.sources import Example, LabelledSplit
+from fedlora.data.examples import Example, LabelledSplit
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
 

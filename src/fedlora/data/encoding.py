@@ -27,8 +27,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from fedlora.data.context import text_scores
+from fedlora.data.examples import Example, LabelledSplit
 from fedlora.data.prompts import PromptBuilder, template_recipe
-from fedlora.data.sources import Example, LabelledSplit
 
 if TYPE_CHECKING:  # transformers is slow to import and only needed for the annotation
     from transformers import PreTrainedTokenizerBase

@@ -19,8 +19,9 @@ import numpy as np
 from fedlora.config import ConfigError, ExperimentConfig, resolve_data_dir
 from fedlora.data.degrade import degrade
 from fedlora.data.encoding import EncodedSplit, encode_split
+from fedlora.data.examples import LabelledSplit
 from fedlora.data.partition import partition
-from fedlora.data.sources import LabelledSplit, load_split
+from fedlora.data.sources import load_split
 from fedlora.data.tasks import TaskSpec
 
 if TYPE_CHECKING:

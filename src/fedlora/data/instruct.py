@@ -4,7 +4,7 @@ A row has an instruction, an optional context and a response, plus an optional c
 client id; ``data.instruct`` names the fields (Dolly's by default, Alpaca's with
 ``{context: input, response: output, category: null}``). A ``.json`` file holds one JSON array
 of rows (Alpaca's layout), any other file one JSON object per line. Each row becomes an
-:class:`~fedlora.data.sources.Example`: the instruction as ``text_a``, the context as
+:class:`~fedlora.data.examples.Example`: the instruction as ``text_a``, the context as
 ``text_b``, the category's id as ``label`` (ids are positions in the train file's sorted
 categories, so every split shares them) and the response. Errors name the file and line (for
 a ``.json`` array, the row).
@@ -19,14 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedlora.config import DataConfig, InstructConfig
-from fedlora.data.sources import (
-    DataError,
-    Example,
-    LabelledSplit,
-    generic_file,
-    names,
-    opened,
-)
+from fedlora.data.examples import Example, LabelledSplit
+from fedlora.data.rows import DataError, names, opened
+from fedlora.data.sources import generic_file
 from fedlora.data.tasks import instruction_task
 
 NO_CATEGORY = "all"  # the one label of rows without a category field

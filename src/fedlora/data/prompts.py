@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedlora.data.sources import DataError, Example
+from fedlora.data.examples import Example
+from fedlora.data.rows import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

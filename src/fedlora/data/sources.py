@@ -1,4 +1,5 @@
-"""One split's labelled examples, read from a GLUE folder, a CSV/JSONL file or the HF hub.
+"""One split's labelled examples, read from a GLUE folder, a CSV/JSONL file or the HF hub
+(:mod:`~fedlora.data.hub`); :mod:`~fedlora.data.rows` reads a file's rows.
 
 Whatever is wrong with the data stops a run before training: a :class:`DataError` names the file
 and the 1-based line as an editor shows it (the header is line 1), or the config key at fault.
@@ -7,18 +8,25 @@ and the 1-based line as an editor shows it (the header is line 1), or the config
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
-import os
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
 
 from fedlora.config import DataConfig, unreadable
+from fedlora.data.examples import Example, LabelledSplit
+from fedlora.data.hub import load_hub
+from fedlora.data.rows import (
+    READERS,
+    Columns,
+    DataError,
+    GlueTsv,
+    Records,
+    Row,
+    names,
+    read_delimited,
+)
 from fedlora.data.tasks import (
     INSTRUCTION_TASKS,
     TASKS,
@@ -30,55 +38,6 @@ from fedlora.data.tasks import (
 
 SPLITS = ("train", "dev", "test")
 _WHERE = "point data.dir (or $FEDLORA_DATA) at the GLUE folder or at the task's own folder"
-_HUB_DATASET = "nyu-mll/glue"
-_HUB_SPLITS = {"dev": "validation"}
-# The csv module refuses fields over 131,072 characters by default; a long document is data.
-_MAX_FIELD = 2**31 - 1
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the file and line, or the config key."""
-
-
-@dataclass(frozen=True)
-class Example:
-    text_a: str
-    text_b: str | None
-    label: int
-    score: float | None = None  # the data file's ``data.score_column``, when one is named
-    response: str | None = None  # an instruction row's response (text_a: its instruction,
-    # text_b: its context)
-    client: int | None = None  # the data file's ``data.client_column``, when one is named
-
-
-@dataclass(frozen=True)
-class LabelledSplit:
-    """A split's examples and their provenance; ``fingerprint`` changes whenever they could."""
-
-    task: TaskSpec
-    split: str
-    examples: list[Example]
-    origin: str
-    fingerprint: str
-
-
-class _GlueTsv(csv.excel_tab):
-    """GLUE's files: split on tabs only, never unquoted, as texts hold unbalanced '"'."""
-
-    quoting = csv.QUOTE_NONE
-
-
-@dataclass(frozen=True)
-class _Columns:
-    """The fields of a row that hold the text(s) and the label."""
-
-    text: tuple[str, ...]
-    label: str
-    score: str | None = None
-
-
-Row = Mapping[str, Any]
-Records = Iterator[tuple[int, Row]]  # (1-based line, fields by column name)
 
 
 def load_split(data: DataConfig, data_dir: Path | None, split: str) -> LabelledSplit:
@@ -94,7 +53,7 @@ def load_split(data: DataConfig, data_dir: Path | None, split: str) -> LabelledS
         if data.source == "hub":
             if data.score_column is not None:
                 raise DataError("data.score_column: the hub's GLUE tables have no extra columns")
-            return _load_hub(glue, split)
+            return load_hub(glue, split)
         return _load_glue(glue, data_dir, split, data.score_column)
     if data.task in INSTRUCTION_TASKS:
         from fedlora.data.instruct import load_instruct  # it reads files with this module
@@ -102,7 +61,7 @@ def load_split(data: DataConfig, data_dir: Path | None, split: str) -> LabelledS
         if data.source == "hub":
             raise DataError(f"data.source: the hub serves GLUE tasks, not {data.task!r} files")
         return load_instruct(data, data_dir, split)
-    if data.task in _READERS:
+    if data.task in READERS:
         if data.source == "hub":
             raise DataError(f"data.source: the hub serves GLUE tasks, not {data.task!r} files")
         return _load_generic(data, data_dir, split)
@@ -116,8 +75,8 @@ def _load_glue(
     _check_readable(path, "data.dir")
     if not path.is_file():
         raise DataError(f"{path}: no such file; {_WHERE}")
-    columns = _Columns(task.text_columns, task.label_column, score_column)
-    records = _read_delimited(path, columns, split, dialect=_GlueTsv)
+    columns = Columns(task.text_columns, task.label_column, score_column)
+    records = read_delimited(path, columns, split, dialect=GlueTsv)
     labelled = _labelled(task, split, path, columns, records, task.raw_labels)
     if split == "train":
         seen = {task.raw_labels[example.label] for example in labelled.examples}
@@ -155,8 +114,8 @@ def _load_generic(data: DataConfig, data_dir: Path | None, split: str) -> Labell
             f"data.text_columns: task {data.task} needs 1 or 2 column names,"
             f" got {data.text_columns!r}"
         )
-    columns = _Columns(tuple(data.text_columns), data.label_column, data.score_column)
-    read = _READERS[data.task]
+    columns = Columns(tuple(data.text_columns), data.label_column, data.score_column)
+    read = READERS[data.task]
     train = generic_file(data, data_dir, "train")
     label_names = _label_names(train, columns, read(train, columns, "train"))
     path = generic_file(data, data_dir, split)
@@ -189,7 +148,7 @@ def _check_readable(path: Path, key: str) -> None:
         raise DataError(f"{key}: {path} cannot be read (permission denied)")
 
 
-def _label_names(path: Path, columns: _Columns, records: Records) -> tuple[str, ...]:
+def _label_names(path: Path, columns: Columns, records: Records) -> tuple[str, ...]:
     """The train file's labels, sorted (numerically when all are integers): id = position."""
     seen = {_label(path, line, columns.label, row[columns.label]) for line, row in records}
     _two_classes(path, columns.label, seen)
@@ -212,7 +171,7 @@ def _labelled(
     task: TaskSpec,
     split: str,
     path: Path,
-    columns: _Columns,
+    columns: Columns,
     records: Iterable[tuple[int, Row]],
     raw_labels: Sequence[str],
 ) -> LabelledSplit:
@@ -221,7 +180,7 @@ def _labelled(
 
 
 def _examples(
-    path: Path, columns: _Columns, records: Iterable[tuple[int, Row]], raw_labels: Sequence[str]
+    path: Path, columns: Columns, records: Iterable[tuple[int, Row]], raw_labels: Sequence[str]
 ) -> list[Example]:
     ids = {raw: index for index, raw in enumerate(raw_labels)}
     examples = []
@@ -248,32 +207,6 @@ def _label(path: Path, line: int, column: str, value: object) -> str:
     return text
 
 
-def _label_kind(value: object) -> str | None:
-    """What a JSON label is: "text" or "a number"; None for what :func:`_label` refuses."""
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return "a number"
-    return None
-
-
-def _same_label_kind(
-    path: Path, line: int, column: str, value: object, first: tuple[int, object] | None
-) -> tuple[int, object]:
-    """The file's first label (its line and value); a later label of the other JSON type is
-    refused: ``1`` beside ``"x"`` is a mistake in the file, not one class more."""
-    if first is None:
-        return line, value
-    kinds = _label_kind(first[1]), _label_kind(value)
-    if None not in kinds and kinds[0] != kinds[1]:
-        raise DataError(
-            f"{path}:{line}: label {value!r} in column {column!r} is {kinds[1]}, but line"
-            f" {first[0]} gives {kinds[0]} ({first[1]!r}); a file's labels are all numbers"
-            " or all text"
-        )
-    return first
-
-
 def _text(path: Path, line: int, column: str, value: object) -> str:
     if not isinstance(value, str):
         raise DataError(f"{path}:{line}: column {column!r} holds {value!r}, not text")
@@ -295,7 +228,7 @@ def _score(path: Path, line: int, column: str, row: Row) -> float:
     return number
 
 
-def _fingerprint(path: Path, columns: _Columns, raw_labels: Sequence[str]) -> str:
+def _fingerprint(path: Path, columns: Columns, raw_labels: Sequence[str]) -> str:
     """sha256 of the file bytes and of how they were read (columns, label ids)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -304,135 +237,3 @@ def _fingerprint(path: Path, columns: _Columns, raw_labels: Sequence[str]) -> st
     read = [columns.text, columns.label, list(raw_labels)]
     digest.update(json.dumps([*read, columns.score] if columns.score else read).encode())
     return digest.hexdigest()
-
-
-def _require(
-    path: Path, line: int, present: Collection[str], columns: _Columns, split: str
-) -> None:
-    """Fail unless a header (or JSON object) has every column the task reads."""
-    wanted = (*columns.text, columns.label, *([columns.score] if columns.score else []))
-    missing = [column for column in wanted if column not in present]
-    if missing == [columns.label]:
-        raise DataError(
-            f"{path}:{line}: the {split} split has no labels:"
-            f" no column {columns.label!r} (columns: {names(present)})"
-        )
-    if missing:
-        raise DataError(
-            f"{path}:{line}: missing column {names(missing)} (columns: {names(present)})"
-        )
-
-
-@contextmanager
-def opened(path: Path) -> Iterator[TextIO]:
-    """The file as text; ``utf-8-sig`` drops a BOM so it never leaks into the first header."""
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            yield handle
-    except UnicodeDecodeError as error:
-        line = _undecodable_line(path)
-        raise DataError(f"{path}:{line}: not UTF-8 text ({error.reason})") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read: {error.strerror}") from None
-
-
-def _undecodable_line(path: Path) -> int:
-    """The first line that is not UTF-8; the decoder only knows an offset in its buffer."""
-    with path.open("rb") as handle:
-        for line, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return line
-    return 1
-
-
-def _read_delimited(
-    path: Path,
-    columns: _Columns,
-    split: str,
-    dialect: type[csv.Dialect] = csv.excel,
-) -> Records:
-    """Rows of a CSV/TSV with a header, streamed (QQP has 364k rows), by column name."""
-    csv.field_size_limit(_MAX_FIELD)
-    with opened(path) as handle:
-        reader = csv.reader(handle, dialect)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file; expected a header row")
-            _require(path, 1, header, columns, split)
-            end = reader.line_num
-            for fields in reader:
-                # A quoted field may span lines: report the line the row starts on.
-                line, end = end + 1, reader.line_num
-                if not fields:
-                    continue
-                if len(fields) != len(header):
-                    raise DataError(
-                        f"{path}:{line}: {len(fields)} fields, but the header has {len(header)}"
-                    )
-                yield line, dict(zip(header, fields, strict=True))
-        except csv.Error as error:
-            raise DataError(f"{path}:{reader.line_num}: {error}") from None
-
-
-def _read_jsonl(path: Path, columns: _Columns, split: str) -> Records:
-    """One JSON object per line; blank lines are skipped."""
-    first: tuple[int, object] | None = None  # the line and value of the file's first label
-    with opened(path) as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{line}: not valid JSON: {error.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-            _require(path, line, row, columns, split)
-            first = _same_label_kind(path, line, columns.label, row[columns.label], first)
-            yield line, row
-
-
-_READERS: dict[str, Callable[[Path, _Columns, str], Records]] = {
-    "csv": _read_delimited,
-    "jsonl": _read_jsonl,
-}
-
-
-def _load_hub(task: GlueTask, split: str) -> LabelledSplit:
-    """``nyu-mll/glue`` through ``datasets``, imported only here: it is an optional extra."""
-    hub_split = _HUB_SPLITS.get(split, split)
-    origin = f"hub:{_HUB_DATASET}/{task.name}/{hub_split}"
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            "data.source: hub needs the datasets library: pip install fedlora[hub]"
-        ) from None
-    try:
-        table = datasets.load_dataset(_HUB_DATASET, task.name, split=hub_split)
-    except Exception as error:  # network, auth and cache failures share no base class
-        if _hub_offline():
-            raise DataError(
-                f"data.source: the hub is offline (HF_HUB_OFFLINE is set) and {origin} is not"
-                " in the local cache; use data.source: folder with data.dir or $FEDLORA_DATA"
-            ) from error
-        raise DataError(f"data.source: cannot load {origin}: {error}") from error
-    labels = [int(label) for label in table["label"]]
-    if any(label < 0 for label in labels):
-        raise DataError(f"{origin}: the {split} split has no labels (GLUE keeps them private)")
-    texts_a, *rest = (table[column] for column in task.hub_text_columns)
-    texts_b = rest[0] if rest else [None] * len(labels)
-    examples = [Example(*fields) for fields in zip(texts_a, texts_b, labels, strict=True)]
-    fingerprint = hashlib.sha256(f"{origin}\0{table._fingerprint}".encode()).hexdigest()
-    return LabelledSplit(task, split, examples, origin, fingerprint)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def names(values: Iterable[object]) -> str:
-    return ", ".join(repr(value) for value in values)
