@@ -23,8 +23,9 @@ from fedlora.data.tasks import generic_task
 from fedlora.experiment import Prepared, prepare
 from fedlora.results.store import SUMMARY_FILE, read_global_state, write_config
 from fedlora.results.summary import summarize
+from fedlora.studies.figures import local_bars
 from fedlora.studies.sweep import Cell
-from fedlora.studies.table import local_bars, study_table
+from fedlora.studies.table import study_table
 
 NEW_KEYS = ("global_own", "global_own_loss", "own_gain", "own_loss_gain")
 

@@ -16,8 +16,8 @@ from fedlora.cli import app
 from fedlora.config import ConfigError
 from fedlora.results.events import read_events
 from fedlora.studies import processes
+from fedlora.studies.figures import local_bars
 from fedlora.studies.sweep import Cell, load_study, plan
-from fedlora.studies.table import local_bars
 
 runner = CliRunner()
 

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedlora.results.errors import RunFolderError
+from fedlora.studies.figures import plot_local, plot_study, study_metric
 from fedlora.studies.kept import CELLS_DIR, keep_cells, table_cells
 from fedlora.studies.sweep import Cell, StudyConfig
-from fedlora.studies.table import plot_local, plot_study, study_metric, study_table
+from fedlora.studies.table import study_table
 
 
 def narrowed(

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,15 @@ class Cell:
         except ConfigError:  # written by a schema that no longer validates: run it again
             return False
         return _same_experiment(stored, self.config, data_folder=not self.kept)
+
+
+def done_by_group_arm(cells: Sequence[Cell]) -> dict[str, dict[str, list[Cell]]]:
+    """The finished cells, by table (:attr:`Cell.group`) and arm, in the study's order."""
+    grouped: dict[str, dict[str, list[Cell]]] = defaultdict(lambda: defaultdict(list))
+    for cell in cells:
+        if cell.done:
+            grouped[cell.group][cell.arm].append(cell)
+    return grouped
 
 
 def _same_experiment(

@@ -1,0 +1,134 @@
+"""A study's figures across seeds: curves per arm, and the global model against the clients'
+local models (bars)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from fedlora.results.store import read_metrics, read_summary
+from fedlora.studies.sweep import Cell, done_by_group_arm
+
+
+def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> None:
+    """Per task (and setting), the seed-mean of ``metric`` on the eval split against the round
+    and against virtual time, one line per arm."""
+    grouped = done_by_group_arm(cells)
+    rows = max(1, len(grouped))
+    figure, axes = plt.subplots(rows, 2, figsize=(13, 4.5 * rows), squeeze=False)
+    for ax_row, (group, arms) in zip(axes, grouped.items(), strict=False):
+        split = next(iter(arms.values()))[0].config.eval.split  # a task's arms share it
+        for arm, done in arms.items():
+            runs = [read_metrics(c.folder) for c in done]
+            for ax, x_key in zip(ax_row, ("round", "virtual_time_s"), strict=True):
+                ax.plot(*_seed_mean(runs, x_key, metric), marker="o", markersize=3, label=arm)
+        for ax, x_label in zip(ax_row, ("round", "virtual time (s)"), strict=True):
+            ax.set_title(f"{group} (mean over seeds)")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(f"{split} {metric}")
+            ax.grid(alpha=0.3)
+        ax_row[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def study_metric(cells: Sequence[Cell]) -> str:
+    """The metric a study's curves and bars show: accuracy, or the loss for a task without
+    one (an instruction task)."""
+    done = next((c for c in cells if c.done), None)
+    if done is None or "accuracy" in read_summary(done.folder)["final"]:
+        return "accuracy"
+    return "loss"
+
+
+_LOCAL_BARS = (
+    ("global model, dev", lambda s, metric: s["final"][metric]),
+    (
+        "global model, own split",
+        lambda s, _: s["local"].get("global_own", {}).get("mean", math.nan),
+    ),
+    ("client models, own split", lambda s, _: s["local"]["own"]["mean"]),
+    ("client models, dev", lambda s, _: s["local"].get("dev", {}).get("mean", math.nan)),
+)
+
+
+def local_bars(
+    arms: dict[str, list[dict[str, Any]]], metric: str = "accuracy"
+) -> dict[str, list[list[float]]]:
+    """Each bar series' values of ``metric`` (the task's first: a client's local scores are in
+    it), per arm and seed; a series no cell scored (client models on the dev set when
+    ``eval.local_dev`` is off, the global model on the clients' own splits in summaries
+    written before it was scored) is left out rather than drawn as NaN."""
+    bars = {
+        label: [[value(s, metric) for s in runs] for runs in arms.values()]
+        for label, value in _LOCAL_BARS
+    }
+    return {
+        label: values
+        for label, values in bars.items()
+        if any(math.isfinite(x) for seeds in values for x in seeds)
+    }
+
+
+def plot_local(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> bool:
+    """Per task (and setting), bars per arm: the final global model on the dev set against
+    the clients' own trained models on their local test splits and on the dev set, and the
+    final global model on those same local splits (mean over clients; error bars: sd over
+    seeds, none for one seed). False, and no file, when no cell has local splits."""
+    grouped = {
+        group: {arm: [read_summary(c.folder) for c in done] for arm, done in arms.items()}
+        for group, arms in done_by_group_arm(cells).items()
+    }
+    grouped = {
+        group: {arm: runs for arm, runs in arms.items() if all("local" in s for s in runs)}
+        for group, arms in grouped.items()
+    }
+    grouped = {group: arms for group, arms in grouped.items() if arms}
+    if not grouped:
+        return False
+    figure, axes = plt.subplots(len(grouped), 1, figsize=(11, 4 * len(grouped)), squeeze=False)
+    for ax, (group, arms) in zip(axes[:, 0], grouped.items(), strict=True):
+        positions = np.arange(len(arms))
+        bars = local_bars(arms, metric)
+        width = 0.8 / len(bars)
+        for i, (label, values) in enumerate(bars.items()):
+            ax.bar(
+                positions + (i - (len(bars) - 1) / 2) * width,
+                [float(np.mean(v)) for v in values],
+                width,
+                yerr=[float(np.std(v, ddof=1)) if len(v) > 1 else math.nan for v in values],
+                label=label,
+                capsize=3,
+            )
+        ax.set_xticks(positions, list(arms))
+        if metric == "accuracy":
+            ax.set_ylim(0.3, 1.0)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{group}: global against local (mean over seeds)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _seed_mean(
+    runs: Sequence[Sequence[dict[str, float]]], x_key: str, metric: str
+) -> tuple[list[float], list[float]]:
+    """Mean of ``metric`` over the seeds at each evaluation index (seeds evaluate at the same
+    rounds; in virtual time each seed's own times are averaged too)."""
+    length = min(len(rows) for rows in runs)
+    xs = [statistics.fmean(rows[i][x_key] for rows in runs) for i in range(length)]
+    ys = [statistics.fmean(rows[i][metric] for rows in runs) for i in range(length)]
+    return xs, ys
