@@ -10,9 +10,7 @@ resumable.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -25,33 +23,10 @@ from fedlora.outcome import Evaluation, LocalEvaluation, Outcome
 from fedlora.policies import Arrival, Decision, Dispatch, Drop, Merge, Policy, Source
 from fedlora.server.defence import defend
 from fedlora.server.events import EventSink
+from fedlora.server.jobs import Job, Send
 from fedlora.server.screening import screen
 from fedlora.snapshot import Snapshot
 from fedlora.target import lower_is_better, meets
-
-
-@dataclass(frozen=True)
-class Send:
-    """Work for one client: train from ``state`` (already projected to its ``rank``)."""
-
-    job: int
-    client: int
-    version: int
-    rank: int
-    state: AdapterState
-    bytes: int  # down, charged when sent
-    upload_bytes: int  # what its result costs back (parts some aggregators keep local)
-
-
-@dataclass
-class Job:
-    """A job in flight: what it was sent, from which global version, since when."""
-
-    id: int
-    client: int
-    version: int
-    sent: AdapterState
-    dispatched: float = math.nan  # set when the runtime confirms the send
 
 
 class ServerCore:
