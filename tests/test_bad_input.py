@@ -357,6 +357,11 @@ CASES = [
         _run("server.policy=fedbuff", "server.concurrency=2", "server.window=7"),
     ),
     Case(
+        "a key the chosen policy never reads (`--set server.mixing=0.3` under `fedfa`)",
+        "--set server.mixing=0.3: server.mixing: policy fedfa does not read it (read by fedasync)",
+        _run("server.policy=fedfa", "server.mixing=0.3"),
+    ),
+    Case(
         "greedy answers asked of a classifier (`--set eval.generate={prompts: [hello]}`)",
         "eval.generate: needs an instruction task (data.task: instruct), but task 'csv' trains"
         " a classifier",

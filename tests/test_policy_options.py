@@ -7,19 +7,23 @@ import pytest
 
 from fedlora import policies
 from fedlora.config import ServerConfig
-from fedlora.policies.base import SHARED_KEYS, ClientInfo, registry
+from fedlora.policies.base import SHARED_KEYS, ClientInfo, PolicyOptions, registry
+from fedlora.policies.fedbuff import FedBuffOptions
+from fedlora.policies.fedfa import FedFaOptions
+from fedlora.policies.semiasync import SemiAsyncOptions
 
 
-def options(name: str, **server: object) -> object:
+def options(name: str, window: int) -> PolicyOptions:
     clients = [ClientInfo(c, 5) for c in range(4)]
-    config = ServerConfig(policy=name, concurrency=4, **server)  # type: ignore[arg-type]
+    config = ServerConfig(policy=name, concurrency=4, window=window)
     return policies.create(name, config, clients, 0).options
 
 
 def test_window_means_each_policy_s_own_k() -> None:
-    assert options("fedbuff", window=3).buffer == 3  # type: ignore[attr-defined]
-    assert options("fedfa", window=3).window == 3  # type: ignore[attr-defined]
-    assert options("semiasync", window=3).minimum == 3  # type: ignore[attr-defined]
+    fedbuff, fedfa, semiasync = (options(name, 3) for name in ("fedbuff", "fedfa", "semiasync"))
+    assert isinstance(fedbuff, FedBuffOptions) and fedbuff.buffer == 3
+    assert isinstance(fedfa, FedFaOptions) and fedfa.window == 3
+    assert isinstance(semiasync, SemiAsyncOptions) and semiasync.minimum == 3
 
 
 def test_each_policy_reads_only_its_keys() -> None:
