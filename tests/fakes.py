@@ -111,6 +111,13 @@ def run_cli(tmp_path: Path, raw: dict, out: Path, *extra: str) -> None:
     assert result.exit_code == 0, result.output
 
 
+def wall_clock(raw: dict) -> dict:
+    """``raw`` less the simulator's speed draw, which the wall-clock Flower runtime refuses
+    (real nodes train at their own speed)."""
+    raw["clients"].pop("speed", None)
+    return raw
+
+
 def delta_terms(
     global_state: AdapterState, jobs: Sequence[tuple[AdapterState, AdapterState, float]]
 ) -> list[WeightedState]:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from fakes import assert_same_global, merged_jobs, run_cli
+from fakes import assert_same_global, merged_jobs, run_cli, wall_clock
 from flwr.app import Context, Message
 from instruct_data import instruct_config, write_questions
 from local_grid import ClientCall, LocalGrid
@@ -32,7 +32,7 @@ def test_fedavg_of_an_instruction_task_over_flower_reports_what_the_simulator_re
 ) -> None:
     """Same jobs, batches and seeds under FedAvg: the same merges, global adapter, response
     loss metrics, per-evaluation predictions and readouts as the in-process simulator."""
-    raw = instruct_config(tmp_path)
+    raw = wall_clock(instruct_config(tmp_path))
     raw["data"] |= {"max_length": 32, "max_eval_examples": 12}
     raw["eval"] |= {
         "choices": {"file": str(write_questions(tmp_path / "mc.jsonl", 4))},

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import assert_same_global, merged_jobs, run_cli
+from fakes import assert_same_global, merged_jobs, run_cli, wall_clock
 from flwr.app import Context, Message, RecordDict
 from local_grid import ClientCall, LocalGrid
 
@@ -27,7 +27,7 @@ from fedlora.results.events import read_events
 def flower_config(tiny_config: dict) -> dict:
     tiny_config["clients"]["ranks"] = [2, 4, 8, 4]
     tiny_config["server"] |= {"aggregator": "hlora", "concurrency": 3, "window": 2}
-    return tiny_config
+    return wall_clock(tiny_config)
 
 
 def federate(raw: dict, out: Path, apps: dict[int, ClientCall] | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import wall_clock
 from flwr.app import Context, Message
 from local_grid import ClientCall, LocalGrid
 
@@ -181,7 +182,7 @@ def test_the_server_app_finishes_and_counts_the_hostile_updates(
     tmp_path: Path, hostile_config: dict, name: str
 ) -> None:
     hostile_config["server"] |= {"max_update_norm": 1.0, "norm_action": "clip"}
-    config = build_config(hostile_config)
+    config = build_config(wall_clock(hostile_config))
     calls: dict[int, ClientCall] = {k: client_app for k in range(4)}
     grid = LocalGrid(calls | {HOSTILE: tampering(ATTACKS[name])})
     summary = run_federation(grid, config, tmp_path / "run", wait_s=1.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes import run_cli
+from fakes import run_cli, wall_clock
 from local_grid import LocalGrid
 from typer.testing import CliRunner
 
@@ -101,7 +101,7 @@ def test_a_held_folder_is_refused_to_a_new_run(tmp_path: Path, tiny_config: dict
 
 
 def _federate(raw: dict, folder: Path) -> dict:
-    config = build_config(raw)
+    config = build_config(wall_clock(raw))
     grid = LocalGrid({k: client_app for k in range(config.clients.num)})
     return run_federation(grid, config, folder, wait_s=1.0)
 

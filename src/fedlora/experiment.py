@@ -60,7 +60,8 @@ from fedlora.results.store import (
     write_config,
     write_run,
 )
-from fedlora.sim.engine import build_simulation
+from fedlora.runtimes import Runtime, Wiring
+from fedlora.sim.engine import SimRuntime
 from fedlora.snapshot import Snapshot
 
 
@@ -136,8 +137,10 @@ def run_experiment(
     resume: bool = False,
     interrupted: Callable[[], bool] = lambda: False,
     overwrite: bool = False,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Prepare, simulate and write ``folder``; returns the summary.
+    """Prepare, run under ``runtime`` (default: the simulator) and write ``folder``; returns
+    the summary. The one composition root: every runtime runs through it.
 
     The run holds ``folder`` as its one writer from start to end: a new run claims it
     (:func:`~fedlora.results.folders.claim_run_folder`; ``overwrite`` replaces a run there, so
@@ -146,10 +149,14 @@ def run_experiment(
     (``runtime.checkpoint_*``); ``resume`` continues from that checkpoint, verified, with the
     same events, metrics and adapter as an uninterrupted run. ``interrupted`` is polled between
     completions: when it answers True the run checkpoints and raises :class:`Interrupted`.
+    A key that means nothing under ``runtime`` is refused before anything is written.
     """
+    runtime = runtime if runtime is not None else SimRuntime()
+    runtime.check(config)
     with hold_run_folder(folder) if resume else claim_run_folder(folder, overwrite):
         snapshot = read_checkpoint(folder) if resume else None
         prepared = prepare(config)
+        runtime.connect(config)
         if snapshot is None:
             write_config(folder, with_resolved_data_dir(config))
             read_start(folder, prepared)
@@ -164,20 +171,21 @@ def run_experiment(
             write_checkpoint(folder, snap, log.mark())
 
         with log:
-            sizes = [len(indices) for indices in prepared.data.client_train]
-            simulation = build_simulation(
-                config,
-                prepared.learner,
-                sizes,
-                log,
-                progress=evaluation_writer(folder, prepared.learner, progress),
-                checkpoint=save,
-                interrupted=interrupted,
+            driver = runtime.driver(
+                Wiring(
+                    config,
+                    prepared.learner,
+                    [len(indices) for indices in prepared.data.client_train],
+                    log,
+                    evaluation_writer(folder, prepared.learner, progress),
+                    save,
+                    interrupted,
+                )
             )
             if snapshot is not None:
-                simulation.load_state_dict(snapshot)
-            outcome = simulation.run()
-            if simulation.core.stopped == "interrupted":
+                driver.load_state_dict(snapshot)
+            outcome = driver.run()
+            if driver.core.stopped == "interrupted":
                 raise Interrupted(folder, outcome.steps)
         summary = write_results(folder, prepared, outcome)
         remove_checkpoint(folder)

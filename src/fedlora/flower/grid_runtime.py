@@ -1,60 +1,30 @@
-"""The Flower runtime's server loop: drives the server core over a Grid's push/pull messages.
+"""The Flower runtime's server loop: drives the server core over a Grid in wall-clock time.
 
-Its own loop, not ``Grid.send_and_receive`` (which waits for a whole batch and sleeps 3 s
-between pulls): every reply is handed to the core as soon as a pull returns it, with the wall
-seconds since the run started, and the core's answer is pushed at once. A job whose reply is
-an error, that outlives ``server.job_timeout``, or whose node leaves the federation, is lost.
+Every reply is handed to the core as soon as a pull returns it (:mod:`fedlora.flower.inbox`),
+with the wall seconds since the run started, and the core's answer is pushed at once. A job
+whose reply is an error, that outlives ``server.job_timeout`` (wall seconds here), or whose
+node leaves the federation, is lost.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedlora.adapters import AdapterState
-from fedlora.flower.client_app import PARTITION_KEY, put_experiment
-from fedlora.flower.records import JobFields, ResultFields, get_state, payload_bytes, put_state
+from fedlora.config import ConfigError
+from fedlora.flower.client_app import PARTITION_KEY
+from fedlora.flower.inbox import Answer, Inbox, train_message
+from fedlora.flower.records import JobFields, payload_bytes
 from fedlora.outcome import Outcome
 from fedlora.server import Send, ServerCore
+from fedlora.snapshot import Snapshot
 
 
 class FederationError(RuntimeError):
     """The federation cannot run as configured (e.g. a client has no node)."""
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A pushed job: the node it went to and when (wall seconds since the start)."""
-
-    job: int
-    node: int
-    since: float
-
-
-def train_message(
-    state: AdapterState, fields: JobFields, node: int, config_json: str, ttl: float | None = None
-) -> Message:
-    """A job for ``node``: the adapter it starts from, the job's fields and the experiment."""
-    content = RecordDict()
-    put_state(content, state)
-    fields.put(content)
-    put_experiment(content, config_json)
-    return Message(content, node, MessageType.TRAIN, ttl=ttl, group_id=str(fields.version))
-
-
-def read_result(reply: Message, node: int) -> tuple[ResultFields, AdapterState]:
-    """What ``node`` replied to a job; ``ValueError`` naming the node when the reply is an
-    error or malformed (the job is then lost)."""
-    if reply.has_error():
-        raise ValueError(f"node {node}: {reply.error.reason}")
-    try:
-        return ResultFields.get(reply.content), get_state(reply.content)
-    except (KeyError, ValueError) as error:  # InvalidUpdate is a ValueError
-        raise ValueError(f"node {node}: malformed reply: {error}") from None
 
 
 def discover_clients(
@@ -110,16 +80,13 @@ class GridRuntime:
         liveness_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.grid = grid
         self.core = core
         self.nodes = dict(nodes)
         self.config_json = config_json
         self.timeout = core.config.server.job_timeout
-        self.poll_s = poll_s
-        self.liveness_s = liveness_s
+        self.inbox = Inbox(grid, self.timeout, poll_s, liveness_s, clock)
         self._clock = clock
         self._start = clock()
-        self._pending: dict[str, Pending] = {}  # message id: job
 
     def now(self) -> float:
         return self._clock() - self._start
@@ -127,61 +94,27 @@ class GridRuntime:
     def run(self) -> Outcome:
         core = self.core
         self._push(core.start(self.now()))
-        checked = self.now()
-        while core.stopped is None and self._pending:
-            replies = list(self.grid.pull_messages(list(self._pending)))
-            for reply in replies:
-                self._receive(reply)
-            self._expire()
-            if self.now() - checked >= self.liveness_s:
-                self._check_nodes()
-                checked = self.now()
-            if not replies:
-                time.sleep(self.poll_s)
+        while core.stopped is None and self.inbox:
+            for answer in self.inbox.answers():
+                self._receive(answer)
         return core.finish(self.now())
+
+    def load_state_dict(self, snap: Snapshot) -> None:
+        raise ConfigError("the wall-clock Flower runtime (--runtime flower) does not resume yet")
 
     def _push(self, sends: Sequence[Send]) -> None:
         for send in sends:
             node = self.nodes[send.client]
             fields = JobFields(send.job, send.client, send.version, send.rank)
             message = train_message(send.state, fields, node, self.config_json, self.timeout)
-            (message_id,) = self.grid.push_messages([message])
-            now = self.now()
-            self._pending[message_id] = Pending(send.job, node, now)
-            self.core.sent(send, now, node=node, wire_bytes=payload_bytes(message.content))
+            self.inbox.push(message, send.job)
+            self.core.sent(send, self.now(), node=node, wire_bytes=payload_bytes(message.content))
 
-    def _receive(self, reply: Message) -> None:
-        pending = self._pending.pop(reply.metadata.reply_to_message_id, None)
-        if pending is None:
-            return
-        now = self.now()
+    def _receive(self, answer: Answer) -> None:
+        job = answer.pending.job
         try:
-            result, update = read_result(reply, pending.node)
+            result, update = answer.read()
         except ValueError as failure:
-            self._push(self.core.lost(pending.job, str(failure), now))
+            self._push(self.core.lost(job, str(failure), self.now()))
             return
-        self._push(self.core.arrival(pending.job, update, result.examples, result.loss, now))
-
-    def _expire(self) -> None:
-        """Jobs past ``job_timeout`` are lost, unless their reply came while the loop was busy."""
-        if self.timeout is None:
-            return
-        now = self.now()
-        late = [m for m, p in self._pending.items() if now - p.since > self.timeout]
-        if not late:
-            return
-        for reply in self.grid.pull_messages(late):
-            self._receive(reply)
-        for message_id in late:
-            pending = self._pending.pop(message_id, None)
-            if pending is not None:
-                reason = f"no result within job_timeout {self.timeout:g}s"
-                self._push(self.core.lost(pending.job, reason, now))
-
-    def _check_nodes(self) -> None:
-        online = set(self.grid.get_node_ids())
-        gone = [m for m, p in self._pending.items() if p.node not in online]
-        for message_id in gone:
-            pending = self._pending.pop(message_id)
-            reason = f"node {pending.node} left the federation"
-            self._push(self.core.lost(pending.job, reason, self.now()))
+        self._push(self.core.arrival(job, update, result.examples, result.loss, self.now()))

@@ -8,23 +8,17 @@ node to connect, default 120).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedlora.config import ExperimentConfig, load_config, with_resolved_data_dir
-from fedlora.experiment import evaluation_writer, prepare, read_start, write_results
-from fedlora.flower.client_app import node_experiment
-from fedlora.flower.grid_jobs import GridJobs
-from fedlora.flower.grid_runtime import GridRuntime, discover_clients
-from fedlora.results.events import EventLog
-from fedlora.results.folders import claim_run_folder
-from fedlora.results.store import EVENTS_FILE, write_config
-from fedlora.server.build import build_core
-from fedlora.sim.engine import build_simulation
-from fedlora.sim.profiles import draw_profiles
+from fedlora.config import ExperimentConfig, load_config
+from fedlora.experiment import run_experiment
+from fedlora.flower.runtimes import FlowerRuntime, FlowerSimRuntime
+from fedlora.outcome import Outcome
 
 
 def run_federation(
@@ -33,39 +27,27 @@ def run_federation(
     folder: Path,
     wait_s: float = 120.0,
     virtual_clock: bool = False,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[Outcome], None] | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Run ``config`` over ``grid`` into ``folder``; returns the summary.
+    """Run ``config`` over ``grid`` into ``folder`` through the one composition root
+    (:func:`~fedlora.experiment.run_experiment`); returns the summary.
 
-    In wall-clock time, replies merged as they come; or, with ``virtual_clock`` (Flower's
-    simulation engine), under the simulator's clock and cost model, the nodes only training:
-    the in-process simulator's event log, with the jobs trained in parallel.
+    In wall-clock time, replies merged as they come (``--runtime flower``); or, with
+    ``virtual_clock`` (Flower's simulation engine, ``--runtime flower-sim``), under the
+    simulator's clock and cost model, the nodes only training: the in-process simulator's event
+    log, with the jobs trained in parallel, checkpointed and resumable (``resume``) as the
+    simulator's are.
 
     The run holds ``folder`` as its one writer, as ``fedlora run`` does; a folder that already
-    holds a run, or that another process is writing, is refused (``ConfigError`` or
-    ``RunFolderError``) and left as it was.
+    holds a run (unless ``overwrite``), or that another process is writing, is refused
+    (``ConfigError`` or ``RunFolderError``) and left as it was.
     """
-    prepared = prepare(config)
-    with claim_run_folder(folder, overwrite=False):
-        nodes = discover_clients(grid, config.clients.num, wait_s)
-        write_config(folder, with_resolved_data_dir(config))
-        read_start(folder, prepared)
-        with EventLog(folder / EVENTS_FILE) as log:
-            learner = prepared.learner
-            sizes = [len(indices) for indices in prepared.data.client_train]
-            written = evaluation_writer(folder, learner, None)
-            if virtual_clock:
-                jobs = GridJobs(grid, nodes, node_experiment(config))
-                simulation = build_simulation(
-                    config, learner, sizes, log, runner=jobs, progress=written
-                )
-                outcome = simulation.run()
-            else:
-                profiles = draw_profiles(config.clients, config.lora.r, config.seed)
-                ranks = [p.rank for p in profiles]
-                initial = learner.initial_state()
-                core = build_core(config, initial, sizes, ranks, learner, log, progress=written)
-                outcome = GridRuntime(grid, core, nodes, node_experiment(config)).run()
-        return write_results(folder, prepared, outcome)
+    runtime = FlowerSimRuntime(grid, wait_s) if virtual_clock else FlowerRuntime(grid, wait_s)
+    return run_experiment(config, folder, progress, resume, interrupted, overwrite, runtime)
 
 
 app = ServerApp()

@@ -56,6 +56,10 @@ class EventClock(Generic[T]):
     def __len__(self) -> int:
         return len(self._heap)
 
+    def pending(self) -> list[T]:
+        """The scheduled items, in completion order."""
+        return [e.item for e in sorted(self._heap)]
+
     def state_dict(self, item_to_json: Callable[[T], Any]) -> dict[str, Any]:
         """The clock's state as JSON-ready data; ``item_to_json`` encodes each pending item."""
         heap = [[e.finish, e.seq, item_to_json(e.item)] for e in self._heap]

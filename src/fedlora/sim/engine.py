@@ -22,6 +22,7 @@ from fedlora import policies
 from fedlora.client.protocol import Learner, plan_job
 from fedlora.config import ExperimentConfig
 from fedlora.outcome import Outcome
+from fedlora.runtimes import Wiring
 from fedlora.server import Send, ServerCore
 from fedlora.server.build import build_core
 from fedlora.server.events import EventSink
@@ -182,6 +183,9 @@ class Simulation:
         self._grid_point = state.get("grid_point", 1)  # absent from checkpoints made before it
         self._saved_at = (self.core.outcome.steps, time.perf_counter())
         self._started = True
+        for job in self.clock.pending():  # the jobs in flight start again, all at once
+            if job.lost is None:
+                self.runner.submit(self.core.in_flight[job.id], job.batches, job.seed)
 
 
 def build_simulation(
@@ -212,3 +216,30 @@ def build_simulation(
         progress=progress,
     )
     return Simulation(config, learner, core, profiles, checkpoint, interrupted, runner)
+
+
+@dataclass(frozen=True)
+class SimRuntime:
+    """The simulator as a runtime: virtual time, the config's cost model and availability;
+    ``runner`` trains the jobs (default: the learner, in this process)."""
+
+    runner: JobRunner | None = None
+    name: str = "sim"
+
+    def check(self, config: ExperimentConfig) -> None:
+        """Every key means something in virtual time."""
+
+    def connect(self, config: ExperimentConfig) -> None:
+        """Nothing to find: the clients are this process's."""
+
+    def driver(self, wiring: Wiring) -> Simulation:
+        return build_simulation(
+            wiring.config,
+            wiring.learner,
+            wiring.client_sizes,
+            wiring.log,
+            progress=wiring.progress,
+            checkpoint=wiring.checkpoint,
+            interrupted=wiring.interrupted,
+            runner=self.runner,
+        )

@@ -24,11 +24,12 @@ class JobFailed(Exception):
 
 class JobRunner(Protocol):
     def submit(self, job: Job, batches: Sequence[np.ndarray], seed: int) -> None:
-        """Start ``job`` (at its dispatch; a job that will never deliver is not submitted)."""
+        """Start ``job`` (at its dispatch, and again when a run resumes with it in flight; a
+        job that will never deliver is not submitted)."""
 
     def result(self, job: Job, batches: Sequence[np.ndarray], seed: int) -> LocalResult:
-        """The trained result of ``job`` (submitted, or not if the run resumed since);
-        raises :class:`JobFailed` when its trainer failed."""
+        """The trained result of the submitted ``job``; raises :class:`JobFailed` when its
+        trainer failed."""
 
 
 class InProcess:

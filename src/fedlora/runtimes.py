@@ -1,0 +1,93 @@
+"""What the one composition root (:mod:`fedlora.experiment`) asks of a runtime.
+
+A runtime only moves bytes and keeps time: the root prepares the experiment, claims the run
+folder, opens the event log, checkpoints and writes the results; a runtime turns what the root
+built (:class:`Wiring`) into a :class:`Driver` that drives the server core to its end. The
+simulator (``sim``), Flower's simulation engine (``flower-sim``) and Flower's wall-clock Grid
+(``flower``) are each one small :class:`Runtime`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedlora.client.protocol import Learner
+from fedlora.config import ConfigError, ExperimentConfig
+from fedlora.outcome import Outcome
+from fedlora.server import ServerCore
+from fedlora.server.events import EventSink
+from fedlora.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the root hands a runtime: the prepared experiment and the run folder's sinks."""
+
+    config: ExperimentConfig
+    learner: Learner
+    client_sizes: Sequence[int]
+    log: EventSink
+    progress: Callable[[Outcome], None]
+    checkpoint: Callable[[Snapshot], None]
+    interrupted: Callable[[], bool]
+
+
+class Driver(Protocol):
+    """One run of the core: started, or continued from a checkpoint, and driven to its end."""
+
+    @property
+    def core(self) -> ServerCore: ...
+
+    def run(self) -> Outcome: ...
+
+    def load_state_dict(self, snap: Snapshot) -> None:
+        """Continue from a checkpoint instead of starting."""
+
+
+class Runtime(Protocol):
+    @property
+    def name(self) -> str:
+        """As ``fedlora run --runtime`` names it."""
+        ...
+
+    def check(self, config: ExperimentConfig) -> None:
+        """Raise :class:`ConfigError` for a key that means nothing under this runtime."""
+
+    def connect(self, config: ExperimentConfig) -> None:
+        """Find the clients' trainers (before the run folder is written)."""
+
+    def driver(self, wiring: Wiring) -> Driver: ...
+
+
+@dataclass(frozen=True)
+class Meaningless:
+    """A config key that means nothing under a runtime, refused there when set."""
+
+    key: str  # dotted: section.field
+    why: str
+
+    def value(self, config: ExperimentConfig) -> object:
+        section, field = self.key.split(".")
+        return getattr(getattr(config, section), field)
+
+    def default(self, config: ExperimentConfig) -> object:
+        section, field = self.key.split(".")
+        return (
+            type(getattr(config, section))
+            .model_fields[field]
+            .get_default(call_default_factory=True)
+        )
+
+
+def refuse(config: ExperimentConfig, runtime: str, keys: Sequence[Meaningless]) -> None:
+    """:class:`ConfigError` naming every key of ``keys`` that ``config`` sets to anything but
+    its default: under ``runtime`` it would be silently ignored."""
+    set_keys = [k for k in keys if k.value(config) != k.default(config)]
+    if set_keys:
+        lines = "; ".join(f"{k.key} ({k.why})" for k in set_keys)
+        raise ConfigError(
+            f"--runtime {runtime}: {lines}: these keys mean nothing under this runtime;"
+            " remove them from the config, or run under --runtime sim"
+        )
