@@ -8,6 +8,7 @@ from fedlora import policies
 from fedlora.config import ConfigError, ServerConfig, StalenessConfig, build_config
 from fedlora.policies import Arrival, ClientInfo, Dispatch, Drop, Merge, Source
 from fedlora.policies.staleness import staleness_factor
+from fedlora.preflight import check_setup
 
 
 def make(name: str, sizes: list[int], seed: int = 0, **server: object) -> policies.Policy:
@@ -165,5 +166,7 @@ def test_asynchronous_slots_go_to_idle_clients_and_count_rounds() -> None:
 
 def test_concurrency_above_the_clients_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"server\.concurrency: 10 clients training at once"):
-        build_config({"clients": {"num": 4}, "server": {"policy": "fedfa", "concurrency": 10}})
-    build_config({"clients": {"num": 4}, "server": {"policy": "fedavg"}})  # fedavg ignores it
+        check_setup(
+            build_config({"clients": {"num": 4}, "server": {"policy": "fedfa", "concurrency": 10}})
+        )
+    check_setup(build_config({"clients": {"num": 4}, "server": {"policy": "fedavg"}}))  # unread
