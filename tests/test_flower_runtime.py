@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fakes import assert_same_global, merged_jobs, run_cli, wall_clock
 from flwr.app import Context, Message, RecordDict
 from local_grid import ClientCall, LocalGrid
+from typer.testing import CliRunner
 
-from fedlora.config import build_config
+from fedlora.cli import app
+from fedlora.config import ConfigError, build_config
 from fedlora.flower.client_app import app as client_app
 from fedlora.flower.client_app import train_content
 from fedlora.flower.grid_runtime import FederationError, discover_clients
 from fedlora.flower.records import JobFields
+from fedlora.flower.runtimes import FlowerSimRuntime
 from fedlora.flower.server_app import run_federation
 from fedlora.results.events import read_events
 
@@ -160,3 +164,37 @@ def test_the_run_folder_reports_like_the_simulators(tmp_path: Path, flower_confi
     federate(flower_config, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["policy"] == "fedavg" and summary["bytes_up"] == summary["bytes_down"] > 0
+
+
+def test_the_simulators_keys_are_refused_in_wall_clock_time(
+    tmp_path: Path, flower_config: dict
+) -> None:
+    """Under the wall-clock runtime a key only the simulator reads is refused, with its
+    reason, before the run folder is touched; under the simulation engine it is kept."""
+    flower_config["server"]["max_virtual_time"] = 100.0
+    flower_config["clients"] |= {"ranks": {2: 0.5, 4: 0.5}, "rank_by": "speed"}
+    with pytest.raises(ConfigError) as refused:
+        federate(flower_config, tmp_path / "run")
+    assert str(refused.value) == (
+        "--runtime flower: server.max_virtual_time (a limit in virtual time; use"
+        " server.max_steps); clients.rank_by (speed: a simulated speed would rank real nodes):"
+        " these keys mean nothing under this runtime; remove them from the config, or run"
+        " under --runtime sim"
+    )
+    assert not (tmp_path / "run").exists()
+    FlowerSimRuntime(LocalGrid({})).check(build_config(flower_config))
+
+
+def test_fedlora_run_checks_a_config_for_a_deployment_and_names_the_flwr_command(
+    tmp_path: Path, flower_config: dict
+) -> None:
+    config_file = tmp_path / "flower.yaml"
+    config_file.write_text(yaml.safe_dump(flower_config | {"eval": {"grid_seconds": 5.0}}))
+    command = ["run", str(config_file), "--runtime", "flower", "--out", str(tmp_path / "run")]
+    refused = CliRunner().invoke(app, command)
+    assert refused.exit_code == 2 and "eval.grid_seconds (no evaluation grid" in refused.output
+    config_file.write_text(yaml.safe_dump(flower_config))
+    named = CliRunner().invoke(app, command)
+    assert named.exit_code == 2 and "flwr run deploy/flower FEDERATION" in named.output
+    assert f'config="{config_file.resolve()}"' in named.output
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ be made."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -15,9 +16,12 @@ from pathlib import Path
 import pytest
 from fakes import assert_same_global, run_cli
 from instruct_data import instruct_config
+from typer.testing import CliRunner
 
+from fedlora.cli import app
 from fedlora.config import build_config
 from fedlora.results.events import read_events
+from fedlora.results.store import CHECKPOINT_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -48,7 +52,8 @@ def rerun_in_loopback_namespace(test: str) -> None:
 def test_fedfa_under_the_simulation_engine_logs_what_the_simulator_logs(
     tmp_path: Path, tiny_config: dict
 ) -> None:
-    """Asynchronous, heterogeneous ranks, lost jobs: the engine's nodes finish in whatever
+    """``fedlora run --runtime flower-sim`` against ``--runtime sim`` (the default), for
+    FedFa: asynchronous, heterogeneous ranks, lost jobs. The engine's nodes finish in whatever
     order, yet the server takes their results in virtual-time order, so the event log (wall
     times aside) and the global adapter are the in-process simulator's."""
     pytest.importorskip("ray", reason="Ray is the simulation extra: pip install -e '.[simulation]'")
@@ -56,17 +61,43 @@ def test_fedfa_under_the_simulation_engine_logs_what_the_simulator_logs(
     if os.environ.get(INSIDE) != "1":
         rerun_in_loopback_namespace(test)
         return
-    from fedlora.flower.simulation import simulate
-
     tiny_config["clients"] |= {"ranks": [2, 4, 8, 4], "availability": {"failure_prob": 0.2}}
     tiny_config["server"] = {"policy": "fedfa", "aggregator": "hlora", "concurrency": 3,
                              "window": 2, "rounds": 3}  # fmt: skip
-    simulate(build_config(tiny_config), tmp_path / "engine", cpus_per_client=1.0)
+    run_cli(tmp_path, tiny_config, tmp_path / "engine", "--runtime", "flower-sim")
     run_cli(tmp_path, tiny_config, tmp_path / "sim")
     sim = events_without_wall(tmp_path / "sim")
     assert {e["type"] for e in sim} >= {"dispatch", "arrival", "merge", "lost", "eval"}
     assert_same_events(tmp_path / "engine", tmp_path / "sim")
     assert_same_global(tmp_path / "engine", tmp_path / "sim")
+
+
+def test_a_flower_sim_run_stopped_and_resumed_ends_as_an_uninterrupted_run(
+    tmp_path: Path, tiny_config: dict
+) -> None:
+    """FedAvg on the engine, stopped at a safe point after three completions (a checkpoint)
+    and continued by ``fedlora run --resume DIR --runtime flower-sim``: the uninterrupted
+    simulator's event log and global adapter."""
+    pytest.importorskip("ray", reason="Ray is the simulation extra: pip install -e '.[simulation]'")
+    test = "test_a_flower_sim_run_stopped_and_resumed_ends_as_an_uninterrupted_run"
+    if os.environ.get(INSIDE) != "1":
+        rerun_in_loopback_namespace(test)
+        return
+    from fedlora.experiment import Interrupted
+    from fedlora.flower.simulation import simulate
+
+    engine = tmp_path / "engine"
+    polls = itertools.count()
+    with pytest.raises(Interrupted, match=r"interrupted after \d+ server steps"):
+        simulate(build_config(tiny_config), engine, interrupted=lambda: next(polls) >= 3)
+    assert (engine / CHECKPOINT_FILE).is_file() and not (engine / "summary.json").exists()
+    resumed = CliRunner().invoke(
+        app, ["run", "--resume", str(engine), "--runtime", "flower-sim", "--quiet"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    run_cli(tmp_path, tiny_config, tmp_path / "sim")
+    assert_same_events(engine, tmp_path / "sim")
+    assert_same_global(engine, tmp_path / "sim")
 
 
 def test_an_instruction_task_under_the_simulation_engine_logs_what_the_simulator_logs(

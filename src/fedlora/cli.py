@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default run never needs a hub
 
@@ -41,6 +43,14 @@ console = Console(stderr=True)
 _USER_ERRORS = (ConfigError, DataError, PartitionError, RunFolderError)
 
 
+class Runtime(str, Enum):
+    """Who drives the server core: each is a driver of the one composition root."""
+
+    sim = "sim"
+    flower_sim = "flower-sim"
+    flower = "flower"
+
+
 ConfigFile = Annotated[Path, typer.Argument(help="Experiment YAML file.")]
 Overrides = Annotated[
     list[str] | None,
@@ -66,10 +76,18 @@ def run(
         typer.Option(help="Continue the killed or interrupted run in this folder."),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    runtime: Annotated[
+        Runtime,
+        typer.Option(
+            help="sim: the in-process simulator; flower-sim: the same virtual clock on Flower's"
+            " simulation engine (Ray), jobs trained in parallel; flower: a Flower deployment"
+            " (checks the config, then names the flwr run command)."
+        ),
+    ] = Runtime.sim,
 ) -> None:
-    """Simulate a federated LoRA fine-tuning run and write its results folder.
+    """Run a federated LoRA fine-tuning experiment and write its results folder.
 
-    It checkpoints as it goes: Ctrl-C stops it at a safe point, --resume DIR continues it exactly.
+    It checkpoints as it goes: Ctrl-C stops at a safe point, --resume DIR continues it exactly.
     """
     from rich.progress import (
         BarColumn,
@@ -98,8 +116,12 @@ def run(
             config = load_config(config_file, set_ or [])
             folder = _out_folder(out, Path("results") / config.name)
         check(config)  # first: the run claims (with --overwrite: empties) its folder only after
+        if runtime is Runtime.flower:
+            _refuse_virtual_keys(config, resume)
     except _USER_ERRORS as error:
         raise _fail(error) from None
+    if runtime is Runtime.flower:
+        raise _deploy_instead(config_file, folder, bool(set_))
 
     with (
         Progress(
@@ -123,9 +145,21 @@ def run(
             bar.update(task, completed=outcome.rounds, status=status)
 
         try:
-            summary = run_experiment(
-                config, folder, show, resume is not None, interrupted, overwrite
-            )
+            if runtime is Runtime.flower_sim:
+                simulate = _flower_simulation()
+                console.print(_RAY_LISTENS, highlight=False, soft_wrap=True)
+                summary = simulate(
+                    config,
+                    folder,
+                    resume=resume is not None,
+                    overwrite=overwrite,
+                    progress=show,
+                    interrupted=interrupted,
+                )
+            else:
+                summary = run_experiment(
+                    config, folder, show, resume is not None, interrupted, overwrite
+                )
         except _USER_ERRORS as error:
             raise _fail(error) from None
         except Interrupted as stop:
@@ -151,6 +185,52 @@ def run(
     if failure := learning_failure(summary):
         console.print(f"[bold red]the run did not learn:[/] {failure}", highlight=False)
         raise typer.Exit(code=3)
+
+
+_RAY_LISTENS = (
+    "flower-sim: Ray listens on every network interface while the run lasts; where that"
+    " matters, run in a loopback-only network namespace (unshare -rn, with lo up)"
+)
+
+
+def _flower_simulation() -> Callable[..., dict[str, Any]]:
+    """``fedlora.flower.simulation.simulate``, or the extra to install when Ray is missing."""
+    try:
+        import ray  # noqa: F401  (Flower imports it only once the engine starts)
+
+        from fedlora.flower.simulation import simulate
+    except ImportError as missing:
+        raise ConfigError(
+            f"--runtime flower-sim needs Flower's simulation engine ({missing}):"
+            " pip install -e '.[simulation]'"
+        ) from None
+    return simulate
+
+
+def _refuse_virtual_keys(config: ExperimentConfig, resume: Path | None) -> None:
+    """What ``--runtime flower`` can say before a deployment runs: the keys it refuses."""
+    from fedlora.flower.runtimes import VIRTUAL_ONLY
+    from fedlora.runtimes import refuse
+
+    if resume is not None:
+        raise ConfigError("--runtime flower: a deployed run does not resume yet")
+    refuse(config, Runtime.flower.value, VIRTUAL_ONLY)
+
+
+def _deploy_instead(config_file: Path | None, folder: Path, overridden: bool) -> typer.Exit:
+    """A deployed run starts on the SuperLink's machine with ``flwr run``: the command."""
+    config = Path(str(config_file)).resolve()
+    if overridden:
+        console.print("--set does not reach a deployment: write the overrides into the file")
+    console.print(
+        "--runtime flower: the config suits a deployment. fedlora run does not submit to a"
+        " SuperLink; with the SuperLink and one SuperNode per client running (README, 'Flower'),"
+        f" start it with:\n  flwr run deploy/flower FEDERATION --stream --run-config"
+        f' \'config="{config}" out="{folder.resolve()}"\'',
+        highlight=False,
+        soft_wrap=True,
+    )
+    return typer.Exit(code=2)
 
 
 def _overrides_suffix(overrides: list[str]) -> str:
