@@ -117,11 +117,11 @@ def run(
             folder = _out_folder(out, Path("results") / config.name)
         check(config)  # first: the run claims (with --overwrite: empties) its folder only after
         if runtime is Runtime.flower:
-            _refuse_virtual_keys(config, resume)
+            _refuse_virtual_keys(config)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     if runtime is Runtime.flower:
-        raise _deploy_instead(config_file, folder, bool(set_))
+        raise _deploy_instead(config_file, folder, resume is not None, bool(set_))
 
     with (
         Progress(
@@ -207,26 +207,30 @@ def _flower_simulation() -> Callable[..., dict[str, Any]]:
     return simulate
 
 
-def _refuse_virtual_keys(config: ExperimentConfig, resume: Path | None) -> None:
+def _refuse_virtual_keys(config: ExperimentConfig) -> None:
     """What ``--runtime flower`` can say before a deployment runs: the keys it refuses."""
     from fedlora.flower.runtimes import VIRTUAL_ONLY
     from fedlora.runtimes import refuse
 
-    if resume is not None:
-        raise ConfigError("--runtime flower: a deployed run does not resume yet")
     refuse(config, Runtime.flower.value, VIRTUAL_ONLY)
 
 
-def _deploy_instead(config_file: Path | None, folder: Path, overridden: bool) -> typer.Exit:
-    """A deployed run starts on the SuperLink's machine with ``flwr run``: the command."""
-    config = Path(str(config_file)).resolve()
+def _deploy_instead(
+    config_file: Path | None, folder: Path, resume: bool, overridden: bool
+) -> typer.Exit:
+    """A deployed run starts (or resumes) on the SuperLink's machine with ``flwr run``: the
+    command."""
     if overridden:
         console.print("--set does not reach a deployment: write the overrides into the file")
+    out = f'out="{folder.resolve()}"'
+    run_config = (
+        f"{out} resume=true" if resume else f'config="{Path(str(config_file)).resolve()}" {out}'
+    )
     console.print(
         "--runtime flower: the config suits a deployment. fedlora run does not submit to a"
         " SuperLink; with the SuperLink and one SuperNode per client running (README, 'Flower'),"
-        f" start it with:\n  flwr run deploy/flower FEDERATION --stream --run-config"
-        f' \'config="{config}" out="{folder.resolve()}"\'',
+        f" {'resume' if resume else 'start'} it with:\n  flwr run deploy/flower FEDERATION"
+        f" --stream --run-config '{run_config}'",
         highlight=False,
         soft_wrap=True,
     )

@@ -9,12 +9,13 @@ simulator (``sim``), Flower's simulation engine (``flower-sim``) and Flower's wa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from fedlora.client.protocol import Learner
-from fedlora.config import ConfigError, ExperimentConfig
+from fedlora.config import ConfigError, ExperimentConfig, RuntimeConfig
 from fedlora.outcome import Outcome
 from fedlora.server import ServerCore
 from fedlora.server.events import EventSink
@@ -59,6 +60,27 @@ class Runtime(Protocol):
         """Find the clients' trainers (before the run folder is written)."""
 
     def driver(self, wiring: Wiring) -> Driver: ...
+
+
+class CheckpointSchedule:
+    """When a driver's next checkpoint is due: ``runtime.checkpoint_every`` merges and/or
+    ``runtime.checkpoint_seconds`` wall seconds after the last one (never when ``enabled`` is
+    false)."""
+
+    def __init__(self, config: RuntimeConfig, enabled: bool = True) -> None:
+        self.config = config
+        self.enabled = enabled
+        self.saved(0)
+
+    def saved(self, steps: int) -> None:
+        self._steps, self._wall = steps, time.perf_counter()
+
+    def due(self, steps: int) -> bool:
+        every, seconds = self.config.checkpoint_every, self.config.checkpoint_seconds
+        return self.enabled and (
+            (every is not None and steps - self._steps >= every)
+            or (seconds is not None and time.perf_counter() - self._wall >= seconds)
+        )
 
 
 @dataclass(frozen=True)

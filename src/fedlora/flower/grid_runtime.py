@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedlora.config import ConfigError
+from fedlora.adapters import AdapterState
 from fedlora.flower.client_app import PARTITION_KEY
 from fedlora.flower.inbox import Answer, Inbox, train_message
 from fedlora.flower.records import JobFields, payload_bytes
 from fedlora.outcome import Outcome
+from fedlora.runtimes import CheckpointSchedule
 from fedlora.server import Send, ServerCore
 from fedlora.snapshot import Snapshot
 
@@ -68,7 +69,14 @@ def discover_clients(
 
 
 class GridRuntime:
-    """One run of the core over ``grid``, client ``k`` training on node ``nodes[k]``."""
+    """One run of the core over ``grid``, client ``k`` training on node ``nodes[k]``.
+
+    ``checkpoint`` (if given) is called with the whole state right after the start and then
+    when ``runtime.checkpoint_*`` says, between two replies; ``interrupted`` is polled there
+    and stops the run at once, after a checkpoint. A resumed run sends every job that was in
+    flight at the checkpoint again, as it was first sent (the same job id, adapter, batches and
+    seed, so the same result): a reply to a message of the run before is never pulled, so no
+    result is merged twice."""
 
     def __init__(
         self,
@@ -79,6 +87,8 @@ class GridRuntime:
         poll_s: float = 0.05,
         liveness_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        checkpoint: Callable[[Snapshot], None] | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         self.core = core
         self.nodes = dict(nodes)
@@ -87,28 +97,65 @@ class GridRuntime:
         self.inbox = Inbox(grid, self.timeout, poll_s, liveness_s, clock)
         self._clock = clock
         self._start = clock()
+        self._checkpoint = checkpoint
+        self._interrupted = interrupted
+        self._schedule = CheckpointSchedule(core.config.runtime, checkpoint is not None)
+        self._started = False
 
     def now(self) -> float:
+        """Wall seconds since the run started, across resumptions."""
         return self._clock() - self._start
 
     def run(self) -> Outcome:
         core = self.core
-        self._push(core.start(self.now()))
+        if not self._started:
+            self._started = True
+            self._push(core.start(self.now()))
+            self.save()  # resumable from the first moment on
         while core.stopped is None and self.inbox:
+            if self._interrupted():
+                self.save()
+                core.stop("interrupted")
+                return core.outcome
             for answer in self.inbox.answers():
                 self._receive(answer)
+            if self._schedule.due(core.outcome.steps):
+                self.save()
         return core.finish(self.now())
 
+    def save(self) -> None:
+        """Checkpoint the whole run now (between two replies: every job pushed and not yet
+        answered is one the core holds in flight)."""
+        if self._checkpoint is None:
+            return
+        snap = self.core.state_dict()
+        snap.meta["grid"] = {"time": self.now()}
+        self._checkpoint(snap)
+        self._schedule.saved(self.core.outcome.steps)
+
     def load_state_dict(self, snap: Snapshot) -> None:
-        raise ConfigError("the wall-clock Flower runtime (--runtime flower) does not resume yet")
+        """Continue from a checkpoint: the clock goes on from its time, and the jobs in flight
+        are sent again."""
+        self.core.load_state_dict(snap)
+        self._start = self._clock() - snap.meta["grid"]["time"]
+        self._schedule.saved(self.core.outcome.steps)
+        self._started = True
+        for job in self.core.in_flight.values():
+            fields = JobFields(job.id, job.client, job.version, job.sent.rank)
+            self._send(job.sent, fields)
 
     def _push(self, sends: Sequence[Send]) -> None:
         for send in sends:
-            node = self.nodes[send.client]
             fields = JobFields(send.job, send.client, send.version, send.rank)
-            message = train_message(send.state, fields, node, self.config_json, self.timeout)
-            self.inbox.push(message, send.job)
-            self.core.sent(send, self.now(), node=node, wire_bytes=payload_bytes(message.content))
+            message = self._send(send.state, fields)
+            node, wire_bytes = message.metadata.dst_node_id, payload_bytes(message.content)
+            self.core.sent(send, self.now(), node=node, wire_bytes=wire_bytes)
+
+    def _send(self, state: AdapterState, fields: JobFields) -> Message:
+        node = self.nodes[fields.client]
+        message = train_message(state, fields, node, self.config_json, self.timeout)
+        self.inbox.push(message, fields.job)
+        return message
 
     def _receive(self, answer: Answer) -> None:
         job = answer.pending.job

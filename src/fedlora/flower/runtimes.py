@@ -3,9 +3,9 @@
 ``flower-sim`` (Flower's simulation engine): the simulator's virtual clock, cost model and
 availability, each job trained on its client's node (:class:`~fedlora.flower.grid_jobs.GridJobs`),
 checkpointed and resumed as the simulator is. ``flower`` (a deployment): wall-clock time,
-replies merged as they come (:class:`~fedlora.flower.grid_runtime.GridRuntime`); the
-simulator's keys (its clock's limit and grid, its speed, bandwidth and availability draws) mean
-nothing there and are refused.
+replies merged as they come (:class:`~fedlora.flower.grid_runtime.GridRuntime`), checkpointed
+too (a resumed run sends the jobs in flight again); the simulator's keys (its clock's limit
+and grid, its speed, bandwidth and availability draws) mean nothing there and are refused.
 """
 
 from __future__ import annotations
@@ -81,4 +81,11 @@ class FlowerRuntime(Federation):
             wiring.log,
             progress=wiring.progress,
         )
-        return GridRuntime(self.grid, core, self.nodes, node_experiment(config))
+        return GridRuntime(
+            self.grid,
+            core,
+            self.nodes,
+            node_experiment(config),
+            checkpoint=wiring.checkpoint,
+            interrupted=wiring.interrupted,
+        )

@@ -3,7 +3,8 @@ folder as the simulator's (config, events, metrics, summary, global adapter, PEF
 
 Run config keys (``flwr run ... --run-config``): ``config`` (the experiment's YAML file on the
 server's machine), ``out`` (the run folder), ``wait-s`` (how long to wait for every client's
-node to connect, default 120).
+node to connect, default 120), ``resume`` (true: continue the killed run in ``out`` from its
+checkpoint, with its own config; no ``config`` then).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fedlora.config import ExperimentConfig, load_config
 from fedlora.experiment import run_experiment
 from fedlora.flower.runtimes import FlowerRuntime, FlowerSimRuntime
 from fedlora.outcome import Outcome
+from fedlora.results.store import read_config
 
 
 def run_federation(
@@ -56,8 +58,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run = context.run_config
-    for key in ("config", "out"):
+    resume = str(run.get("resume", False)).lower() == "true"
+    for key in ("out",) if resume else ("config", "out"):
         if not run.get(key):  # deploy/flower's pyproject.toml defaults both to ""
             raise ValueError(f"run config: {key!r} is missing (flwr run --run-config '{key}=...')")
-    config = load_config(str(run["config"]))
-    run_federation(grid, config, Path(str(run["out"])), float(run.get("wait-s", 120.0)))
+    folder = Path(str(run["out"]))
+    config = read_config(folder) if resume else load_config(str(run["config"]))
+    run_federation(grid, config, folder, float(run.get("wait-s", 120.0)), resume=resume)

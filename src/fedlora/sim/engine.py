@@ -11,7 +11,6 @@ clients' availability, and checkpoints all of it at safe points between completi
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from fedlora import policies
 from fedlora.client.protocol import Learner, plan_job
 from fedlora.config import ExperimentConfig
 from fedlora.outcome import Outcome
-from fedlora.runtimes import Wiring
+from fedlora.runtimes import CheckpointSchedule, Wiring
 from fedlora.server import Send, ServerCore
 from fedlora.server.build import build_core
 from fedlora.server.events import EventSink
@@ -80,7 +79,7 @@ class Simulation:
         self.availability = Availability(config.clients.availability, len(profiles), config.seed)
         self._checkpoint = checkpoint
         self._interrupted = interrupted
-        self._saved_at = (0, time.perf_counter())  # server steps and wall time of the last save
+        self._schedule = CheckpointSchedule(config.runtime, checkpoint is not None)
         self._started = False
         self._grid_point = 1  # eval.grid_seconds: the next evaluation is at this multiple of it
 
@@ -107,7 +106,7 @@ class Simulation:
                 core.stop(f"virtual time {max_time:g}s reached")
                 break
             self._send(self._complete(self.clock.pop()))
-            if self._checkpoint_due():
+            if self._schedule.due(self.core.outcome.steps):
                 self.save()
         return core.finish(self.clock.now)
 
@@ -151,16 +150,6 @@ class Simulation:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _checkpoint_due(self) -> bool:
-        if self._checkpoint is None:
-            return False
-        steps, wall = self._saved_at
-        every = self.config.runtime.checkpoint_every
-        seconds = self.config.runtime.checkpoint_seconds
-        return (every is not None and self.core.outcome.steps - steps >= every) or (
-            seconds is not None and time.perf_counter() - wall >= seconds
-        )
-
     def save(self) -> None:
         """Checkpoint the whole run now (a safe point: between two completions)."""
         if self._checkpoint is None:
@@ -172,7 +161,7 @@ class Simulation:
             "grid_point": self._grid_point,
         }
         self._checkpoint(snap)
-        self._saved_at = (self.core.outcome.steps, time.perf_counter())
+        self._schedule.saved(self.core.outcome.steps)
 
     def load_state_dict(self, snap: Snapshot) -> None:
         """Continue from a checkpoint instead of starting."""
@@ -181,7 +170,7 @@ class Simulation:
         self.clock.load_state_dict(state["clock"], SimJob.from_json)
         self.availability.load_state_dict(state["availability"])
         self._grid_point = state.get("grid_point", 1)  # absent from checkpoints made before it
-        self._saved_at = (self.core.outcome.steps, time.perf_counter())
+        self._schedule.saved(self.core.outcome.steps)
         self._started = True
         for job in self.clock.pending():  # the jobs in flight start again, all at once
             if job.lost is None:
