@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes import stock_peft_accuracy
+from fakes import stock_peft_accuracy, wall_clock
 
 from fedlora.flower.localhost import APP, CONNECTION, LocalDeployment
 from fedlora.results.events import read_events
@@ -40,7 +40,7 @@ def deployment(tmp_path: Path) -> Iterator[LocalDeployment]:
 def test_a_fedfa_run_over_a_tls_authenticated_deployment(
     tmp_path: Path, tiny_config: dict, deployment: LocalDeployment
 ) -> None:
-    tiny_config["clients"] |= {"num": 2, "ranks": [2, 4]}
+    wall_clock(tiny_config)["clients"] |= {"num": 2, "ranks": [2, 4]}
     tiny_config["server"] |= {
         "policy": "fedfa", "aggregator": "hlora", "concurrency": 2, "window": 2, "per_round": 2,
         "rounds": 1, "job_timeout": 600,

@@ -166,8 +166,9 @@ def run(
             console.print(str(stop), highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
         except KeyboardInterrupt:
+            on = "" if runtime is Runtime.sim else f" --runtime {runtime.value}"
             console.print(
-                f"stopped at once; fedlora run --resume {folder} continues from the last"
+                f"stopped at once; fedlora run --resume {folder}{on} continues from the last"
                 " checkpoint, if the run had made one",
                 highlight=False,
             )

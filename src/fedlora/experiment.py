@@ -123,9 +123,11 @@ def read_start(folder: Path, prepared: Prepared) -> None:
 class Interrupted(Exception):
     """The run stopped at a safe point on request and left a checkpoint to resume from."""
 
-    def __init__(self, folder: Path, steps: int) -> None:
+    def __init__(self, folder: Path, steps: int, runtime: str = "sim") -> None:
+        option = "" if runtime == "sim" else f" --runtime {runtime}"
         super().__init__(
-            f"interrupted after {steps} server steps; resume with: fedlora run --resume {folder}"
+            f"interrupted after {steps} server steps;"
+            f" resume with: fedlora run --resume {folder}{option}"
         )
         self.folder = folder
 
@@ -186,7 +188,7 @@ def run_experiment(
                 driver.load_state_dict(snapshot)
             outcome = driver.run()
             if driver.core.stopped == "interrupted":
-                raise Interrupted(folder, outcome.steps)
+                raise Interrupted(folder, outcome.steps, runtime.name)
         summary = write_results(folder, prepared, outcome)
         remove_checkpoint(folder)
     return summary
