@@ -65,14 +65,16 @@ def test_the_table_keeps_its_cells_and_a_fresh_clone_rewrites_it(
     assert result.exit_code == 0, result.output
     table = (docs / "table.md").read_bytes()
     kept = docs / "cells" / "csv" / "hl" / "seed1"
-    assert sorted(p.name for p in kept.iterdir()) == [
-        "config.yaml", "metrics.csv", "predictions.csv.gz", "summary.json"
-    ]  # fmt: skip
-    run = runs / "csv" / "hl" / "seed1"
-    assert (
-        gzip.decompress((kept / "predictions.csv.gz").read_bytes())
-        == (run / "predictions.csv").read_bytes()
+    # every evaluation's predictions, packed; the final one's (step 2) once, as predictions.csv
+    packed = ["predictions.csv", "predictions/step_000000.csv", "predictions/step_000001.csv"]
+    assert sorted(_files(kept)) == sorted(
+        ["config.yaml", "metrics.csv", "summary.json", *(f"{name}.gz" for name in packed)]
     )
+    run = runs / "csv" / "hl" / "seed1"
+    for name in packed:
+        assert gzip.decompress((kept / f"{name}.gz").read_bytes()) == (run / name).read_bytes()
+    final = (run / "predictions" / "step_000002.csv").read_bytes()
+    assert final == (run / "predictions.csv").read_bytes()
     assert (kept / "summary.json").read_bytes() == (run / "summary.json").read_bytes()
 
     shutil.rmtree(runs)  # a fresh clone: only the kept files
