@@ -60,10 +60,12 @@ def test_the_table_keeps_its_cells_and_a_fresh_clone_rewrites_it(
     tmp_path: Path, tiny_config: dict
 ) -> None:
     path = write_study(tmp_path, tiny_config, {"avg": {}, "hl": {"server.aggregator": "hlora"}})
+    path.write_text(path.read_text() + "baselines: [avg]\npaired_steps: [1]\n")
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     result = runner.invoke(app, ["study", str(path), "--out", str(runs), "--docs", str(docs)])
     assert result.exit_code == 0, result.output
     table = (docs / "table.md").read_bytes()
+    assert b"\nAt step 1 (round 1): " in table and b"\n| hl | avg | 0, 1 | " in table
     kept = docs / "cells" / "csv" / "hl" / "seed1"
     # every evaluation's predictions, packed; the final one's (step 2) once, as predictions.csv
     packed = ["predictions.csv", "predictions/step_000000.csv", "predictions/step_000001.csv"]

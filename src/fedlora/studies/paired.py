@@ -30,7 +30,7 @@ from scipy import stats
 from fedlora.predictions import Predictions
 from fedlora.results.errors import RunFolderError
 from fedlora.results.readouts import FINAL, read_readout
-from fedlora.studies.kept import read_cell_predictions
+from fedlora.studies.kept import read_cell_predictions, read_step_predictions
 from fedlora.terciles import TERCILES, tercile_ids
 
 _CHUNK = 256  # bootstrap draws materialised at once: bounds memory at seeds x examples x chunk
@@ -160,6 +160,29 @@ def compare_runs(
         (read_cell_predictions(a), read_cell_predictions(b))
         for a, b in zip(reference, arm, strict=True)
     ]
+    return _compare(pairs, arm, confidence, by_tercile=True)
+
+
+def compare_at_step(
+    reference: Sequence[Path], arm: Sequence[Path], step: int, confidence: float = 0.95
+) -> dict[str, PairedDifference]:
+    """As :func:`compare_runs`, but of the global models evaluated at ``step`` (the same
+    version in both arms: under FedAvg, the same round) rather than the final ones, and on
+    the whole eval split only (``"accuracy"`` and ``"loss"``)."""
+    pairs = [
+        (read_step_predictions(a, step), read_step_predictions(b, step))
+        for a, b in zip(reference, arm, strict=True)
+    ]
+    return _compare(pairs, arm, confidence, by_tercile=False)
+
+
+def _compare(
+    pairs: Sequence[tuple[Predictions, Predictions]],
+    arm: Sequence[Path],
+    confidence: float,
+    by_tercile: bool,
+) -> dict[str, PairedDifference]:
+    """:func:`compare_runs` of predictions read (``arm``: the arm's folders, to name)."""
     for (a, b), folder in zip(pairs, arm, strict=True):
         if not _same_examples(a, b):
             raise RunFolderError(f"{folder}: its eval examples differ from the reference's")
@@ -169,7 +192,7 @@ def compare_runs(
     if classified:
         differences["accuracy"] = _difference(pairs, everything, _correct, confidence)
     differences["loss"] = _difference(pairs, everything, _weighted_losses, confidence)
-    if any(a.lengths is None or b.lengths is None for a, b in pairs):
+    if not by_tercile or any(a.lengths is None or b.lengths is None for a, b in pairs):
         return differences
     ids = [tercile_ids(a.lengths) for a, _ in pairs]  # type: ignore[arg-type]
     for tercile, name in enumerate(TERCILES):

@@ -39,7 +39,7 @@ def publish(
             f"no finished cell of study {spec.name!r}, neither in {root} nor kept in"
             f" {docs / CELLS_DIR}: no table written"
         )
-    table = study_table(found, spec.baselines, spec.contrasts)
+    table = study_table(found, spec.baselines, spec.contrasts, spec.paired_steps)
     docs.mkdir(parents=True, exist_ok=True)
     metric = study_metric(found)
     plot_study(found, docs / f"{metric}.png", metric)

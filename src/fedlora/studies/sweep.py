@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationError,
+    model_validator,
+)
 
 from fedlora.config import (
     ConfigError,
@@ -51,6 +58,9 @@ class StudyConfig(BaseModel):
     # [arm, reference] pairs the table also compares paired, beyond the baselines (e.g. an
     # upper bound against a lower one)
     contrasts: list[tuple[str, str]] = Field(default_factory=list)
+    # evaluation steps (global model versions; under FedAvg, rounds) at which the table also
+    # pairs the arms, from the predictions every evaluation wrote (e.g. [2]: after round 2)
+    paired_steps: list[NonNegativeInt] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _named_arms_exist(self) -> StudyConfig:
@@ -61,6 +71,8 @@ class StudyConfig(BaseModel):
             unknown = sorted({name for name in names if name not in self.arms})
             if unknown:
                 raise ValueError(f"{key}: {', '.join(unknown)} not among the arms")
+        if self.paired_steps and not (self.baselines or self.contrasts):
+            raise ValueError("paired_steps: no baselines or contrasts to pair the arms against")
         return self
 
 

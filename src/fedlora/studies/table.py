@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedlora.results.report import time_to_target
-from fedlora.results.store import read_summary
-from fedlora.studies.kept import has_predictions
+from fedlora.results.store import read_metrics, read_summary
+from fedlora.studies.kept import has_predictions, has_step_predictions
 from fedlora.studies.paired import (
     FEW_SEEDS,
     PairedDifference,
+    compare_at_step,
     compare_choices,
     compare_local,
     compare_runs,
@@ -67,6 +68,7 @@ def study_table(
     cells: Sequence[Cell],
     baselines: Sequence[str] = (),
     contrasts: Sequence[tuple[str, str]] = (),
+    paired_steps: Sequence[int] = (),
 ) -> str:
     """One markdown table per task (and setting): final and best dev metrics, rounds and
     virtual seconds to the target, speedups against the ``baselines`` arms, the mean
@@ -81,6 +83,11 @@ def study_table(
     and loss.
     A column with no value in any row is left out. Below it, for each of the ``contrasts``
     (arm, reference) both ran with predictions, their paired accuracy and loss differences.
+    Then, for each of ``paired_steps`` (evaluation steps: global model versions, under FedAvg
+    rounds), the same paired differences of the models evaluated at that step, each arm
+    against each baseline and each contrast, where both kept predictions at that step
+    (:func:`_at_step`); a table of its own, with its own Holm family. Where no cell kept
+    predictions at that step (cells kept before every evaluation's were), nothing is shown.
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
     seed gives both the same clients and speeds) and then combined by a geometric mean; a run
@@ -117,20 +124,62 @@ def study_table(
             *("| " + " | ".join(row[i] for i in shown) + " |" for row in rows),
             "",
         ]
-        if contrasts_found:
-            lines += [
-                "| arm | against | seeds | Δ acc [95% CI] | Δ loss [95% CI] |",
-                "| --- | --- | --- | --- | --- |",
-                *(
-                    f"| {arm} | {against} | {seeds} | {_cell(acc, verdicts)}"
-                    f" | {_cell(loss, verdicts)} |"
-                    for arm, against, seeds, acc, loss in contrasts_found
-                ),
-                "",
-            ]
+        lines += _contrast_lines(contrasts_found, verdicts)
         if family:
             lines += [_multiplicity_note(len(family)), ""]
+        for step in paired_steps:
+            lines += _at_step(arms, present, contrasts, step)
     return "\n".join(lines)
+
+
+_Contrast = tuple[str, str, str, PairedDifference | None, PairedDifference]
+
+
+def _contrast_lines(found: Sequence[_Contrast], verdicts: dict[int, bool]) -> list[str]:
+    """A table of paired contrasts (arm, against, seeds, Δ acc, Δ loss); none: no lines."""
+    if not found:
+        return []
+    return [
+        "| arm | against | seeds | Δ acc [95% CI] | Δ loss [95% CI] |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| {arm} | {against} | {seeds} | {_cell(acc, verdicts)} | {_cell(loss, verdicts)} |"
+            for arm, against, seeds, acc, loss in found
+        ),
+        "",
+    ]
+
+
+def _at_step(
+    arms: dict[str, list[Cell]],
+    baselines: Sequence[str],
+    contrasts: Sequence[tuple[str, str]],
+    step: int,
+) -> list[str]:
+    """The paired accuracy and loss differences of the global models evaluated at ``step``:
+    each arm against each of the ``baselines``, then the ``contrasts`` (arm, reference), where
+    both arms kept predictions at that step; Holm over this section's intervals."""
+    pairs = [(arm, b) for b in baselines for arm in arms if arm != b]
+    found = _contrasts(arms, pairs, step)
+    if not found:
+        return []
+    family = [d for *_, acc, loss in found for d in (acc, loss) if d is not None]
+    verdicts = dict(zip(map(id, family), holm(family), strict=True))
+    compared = {name for arm, against, *_ in found for name in (arm, against)}
+    rounds = {
+        row["round"]
+        for cell in (c for name in compared for c in arms[name])
+        for row in read_metrics(cell.folder)
+        if row["step"] == step and "round" in row
+    }
+    at = f"step {step}" + (f" (round {int(rounds.pop())})" if len(rounds) == 1 else "")
+    return [
+        f"At {at}: the global models evaluated then, paired seed by seed and example by example.",
+        "",
+        *_contrast_lines(found, verdicts),
+        _multiplicity_note(len(family)),
+        "",
+    ]
 
 
 def _cell(difference: PairedDifference | None, verdicts: dict[int, bool]) -> str:
@@ -154,25 +203,32 @@ def _seed_pairs(arms: dict[str, list[Cell]], reference: str, arm: str) -> list[t
     return [(by_seed[c.seed], c) for c in arms.get(arm, []) if c.seed in by_seed]
 
 
-def _compared_predictions(pairs: Sequence[tuple[Cell, Cell]]) -> dict[str, PairedDifference]:
-    """:func:`compare_runs` of the (reference, arm) cell pairs; empty when there are none or
-    a cell wrote no predictions."""
+def _compared_predictions(
+    pairs: Sequence[tuple[Cell, Cell]], step: int | None = None
+) -> dict[str, PairedDifference]:
+    """:func:`compare_runs` of the (reference, arm) cell pairs, or at ``step``
+    :func:`compare_at_step`; empty when there are none or a cell has no such predictions."""
     folders = [c.folder for pair in pairs for c in pair]
+    reference, arm = [a.folder for a, _ in pairs], [b.folder for _, b in pairs]
+    if step is not None:
+        if not pairs or not all(has_step_predictions(f, step) for f in folders):
+            return {}
+        return compare_at_step(reference, arm, step)
     if not pairs or not all(has_predictions(f) for f in folders):
         return {}
-    reference, arm = [a.folder for a, _ in pairs], [b.folder for _, b in pairs]
     return compare_runs(reference, arm) | compare_choices(reference, arm)
 
 
 def _contrasts(
-    arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]]
-) -> list[tuple[str, str, str, PairedDifference | None, PairedDifference]]:
-    """Each contrast (arm, reference) both arms finished with predictions: the seeds, and the
-    paired accuracy (None for a task without) and loss differences."""
+    arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]], step: int | None = None
+) -> list[_Contrast]:
+    """Each contrast (arm, reference) both arms finished with predictions (at ``step``, if
+    given, else the final ones): the seeds, and the paired accuracy (None for a task without)
+    and loss differences."""
     found = []
     for arm, reference in contrasts:
         pairs = _seed_pairs(arms, reference, arm)
-        differences = _compared_predictions(pairs)
+        differences = _compared_predictions(pairs, step)
         if differences:
             seeds = ", ".join(str(b.seed) for _, b in pairs)
             accuracy = differences.get("accuracy")
