@@ -191,7 +191,7 @@ def _compare(
     differences = {}
     if classified:
         differences["accuracy"] = _difference(pairs, everything, _correct, confidence)
-    differences["loss"] = _difference(pairs, everything, _weighted_losses, confidence)
+    differences["loss"] = _difference(pairs, everything, weighted_losses, confidence)
     if not by_tercile or any(a.lengths is None or b.lengths is None for a, b in pairs):
         return differences
     ids = [tercile_ids(a.lengths) for a, _ in pairs]  # type: ignore[arg-type]
@@ -202,7 +202,7 @@ def _compare(
                 differences[f"accuracy, {name}"] = _difference(pairs, masks, _correct, confidence)
             else:
                 differences[f"loss, {name}"] = _difference(
-                    pairs, masks, _weighted_losses, confidence
+                    pairs, masks, weighted_losses, confidence
                 )
     return differences
 
@@ -224,7 +224,7 @@ def _correct(predictions: Predictions, mask: npt.NDArray[np.bool_]) -> npt.NDArr
     return predictions.correct[mask]
 
 
-def _weighted_losses(
+def weighted_losses(
     predictions: Predictions, mask: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.float64]:
     """Per-example losses whose plain mean is the loss as the run reports it: an instruction
