@@ -1,6 +1,7 @@
 """A real Flower deployment on 127.0.0.1: a SuperLink and two SuperNodes as separate processes,
 with TLS and SuperNode authentication, started with the commands the README gives; a short
-FedFa run with heterogeneous ranks finishes and its ``adapter/`` loads with stock PEFT, a
+FedFa run with heterogeneous ranks, submitted by ``fedlora run --runtime flower --federation``,
+finishes and its ``adapter/`` loads with stock PEFT, a
 SuperNode whose key was never registered is refused, a restarted SuperLink still knows the
 registered ones, and a run whose ServerApp fails fails ``deploy/flower/run.sh``."""
 
@@ -16,7 +17,7 @@ import pytest
 import yaml
 from fakes import stock_peft_accuracy, wall_clock
 
-from fedlora.flower.localhost import APP, CONNECTION, LocalDeployment
+from fedlora.flower.localhost import APP, BIN, CONNECTION, LocalDeployment
 from fedlora.results.events import read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -47,8 +48,14 @@ def test_a_fedfa_run_over_a_tls_authenticated_deployment(
     }  # fmt: skip
     config, run = tmp_path / "tiny.yaml", tmp_path / "run"
     config.write_text(yaml.safe_dump(tiny_config))
-    output = deployment.run(config, run, wait_s=300, timeout=720)
-    assert (run / "summary.json").is_file(), output + deployment.log_tails()
+    command = [str(BIN / "fedlora"), "run", str(config), "--out", str(run)]
+    submitted = subprocess.run(
+        [*command, "--runtime", "flower", "--federation", CONNECTION],
+        env=deployment.env, capture_output=True, text=True, timeout=720, check=False,
+    )  # fmt: skip
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output + deployment.log_tails()
+    assert f"results: {run} (on the SuperLink's machine)" in submitted.stdout
     assert {p.name for p in run.iterdir()} >= {
         "config.yaml", "events.jsonl", "metrics.csv", "summary.json", "global.safetensors",
         "adapter", "predictions.csv",

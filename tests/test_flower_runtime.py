@@ -198,7 +198,7 @@ def test_fedlora_run_checks_a_config_for_a_deployment_and_names_the_flwr_command
     assert refused.exit_code == 2 and "eval.grid_seconds (no evaluation grid" in refused.output
     config_file.write_text(yaml.safe_dump(flower_config))
     named = CliRunner().invoke(app, command)
-    assert named.exit_code == 2 and "flwr run deploy/flower FEDERATION" in named.output
+    assert named.exit_code == 2 and "flwr run deploy/flower NAME" in named.output
     assert f'config="{config_file.resolve()}"' in named.output
     assert not (tmp_path / "run").exists()
 

@@ -76,12 +76,19 @@ def run(
         typer.Option(help="Continue the killed or interrupted run in this folder."),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    federation: Annotated[
+        str | None,
+        typer.Option(
+            help="With --runtime flower: the SuperLink connection (in $FLWR_HOME/config.toml) to"
+            " submit the run to; without it the flwr run command is printed."
+        ),
+    ] = None,
     runtime: Annotated[
         Runtime,
         typer.Option(
             help="sim: the in-process simulator; flower-sim: the same virtual clock on Flower's"
-            " simulation engine (Ray), jobs trained in parallel; flower: a Flower deployment"
-            " (checks the config, then names the flwr run command)."
+            " simulation engine (Ray), jobs trained in parallel; flower: a Flower deployment's"
+            " SuperNodes in wall-clock time (see --federation)."
         ),
     ] = Runtime.sim,
 ) -> None:
@@ -121,7 +128,8 @@ def run(
     except _USER_ERRORS as error:
         raise _fail(error) from None
     if runtime is Runtime.flower:
-        raise _deploy_instead(config_file, folder, resume is not None, bool(set_))
+        _deploy(config_file, folder, resume is not None, bool(set_ or overwrite), federation)
+        return
 
     with (
         Progress(
@@ -216,26 +224,34 @@ def _refuse_virtual_keys(config: ExperimentConfig) -> None:
     refuse(config, Runtime.flower.value, VIRTUAL_ONLY)
 
 
-def _deploy_instead(
-    config_file: Path | None, folder: Path, resume: bool, overridden: bool
-) -> typer.Exit:
-    """A deployed run starts (or resumes) on the SuperLink's machine with ``flwr run``: the
-    command."""
-    if overridden:
-        console.print("--set does not reach a deployment: write the overrides into the file")
-    out = f'out="{folder.resolve()}"'
-    run_config = (
-        f"{out} resume=true" if resume else f'config="{Path(str(config_file)).resolve()}" {out}'
-    )
-    console.print(
-        "--runtime flower: the config suits a deployment. fedlora run does not submit to a"
-        " SuperLink; with the SuperLink and one SuperNode per client running (README, 'Flower'),"
-        f" {'resume' if resume else 'start'} it with:\n  flwr run deploy/flower FEDERATION"
-        f" --stream --run-config '{run_config}'",
-        highlight=False,
-        soft_wrap=True,
-    )
-    return typer.Exit(code=2)
+def _deploy(
+    config_file: Path | None, folder: Path, resume: bool, local_only: bool, federation: str | None
+) -> None:
+    """Submit the run (or its resumption) to the SuperLink of ``federation``, or name the
+    ``flwr run`` command that does. The ServerApp reads the file and writes the folder on the
+    SuperLink's machine: --set and --overwrite would not reach it."""
+    from fedlora.flower.submit import SubmitError, run_config, submit
+
+    settings = run_config(config_file, folder, resume)
+    if federation is None:
+        if local_only:
+            console.print("--set and --overwrite do not reach a deployment: edit the file")
+        console.print(
+            "--runtime flower: the config suits a deployment. With the SuperLink and one"
+            " SuperNode per client running (README, 'Flower'), add --federation NAME (its"
+            " connection in $FLWR_HOME/config.toml) to submit it, or run:\n  flwr run"
+            f" deploy/flower NAME --stream --run-config '{settings}'",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=2)
+    try:
+        if local_only:
+            raise ConfigError("--runtime flower: --set and --overwrite do not reach a deployment")
+        submit(federation, settings)
+    except (ConfigError, SubmitError) as error:
+        raise _fail(error) from None
+    typer.echo(f"results: {folder} (on the SuperLink's machine)")
 
 
 def _overrides_suffix(overrides: list[str]) -> str:

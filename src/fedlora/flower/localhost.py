@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from fedlora.flower.submit import APP
+
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr live here
 CONNECTION = "fedlora"
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "HF_HUB_OFFLINE": "1"}
-APP = Path(__file__).parents[3] / "deploy" / "flower"  # the Flower app, in a source checkout
 
 
 def free_port() -> int:
