@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import yaml
 from fakes import stock_peft_accuracy, wall_clock
 
-from fedlora.flower.localhost import APP, BIN, CONNECTION, LocalDeployment
+from fedlora.flower.localhost import APP, BIN, CONNECTION, LocalDeployment, stop
 from fedlora.results.events import read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -105,3 +106,45 @@ def test_a_failing_server_app_fails_the_run_script(
     assert script.returncode == 1, script.stdout + script.stderr
     assert "finished:failed: ServerApp failed with exception: config file" in script.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_supernode_killed_mid_run_and_restarted_rejoins(
+    tmp_path: Path, tiny_config: dict, deployment: LocalDeployment
+) -> None:
+    """FedAvg, 3 rounds of both clients: SuperNode 1 (and its ClientApp) is killed once the
+    first result arrived, its jobs are lost meanwhile, and started again with its key it trains
+    again: the run finishes every round."""
+    wall_clock(tiny_config)["clients"] |= {"num": 2, "ranks": [4, 4]}
+    tiny_config["server"] |= {"per_round": 2, "rounds": 3, "job_timeout": 600}
+    config, run = tmp_path / "tiny.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(tiny_config))
+    command = [str(BIN / "fedlora"), "run", str(config), "--out", str(run), "--quiet"]
+    federation = subprocess.Popen(
+        [*command, "--runtime", "flower", "--federation", CONNECTION],
+        env=deployment.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not any(e["type"] == "arrival" for e in _events(run)):
+            assert time.monotonic() < deadline and federation.poll() is None
+            time.sleep(1)
+        node = deployment.processes[2]  # the SuperLink, SuperNode 0, SuperNode 1
+        stop(node)
+        deployment.processes.remove(node)
+        killed = len(_events(run))
+        time.sleep(5)
+        deployment.supernode(1)
+        output, _ = federation.communicate(timeout=600)
+    finally:
+        if federation.poll() is None:
+            federation.kill()
+    assert federation.returncode == 0, output + deployment.log_tails()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds"] == 3
+    after = _events(run)[killed:]
+    sent = {e["job"] for e in after if e["type"] == "dispatch" and e["client"] == 1}
+    assert any(e["type"] == "arrival" and e["job"] in sent for e in after)  # sent after the kill
+
+
+def _events(run: Path) -> list[dict]:
+    return read_events(run / "events.jsonl") if (run / "events.jsonl").is_file() else []
