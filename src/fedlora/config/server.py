@@ -52,7 +52,8 @@ class ServerConfig(Section):
     max_update_norm: Annotated[float | None, Field(gt=0)] = None
     norm_action: Literal["reject", "clip"] = "reject"
     mixing: Annotated[float, Field(gt=0, le=1)] = 0.6  # FedAsync's alpha
-    # Virtual seconds a job may take from dispatch; a later result is lost. null: no deadline.
+    # Seconds a job may take from dispatch: virtual seconds under the simulator, wall seconds
+    # under the flower runtime. A later result is lost. null: no deadline.
     job_timeout: Annotated[float | None, Field(gt=0)] = None
     rounds: Annotated[int, Field(ge=1)] = 50
     max_steps: Annotated[int | None, Field(ge=1)] = None
