@@ -21,7 +21,10 @@ from tests.test_study import write_study
 runner = CliRunner()
 REPOSITORY = Path(__file__).parents[1]
 # (study file, the docs folder whose table.md its kept cells re-derive)
-COMMITTED = [("configs/hlora/study.yaml", "docs/results/hlora/rerun")]
+COMMITTED = [
+    ("configs/hlora/study.yaml", "docs/results/hlora/rerun"),
+    ("configs/hlora-llm/gate.yaml", "docs/results/hlora-llm/gate"),
+]
 
 
 def _files(folder: Path) -> dict[str, bytes]:

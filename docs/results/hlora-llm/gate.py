@@ -53,7 +53,7 @@ def main(docs: Path) -> None:
     tune, report = halves(read_cell_predictions(next(iter(runs.values()))[0]).ids)
     lines = [
         "| rank | lr | tuning half, seed 0 | reporting half, seed 0 | change from the base"
-        " model, all dev rows | seeds |",
+        " model, all dev rows, seed 0 | seeds run |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     picked: dict[int, tuple[float, float]] = {}
