@@ -26,7 +26,7 @@ from fedlora.data.tasks import generic_task
 from fedlora.policies import Source
 from fedlora.preflight import check
 from fedlora.results.diagnostics_plot import write_diagnostics_plot
-from fedlora.results.store import summarize
+from fedlora.results.summary import summarize
 
 MODULES = ("q", "v")
 # The diagnostics are float64 QR/SVD of R ≤ 32 stacked factors (6×5, entries O(1)): rounding

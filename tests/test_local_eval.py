@@ -19,7 +19,7 @@ from fedlora.data.describe import jensen_shannon
 from fedlora.data.federated import hold_out
 from fedlora.data.tasks import generic_task
 from fedlora.results.events import read_events
-from fedlora.results.store import summarize
+from fedlora.results.summary import summarize
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ import pytest
 
 from fedlora.data.tasks import generic_task
 from fedlora.outcome import Evaluation, Outcome
-from fedlora.results.store import summarize
+from fedlora.results.summary import summarize
 from fedlora.target import first_reaching, meets
 from tests.fakes import FakeLearner, config, simulate
 

@@ -55,11 +55,11 @@ from fedlora.results.store import (
     checkpoint_mark,
     read_checkpoint,
     remove_checkpoint,
-    summarize,
     write_checkpoint,
     write_config,
     write_run,
 )
+from fedlora.results.summary import summarize
 from fedlora.runtimes import Runtime, Wiring
 from fedlora.sim.engine import SimRuntime
 from fedlora.snapshot import Snapshot

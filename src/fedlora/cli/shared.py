@@ -12,7 +12,7 @@ from rich.console import Console
 
 from fedlora.config import ConfigError
 from fedlora.data.partition import PartitionError
-from fedlora.data.sources import DataError
+from fedlora.data.rows import DataError
 from fedlora.results.errors import RunFolderError
 
 app = typer.Typer(

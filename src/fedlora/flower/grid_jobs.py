@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from fedlora.client.protocol import LocalResult
 from fedlora.flower.inbox import Answer, Inbox, train_message
 from fedlora.flower.records import JobFields
-from fedlora.server.core import Job
+from fedlora.server.jobs import Job
 from fedlora.sim.jobs import JobFailed
 
 

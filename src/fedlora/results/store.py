@@ -21,7 +21,6 @@ from fedlora.results.atomic import write_atomically
 from fedlora.results.errors import RunFolderError
 from fedlora.results.events import LogMark, verified_prefix
 from fedlora.results.summary import evaluation_row
-from fedlora.results.summary import summarize as summarize  # experiment.py imports it from here
 from fedlora.snapshot import Snapshot, SnapshotError
 
 CONFIG_FILE = "config.yaml"
@@ -38,8 +37,9 @@ CHECKPOINT_FILES = (CHECKPOINT_FILE, CHECKPOINT_FILE + ".tmp", PREVIOUS_CHECKPOI
 
 
 def write_run(folder: Path, outcome: Outcome, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write metrics.csv, ``summary`` (:func:`summarize`'s) as summary.json and the global
-    adapter; returns the summary as written, non-finite values as null."""
+    """Write metrics.csv, ``summary`` (:func:`~fedlora.results.summary.summarize`'s) as
+    summary.json and the global adapter; returns the summary as written, non-finite values as
+    null."""
     rows = [evaluation_row(e) for e in outcome.evaluations]
     with (folder / METRICS_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from fedlora.client.protocol import Learner, LocalResult
-from fedlora.server.core import Job
+from fedlora.server.jobs import Job
 
 
 class JobFailed(Exception):
