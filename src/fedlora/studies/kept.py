@@ -91,12 +91,13 @@ def _files_to_keep(folder: Path) -> dict[str, bytes]:
     if (folder / _FINAL_READOUT).is_file():
         files[_FINAL_READOUT] = (folder / _FINAL_READOUT).read_bytes()
     final = folder / PREDICTIONS_FILE
-    if final.is_file():
-        files[PACKED_PREDICTIONS_FILE] = _pack(final.read_bytes())
+    final_bytes = final.read_bytes() if final.is_file() else None
+    if final_bytes is not None:
+        files[PACKED_PREDICTIONS_FILE] = _pack(final_bytes)
     steps = _step_files(folder, "")
     for path in steps:
         data = path.read_bytes()
-        if path == steps[-1] and final.is_file() and data == final.read_bytes():
+        if path == steps[-1] and data == final_bytes:
             continue  # the final evaluation's: kept once, as predictions.csv.gz
         files[f"{STEP_PREDICTIONS}/{path.name}{PACKED}"] = _pack(data)
     return files
@@ -162,9 +163,7 @@ def has_predictions(folder: Path) -> bool:
 def has_step_predictions(folder: Path, step: int) -> bool:
     """Whether ``folder`` holds the predictions of the evaluation at ``step``, as written or as
     kept (the final evaluation's as the final predictions)."""
-    if _readable(step_predictions_path(folder, step)):
-        return True
-    return has_predictions(folder) and _final_step(folder) == step
+    return _readable(step_predictions_path(folder, step)) or _final_stands_for(folder, step)
 
 
 def read_cell_predictions(folder: Path) -> Predictions:
@@ -178,7 +177,7 @@ def read_step_predictions(folder: Path, step: int) -> Predictions:
     wrote it, else kept (``.gz``), else the final predictions where ``step`` is the final
     evaluation's; unreadable or missing, a :class:`RunFolderError` naming the file."""
     path = step_predictions_path(folder, step)
-    if not _readable(path) and has_predictions(folder) and _final_step(folder) == step:
+    if not _readable(path) and _final_stands_for(folder, step):
         return read_cell_predictions(folder)
     return _read(path)
 
@@ -187,8 +186,10 @@ def _readable(plain: Path) -> bool:
     return plain.is_file() or plain.with_name(plain.name + PACKED).is_file()
 
 
-def _final_step(folder: Path) -> int:
-    return int(read_summary(folder)["final"]["step"])
+def _final_stands_for(folder: Path, step: int) -> bool:
+    """Whether the final predictions are those of the evaluation at ``step`` (its step file
+    kept once, as the final predictions)."""
+    return has_predictions(folder) and int(read_summary(folder)["final"]["step"]) == step
 
 
 def _read(plain: Path) -> Predictions:
