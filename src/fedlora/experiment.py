@@ -124,12 +124,15 @@ class Interrupted(Exception):
     """The run stopped at a safe point on request and left a checkpoint to resume from."""
 
     def __init__(self, folder: Path, steps: int, runtime: str = "sim") -> None:
-        option = "" if runtime == "sim" else f" --runtime {runtime}"
-        super().__init__(
-            f"interrupted after {steps} server steps;"
-            f" resume with: fedlora run --resume {folder}{option}"
-        )
+        command = resume_command(folder, runtime)
+        super().__init__(f"interrupted after {steps} server steps; resume with: {command}")
         self.folder = folder
+
+
+def resume_command(folder: Path, runtime: str) -> str:
+    """The command that continues the run in ``folder`` under ``runtime``."""
+    option = "" if runtime == "sim" else f" --runtime {runtime}"
+    return f"fedlora run --resume {folder}{option}"
 
 
 def run_experiment(

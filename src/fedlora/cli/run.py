@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fedlora.cli.shared import USER_ERRORS, Overrides, app, console, fail, out_folder
-from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.config import ConfigError, load_config
 
 
 class Runtime(str, Enum):
@@ -63,7 +63,7 @@ def run(
         TimeElapsedColumn,
     )
 
-    from fedlora.experiment import Interrupted, run_experiment
+    from fedlora.experiment import Interrupted, resume_command, run_experiment
     from fedlora.interrupt import stop_requests
     from fedlora.outcome import Outcome
     from fedlora.preflight import check
@@ -83,7 +83,9 @@ def run(
             folder = out_folder(out, Path("results") / config.name)
         check(config)  # first: the run claims (with --overwrite: empties) its folder only after
         if runtime is Runtime.flower:
-            _refuse_virtual_keys(config)
+            from fedlora.flower.runtimes import check_wall_clock
+
+            check_wall_clock(config)
     except USER_ERRORS as error:
         raise fail(error) from None
     if runtime is Runtime.flower:
@@ -133,10 +135,9 @@ def run(
             console.print(str(stop), highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
         except KeyboardInterrupt:
-            on = "" if runtime is Runtime.sim else f" --runtime {runtime.value}"
             console.print(
-                f"stopped at once; fedlora run --resume {folder}{on} continues from the last"
-                " checkpoint, if the run had made one",
+                f"stopped at once; {resume_command(folder, runtime.value)} continues from the"
+                " last checkpoint, if the run had made one",
                 highlight=False,
             )
             raise typer.Exit(code=130) from None
@@ -173,14 +174,6 @@ def _flower_simulation() -> Callable[..., dict[str, Any]]:
             " pip install -e '.[simulation]'"
         ) from None
     return simulate
-
-
-def _refuse_virtual_keys(config: ExperimentConfig) -> None:
-    """What ``--runtime flower`` can say before a deployment runs: the keys it refuses."""
-    from fedlora.flower.runtimes import VIRTUAL_ONLY
-    from fedlora.runtimes import refuse
-
-    refuse(config, Runtime.flower.value, VIRTUAL_ONLY)
 
 
 def _deploy(

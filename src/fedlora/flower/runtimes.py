@@ -34,6 +34,11 @@ VIRTUAL_ONLY = (
 )
 
 
+def check_wall_clock(config: ExperimentConfig) -> None:
+    """Refuse the simulator's keys, which mean nothing in a deployment's wall-clock time."""
+    refuse(config, FlowerRuntime.name, VIRTUAL_ONLY)
+
+
 class Federation:
     """The clients' nodes on ``grid``: found by their ``partition-id`` before the run folder
     is written, waiting up to ``wait_s`` for every client's node to connect."""
@@ -66,7 +71,7 @@ class FlowerRuntime(Federation):
     name = "flower"
 
     def check(self, config: ExperimentConfig) -> None:
-        refuse(config, self.name, VIRTUAL_ONLY)
+        check_wall_clock(config)
 
     def driver(self, wiring: Wiring) -> GridRuntime:
         config = wiring.config
