@@ -85,6 +85,15 @@ def test_the_table_keeps_its_cells_and_a_fresh_clone_rewrites_it(
     shutil.rmtree(runs)  # a fresh clone: only the kept files
     assert _table_only(path, runs, docs).encode() == table
     assert not runs.exists()
+    # nor does running the study there run a kept cell again: it goes on over sittings
+    args = ["study", str(path), "--out", str(runs), "--docs", str(docs)]
+    listed = runner.invoke(app, [*args, "--plan"])
+    assert listed.output.splitlines() == [
+        f"kept  {kept.parent.parent}/{a}/seed{s}" for s in (0, 1) for a in ("avg", "hl")
+    ]
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0 and "running" not in rerun.output, rerun.output
+    assert (docs / "table.md").read_bytes() == table and not (runs / "csv").exists()
 
     # an arm dropped from the study: its kept files go, anything else in cells/ stays
     (docs / "cells" / "notes.txt").write_text("mine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -134,6 +135,7 @@ def test_a_plan_given_no_data_folder_keeps_the_cells_run_with_one(
     (tmp_path / "glue").mkdir()
     raw["data"]["dir"] = str(tmp_path / "glue")  # as a cell run with $FEDLORA_DATA stores it
     stored.write_text(yaml.safe_dump(raw))
+    shutil.rmtree(tmp_path / "d")  # the run folder alone: its kept copy counts on any folder
     monkeypatch.delenv("FEDLORA_DATA", raising=False)
     listed = runner.invoke(app, [*args, "--plan"])
     assert listed.exit_code == 0 and listed.output.startswith("done"), listed.output
@@ -256,10 +258,15 @@ def test_jobs_run_cells_in_processes_as_one_process_would(
     tmp_path: Path, tiny_config: dict
 ) -> None:
     path = write_study(tmp_path, tiny_config, {"avg": {}, "hl": {"server.aggregator": "hlora"}})
-    args = ["study", str(path), "--docs", str(tmp_path / "d"), "--seeds", "1"]
-    alone = runner.invoke(app, [*args, "--out", str(tmp_path / "alone")])
+    args = ["study", str(path), "--seeds", "1"]  # each its own docs: a kept cell is not rerun
+    alone = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "alone"), "--docs", str(tmp_path / "d1")]
+    )
     assert alone.exit_code == 0, alone.output
-    parallel = runner.invoke(app, [*args, "--out", str(tmp_path / "parallel"), "--jobs", "2"])
+    parallel = runner.invoke(
+        app,
+        [*args, "--out", str(tmp_path / "parallel"), "--docs", str(tmp_path / "d"), "--jobs", "2"],
+    )
     assert parallel.exit_code == 0, parallel.output
     assert parallel.output.count("finished: ") == 2
     for cell in ["avg/seed1", "hl/seed1"]:

@@ -47,7 +47,7 @@ def study(
         ),
     ] = 1,
 ) -> None:
-    """Run a study's sweep (finished cells are skipped), then write its table and plot.
+    """Run a study's sweep (finished and kept cells are skipped), then write its table and plot.
 
     --arms, --seeds and --tasks narrow what runs; the table and plot cover every finished cell.
 
@@ -65,6 +65,7 @@ def study(
 
     --jobs N runs N cells at once, each in its own process (N cores, or sharing one GPU).
     """
+    from fedlora.studies.kept import table_cells
     from fedlora.studies.publish import narrowed, publish
     from fedlora.studies.sweep import load_study, plan
 
@@ -79,10 +80,13 @@ def study(
         planned = plan(spec, root, set_ or [])
     except USER_ERRORS as error:
         raise fail(error) from None
-    cells = narrowed(planned, arms, seeds, tasks)
+    # the committed study's kept cells count as finished: a study runs on over sittings (and
+    # machines) by committing its kept cells, and a clone never runs them again
+    committed = docs or Path("docs/results") / spec.name
+    cells = table_cells(narrowed(planned, arms, seeds, tasks), root, committed)
     if plan_only:
         for cell in cells:
-            typer.echo(f"{'done' if cell.done else 'todo'}  {cell.folder}")
+            typer.echo(f"{'kept' if cell.kept else 'done' if cell.done else 'todo'}  {cell.folder}")
         return
     if table_only:
         cells = []  # nothing to check or run: straight to the table
@@ -93,9 +97,9 @@ def study(
         for flag, value in (("arms", arms), ("seeds", seeds), ("tasks", tasks))
         if value is not None
     ] + [f"--set {pair}" for pair in changes]
-    docs = docs or (root / "report" if narrowing else Path("docs/results") / spec.name)
+    docs = docs or (root / "report" if narrowing else committed)
     try:
-        table, written = publish(spec, planned, root, docs, narrowing)
+        table, written = publish(spec, planned, root, docs, narrowing, kept=committed)
     except USER_ERRORS as error:
         raise fail(error) from None
     typer.echo(table)

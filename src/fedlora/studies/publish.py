@@ -27,17 +27,23 @@ def narrowed(
 
 
 def publish(
-    spec: StudyConfig, planned: Sequence[Cell], root: Path, docs: Path, narrowing: Sequence[str]
+    spec: StudyConfig,
+    planned: Sequence[Cell],
+    root: Path,
+    docs: Path,
+    narrowing: Sequence[str],
+    kept: Path | None = None,
 ) -> tuple[str, list[str]]:
     """Write the table and plots of every finished cell of ``planned`` (run under ``root``, or
-    kept in ``docs``) and keep their files; returns the table and the files written. The table
-    says first when it covers only some cells, or a narrowed run (``narrowing``: its flags)."""
-    found = table_cells(planned, root, docs)
+    kept in ``kept``, by default ``docs``) into ``docs`` and keep their files there; returns
+    the table and the files written. The table says first when it covers only some cells, or
+    a narrowed run (``narrowing``: its flags)."""
+    found = table_cells(planned, root, kept or docs)
     finished = sum(cell.done for cell in found)
     if not finished:
         raise RunFolderError(
             f"no finished cell of study {spec.name!r}, neither in {root} nor kept in"
-            f" {docs / CELLS_DIR}: no table written"
+            f" {(kept or docs) / CELLS_DIR}: no table written"
         )
     table = study_table(found, spec.baselines, spec.contrasts, spec.paired_steps)
     docs.mkdir(parents=True, exist_ok=True)
