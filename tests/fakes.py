@@ -19,9 +19,9 @@ from fedlora.config import ExperimentConfig, build_config
 from fedlora.data.encoding import EncodedSplit
 from fedlora.outcome import Outcome
 from fedlora.policies import Policy, Source
+from fedlora.profiles import ClientProfile
 from fedlora.results.events import EventLog, read_events
 from fedlora.sim.engine import build_simulation
-from fedlora.sim.profiles import ClientProfile
 
 
 class FakeLearner:

@@ -26,7 +26,12 @@ class LocalGrid(Grid):
 
     FIRST_NODE = 1000
 
-    def __init__(self, apps: Mapping[int, ClientCall]) -> None:
+    def __init__(
+        self,
+        apps: Mapping[int, ClientCall],
+        node_configs: Mapping[int, dict[str, int]] | None = None,
+    ) -> None:
+        """``node_configs[k]``: more of node k's node config (e.g. ``{"rank": 8}``)."""
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = 1
         TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -35,7 +40,11 @@ class LocalGrid(Grid):
             node: Context(
                 run_id=1,
                 node_id=node,
-                node_config={"partition-id": node - self.FIRST_NODE, "num-partitions": len(apps)},
+                node_config={
+                    "partition-id": node - self.FIRST_NODE,
+                    "num-partitions": len(apps),
+                    **(node_configs or {}).get(node - self.FIRST_NODE, {}),
+                },
                 state=RecordDict(),
                 run_config={},
             )

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlora.config import AvailabilityConfig
+from fedlora.profiles import ClientProfile
 from fedlora.sim.availability import Availability
-from fedlora.sim.profiles import ClientProfile
 
 ASYNC = ["fedbuff", "fedasync", "fedfa"]
 # The fake global's A is a float32 sum of weighted bumps ≤ 1: each merge rounds a few times

@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedlora.config import ClientsConfig, build_config
+from fedlora.profiles import ClientProfile, draw_slowness
 from fedlora.sim.clock import EventClock
-from fedlora.sim.profiles import ClientProfile, draw_slowness, job_seconds
+from fedlora.sim.cost import job_seconds
 
 
 @given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=50))
@@ -80,7 +81,7 @@ def test_job_seconds_is_compute_plus_transfer() -> None:
 
 
 def test_rank_tiers_are_dealt_by_share() -> None:
-    from fedlora.sim.profiles import draw_profiles
+    from fedlora.profiles import draw_profiles
 
     cfg = build_config({"clients": {"num": 10, "ranks": {2: 0.25, 4: 0.25, 8: 0.25, 16: 0.25}}})
     ranks = [p.rank for p in draw_profiles(cfg.clients, 8, seed=0)]
@@ -90,7 +91,7 @@ def test_rank_tiers_are_dealt_by_share() -> None:
 
 
 def test_fastest_clients_get_the_largest_ranks() -> None:
-    from fedlora.sim.profiles import draw_profiles
+    from fedlora.profiles import draw_profiles
 
     cfg = build_config(
         {"clients": {"num": 8, "ranks": {2: 0.5, 16: 0.5}, "rank_by": "speed",

@@ -29,7 +29,8 @@ from fedlora.data.choices import configured_questions
 from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
 from fedlora.outcome import Outcome
-from fedlora.preflight import check
+from fedlora.preflight import check, check_node_ranks
+from fedlora.profiles import draw_profiles
 from fedlora.results.events import EventLog
 from fedlora.results.folders import claim_run_folder, hold_run_folder
 from fedlora.results.plots import plot_curves, run_title
@@ -161,7 +162,11 @@ def run_experiment(
     with hold_run_folder(folder) if resume else claim_run_folder(folder, overwrite):
         snapshot = read_checkpoint(folder) if resume else None
         prepared = prepare(config)
-        runtime.connect(config)
+        profiles = draw_profiles(
+            config.clients, config.lora.r, config.seed, runtime.connect(config)
+        )
+        if config.clients.rank_by == "node":  # the ranks were unknown until the nodes said
+            check_node_ranks(config, [p.rank for p in profiles])
         if snapshot is None:
             write_config(folder, with_resolved_data_dir(config))
             read_start(folder, prepared)
@@ -185,6 +190,7 @@ def run_experiment(
                     evaluation_writer(folder, prepared.learner, progress),
                     save,
                     interrupted,
+                    profiles,
                 )
             )
             if snapshot is not None:

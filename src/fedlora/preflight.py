@@ -41,7 +41,7 @@ from fedlora.data.federated import _subset, given_clients
 from fedlora.data.partition import partition
 from fedlora.data.sources import load_split
 from fedlora.data.tasks import is_causal
-from fedlora.sim.profiles import draw_profiles
+from fedlora.profiles import draw_profiles
 
 # The layer types PEFT's LoRA can adapt.
 _ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D)
@@ -205,8 +205,26 @@ def _check_names(config: ExperimentConfig) -> None:
 
 def _check_aggregator(config: ExperimentConfig) -> None:
     """The aggregator's options, and whether it (and every ``eval.shadow`` one) can merge the
-    ranks the clients will draw."""
-    ranks = [profile.rank for profile in draw_profiles(config.clients, config.lora.r, config.seed)]
+    ranks the clients will draw (under ``clients.rank_by: node``, once the nodes report them:
+    :func:`check_node_ranks`)."""
+    if config.clients.rank_by != "node":
+        clients = draw_profiles(config.clients, config.lora.r, config.seed)
+        _check_merging(config, [profile.rank for profile in clients])
+
+
+def check_node_ranks(config: ExperimentConfig, ranks: list[int]) -> None:
+    """``clients.rank_by: node``: whether the aggregator (and every ``eval.shadow`` one) can
+    merge the ranks the nodes reported."""
+    try:
+        _check_merging(config, ranks)
+    except ValueError as error:
+        raise ConfigError(
+            f"clients.rank_by: node: the nodes report ranks {sorted(set(ranks))}: {error}"
+        ) from None
+
+
+def _check_merging(config: ExperimentConfig, ranks: list[int]) -> None:
+    """Whether the aggregator (and every ``eval.shadow`` one) can merge these client ranks."""
     aggregator = aggregation.create(
         config.server.aggregator,
         config.lora,

@@ -10,13 +10,14 @@ simulator (``sim``), Flower's simulation engine (``flower-sim``) and Flower's wa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from fedlora.client.protocol import Learner
 from fedlora.config import ConfigError, ExperimentConfig, RuntimeConfig
 from fedlora.outcome import Outcome
+from fedlora.profiles import ClientProfile
 from fedlora.server import ServerCore
 from fedlora.server.events import EventSink
 from fedlora.snapshot import Snapshot
@@ -33,6 +34,7 @@ class Wiring:
     progress: Callable[[Outcome], None]
     checkpoint: Callable[[Snapshot], None]
     interrupted: Callable[[], bool]
+    profiles: Sequence[ClientProfile]  # assigned by the root: the ranks, and the sim's speeds
 
 
 class Driver(Protocol):
@@ -56,8 +58,9 @@ class Runtime(Protocol):
     def check(self, config: ExperimentConfig) -> None:
         """Raise :class:`ConfigError` for a key that means nothing under this runtime."""
 
-    def connect(self, config: ExperimentConfig) -> None:
-        """Find the clients' trainers (before the run folder is written)."""
+    def connect(self, config: ExperimentConfig) -> Mapping[int, int]:
+        """Find the clients' trainers (before the run folder is written); returns the ranks
+        they report, by client (``clients.rank_by: node``), where they report any."""
 
     def driver(self, wiring: Wiring) -> Driver: ...
 
@@ -89,6 +92,7 @@ class Meaningless:
 
     key: str  # dotted: section.field
     why: str
+    allowed: tuple[object, ...] = ()  # values besides the default that do mean something
 
     def value(self, config: ExperimentConfig) -> object:
         section, field = self.key.split(".")
@@ -105,11 +109,20 @@ class Meaningless:
 
 def refuse(config: ExperimentConfig, runtime: str, keys: Sequence[Meaningless]) -> None:
     """:class:`ConfigError` naming every key of ``keys`` that ``config`` sets to anything but
-    its default: under ``runtime`` it would be silently ignored."""
-    set_keys = [k for k in keys if k.value(config) != k.default(config)]
+    its default (or a value it allows): under ``runtime`` it would be silently ignored."""
+    set_keys = [k for k in keys if k.value(config) not in (k.default(config), *k.allowed)]
     if set_keys:
         lines = "; ".join(f"{k.key} ({k.why})" for k in set_keys)
         raise ConfigError(
             f"--runtime {runtime}: {lines}: these keys mean nothing under this runtime;"
             " remove them from the config, or run under --runtime sim"
         )
+
+
+NODES_ONLY = (
+    Meaningless(
+        "clients.rank_by",
+        "node: simulated clients have no nodes to report ranks; set clients.ranks",
+        allowed=("speed",),
+    ),
+)

@@ -91,9 +91,11 @@ class AvailabilityConfig(Section):
 class ClientsConfig(Section):
     num: Annotated[int, Field(ge=1)] = 10
     # LoRA rank per client: one per client, tiers with shares ({2: 0.5, 8: 0.5}), or null for
-    # lora.r everywhere. Tiers go to clients at random, or by speed (fastest get the largest).
+    # lora.r everywhere. Tiers go to clients at random, or by speed (fastest get the largest);
+    # rank_by node: each client's rank is the one its Flower node reports (--node-config
+    # 'partition-id=K rank=R'), at most lora.r, under --runtime flower only.
     ranks: list[Rank] | dict[Rank, Share] | None = None
-    rank_by: Literal["random", "speed"] = "random"
+    rank_by: Literal["random", "speed", "node"] = "random"
     speed: SpeedConfig = ConstantSpeed(distribution="constant")
     bandwidth_mbps: Annotated[float, Field(gt=0)] = 100.0
     # Virtual seconds one token costs a client of slowness 1 (forward + backward).
@@ -102,6 +104,11 @@ class ClientsConfig(Section):
 
     @model_validator(mode="after")
     def _ranks_fit(self) -> ClientsConfig:
+        if self.rank_by == "node" and self.ranks is not None:
+            raise ValueError(
+                "clients.ranks: under clients.rank_by: node the nodes report their ranks;"
+                " remove clients.ranks"
+            )
         if isinstance(self.ranks, list) and len(self.ranks) != self.num:
             raise ValueError(
                 f"clients.ranks: {len(self.ranks)} ranks listed for {self.num} clients"

@@ -23,6 +23,7 @@ from fedlora.flower.records import JobFields, ResultFields, get_state, put_state
 
 EXPERIMENT = "experiment"  # the config record that carries the experiment's config as JSON
 PARTITION_KEY = "partition-id"
+RANK_KEY = "rank"  # node config: the LoRA rank this node trains (clients.rank_by: node)
 
 _resident: dict[str, Prepared] = {}  # by config JSON: data and backbone, built once per process
 
@@ -79,9 +80,12 @@ app = ClientApp()
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Which partition (client id) this node holds: the server maps clients to nodes by it."""
-    reply = RecordDict({PARTITION_KEY: ConfigRecord({"id": partition_of(context)})})
-    return Message(reply, reply_to=message)
+    """Which partition (client id) this node holds, and the rank it trains if its node config
+    says (``clients.rank_by: node``): the server maps clients to nodes by the partition."""
+    said = ConfigRecord({"id": partition_of(context)})
+    if RANK_KEY in context.node_config:
+        said[RANK_KEY] = int(context.node_config[RANK_KEY])
+    return Message(RecordDict({PARTITION_KEY: said}), reply_to=message)
 
 
 @app.train()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedlora.adapters import AdapterState
-from fedlora.flower.client_app import PARTITION_KEY
+from fedlora.flower.client_app import PARTITION_KEY, RANK_KEY
 from fedlora.flower.inbox import Answer, Inbox, train_message
 from fedlora.flower.records import JobFields, payload_bytes
 from fedlora.outcome import Outcome
@@ -28,17 +29,23 @@ class FederationError(RuntimeError):
     """The federation cannot run as configured (e.g. a client has no node)."""
 
 
+class Discovered(NamedTuple):
+    nodes: dict[int, int]  # client id → node id
+    ranks: dict[int, int]  # client id → the rank its node reports (its node config's "rank")
+
+
 def discover_clients(
     grid: Grid,
     clients: int,
     wait_s: float,
     poll_s: float = 0.05,
     clock: Callable[[], float] = time.monotonic,
-) -> dict[int, int]:
-    """Client id → node id: asks every connected node its ``partition-id`` until each of the
-    ``clients`` partitions has a node, or ``wait_s`` passes."""
+) -> Discovered:
+    """Asks every connected node its ``partition-id`` (and the rank it reports, if any) until
+    each of the ``clients`` partitions has a node, or ``wait_s`` passes."""
     deadline = clock() + wait_s
     nodes: dict[int, int] = {}
+    ranks: dict[int, int] = {}
     asked: set[int] = set()
     waiting: dict[str, int] = {}  # unanswered query message id: node (a SuperLink answers an
     # id only once; pulling it again gives a "message unavailable" error)
@@ -51,15 +58,18 @@ def discover_clients(
             node = waiting.pop(reply.metadata.reply_to_message_id)
             if reply.has_error():
                 raise FederationError(f"node {node} cannot say its partition: {reply.error.reason}")
-            partition = int(reply.content.config_records[PARTITION_KEY]["id"])  # type: ignore[arg-type]
+            said = reply.content.config_records[PARTITION_KEY]
+            partition = int(said["id"])  # type: ignore[arg-type]
             if partition in nodes and nodes[partition] != node:
                 raise FederationError(
                     f"nodes {nodes[partition]} and {node} both hold {PARTITION_KEY} {partition}"
                 )
             nodes[partition] = node
+            if RANK_KEY in said:
+                ranks[partition] = int(said[RANK_KEY])  # type: ignore[arg-type]
         missing = sorted(set(range(clients)) - set(nodes))
         if not missing:
-            return {c: nodes[c] for c in range(clients)}
+            return Discovered({c: nodes[c] for c in range(clients)}, ranks)
         if clock() > deadline:
             raise FederationError(
                 f"no node holds {PARTITION_KEY} {missing} after {wait_s:g}s"

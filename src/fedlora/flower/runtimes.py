@@ -16,17 +16,18 @@ from fedlora.config import ExperimentConfig
 from fedlora.flower.client_app import node_experiment
 from fedlora.flower.grid_jobs import GridJobs
 from fedlora.flower.grid_runtime import GridRuntime, discover_clients
-from fedlora.runtimes import Meaningless, Wiring, refuse
+from fedlora.runtimes import NODES_ONLY, Meaningless, Wiring, refuse
 from fedlora.server.build import build_core
 from fedlora.sim.engine import SimRuntime, Simulation
-from fedlora.sim.profiles import draw_profiles
 
 VIRTUAL_ONLY = (
     Meaningless("server.max_virtual_time", "a limit in virtual time; use server.max_steps"),
     Meaningless(
         "eval.grid_seconds", "no evaluation grid in wall time; use eval.every or every_seconds"
     ),
-    Meaningless("clients.rank_by", "speed: a simulated speed would rank real nodes"),
+    Meaningless(
+        "clients.rank_by", "speed: a simulated speed would rank real nodes", allowed=("node",)
+    ),
     Meaningless("clients.speed", "real nodes train at their own speed"),
     Meaningless("clients.seconds_per_token", "the simulator's cost model"),
     Meaningless("clients.bandwidth_mbps", "the simulator's cost model"),
@@ -48,8 +49,9 @@ class Federation:
         self.wait_s = wait_s
         self.nodes: dict[int, int] = {}
 
-    def connect(self, config: ExperimentConfig) -> None:
-        self.nodes = discover_clients(self.grid, config.clients.num, self.wait_s)
+    def connect(self, config: ExperimentConfig) -> dict[int, int]:
+        self.nodes, ranks = discover_clients(self.grid, config.clients.num, self.wait_s)
+        return ranks
 
 
 class FlowerSimRuntime(Federation):
@@ -58,7 +60,9 @@ class FlowerSimRuntime(Federation):
     name = "flower-sim"
 
     def check(self, config: ExperimentConfig) -> None:
-        """The simulator's clock: every key means what it means there."""
+        """The simulator's clock: every key means what it means there; its nodes, one per
+        client on this machine, report no ranks."""
+        refuse(config, self.name, NODES_ONLY)
 
     def driver(self, wiring: Wiring) -> Simulation:
         jobs = GridJobs(self.grid, self.nodes, node_experiment(wiring.config))
@@ -75,7 +79,7 @@ class FlowerRuntime(Federation):
 
     def driver(self, wiring: Wiring) -> GridRuntime:
         config = wiring.config
-        ranks = [p.rank for p in draw_profiles(config.clients, config.lora.r, config.seed)]
+        ranks = [p.rank for p in wiring.profiles]
         learner = wiring.learner
         core = build_core(
             config,

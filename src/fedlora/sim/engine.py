@@ -11,7 +11,7 @@ clients' availability, and checkpoints all of it at safe points between completi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +21,15 @@ from fedlora import policies
 from fedlora.client.protocol import Learner, plan_job
 from fedlora.config import ExperimentConfig
 from fedlora.outcome import Outcome
-from fedlora.runtimes import CheckpointSchedule, Wiring
+from fedlora.profiles import ClientProfile, draw_profiles
+from fedlora.runtimes import NODES_ONLY, CheckpointSchedule, Wiring, refuse
 from fedlora.server import Send, ServerCore
 from fedlora.server.build import build_core
 from fedlora.server.events import EventSink
 from fedlora.sim.availability import Availability
 from fedlora.sim.clock import EventClock
+from fedlora.sim.cost import job_seconds
 from fedlora.sim.jobs import InProcess, JobFailed, JobRunner
-from fedlora.sim.profiles import ClientProfile, draw_profiles, job_seconds
 from fedlora.snapshot import Snapshot
 
 
@@ -216,10 +217,12 @@ class SimRuntime:
     name: str = "sim"
 
     def check(self, config: ExperimentConfig) -> None:
-        """Every key means something in virtual time."""
+        """Every key means something in virtual time, but no node reports a rank."""
+        refuse(config, self.name, NODES_ONLY)
 
-    def connect(self, config: ExperimentConfig) -> None:
-        """Nothing to find: the clients are this process's."""
+    def connect(self, config: ExperimentConfig) -> Mapping[int, int]:
+        """Nothing to find: the clients are this process's, and report no ranks."""
+        return {}
 
     def driver(self, wiring: Wiring) -> Simulation:
         return build_simulation(
@@ -227,6 +230,7 @@ class SimRuntime:
             wiring.learner,
             wiring.client_sizes,
             wiring.log,
+            profiles=wiring.profiles,
             progress=wiring.progress,
             checkpoint=wiring.checkpoint,
             interrupted=wiring.interrupted,

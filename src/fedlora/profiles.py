@@ -1,18 +1,23 @@
-"""Client profiles (slowness, bandwidth, rank) and the cost model that turns work into seconds.
+"""Client profiles (slowness, bandwidth, rank): who the experiment's clients are, assigned by
+the experiment for every runtime.
 
-Slowness multiplies the virtual seconds a client needs per token; 1 is the fastest device.
-Draws are seeded, so the same config and seed give the same federation.
+Slowness multiplies the virtual seconds a client needs per token under the simulator's cost
+model (:mod:`fedlora.sim.cost`); 1 is the fastest device. Draws are seeded, so the same config
+and seed give the same federation. A rank is drawn too, or, with ``clients.rank_by: node``,
+the one each client's node reports (a deployment's data owners choose what their hardware
+affords).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedlora.config import (
     ClientsConfig,
+    ConfigError,
     ConstantSpeed,
     LognormalSpeed,
     NormalSpeed,
@@ -87,21 +92,40 @@ def assign_ranks(
     return ranks
 
 
-def draw_profiles(clients: ClientsConfig, default_rank: int, seed: int) -> list[ClientProfile]:
+def node_ranks(reported: Mapping[int, int], num: int, largest: int) -> np.ndarray:
+    """``clients.rank_by: node``: each client's rank as its node reported it (client → rank);
+    a client whose node reported none, or one outside 1 … ``largest`` (``lora.r``), is named."""
+    silent = [c for c in range(num) if c not in reported]
+    if silent:
+        raise ConfigError(
+            f"clients.rank_by: node, but the nodes of clients {silent[:10]} report no rank"
+            " (start each SuperNode with --node-config 'partition-id=K rank=R')"
+        )
+    wrong = {c: r for c, r in sorted(reported.items()) if c < num and not 1 <= r <= largest}
+    if wrong:
+        raise ConfigError(
+            f"clients.rank_by: node: clients {list(wrong)} report ranks {list(wrong.values())},"
+            f" outside 1 … {largest} (lora.r, the largest rank a node may train)"
+        )
+    return np.array([reported[c] for c in range(num)])
+
+
+def draw_profiles(
+    clients: ClientsConfig,
+    default_rank: int,
+    seed: int,
+    reported: Mapping[int, int] | None = None,
+) -> list[ClientProfile]:
+    """Every client's profile; ``reported``: the ranks the clients' nodes report, by client,
+    which ``clients.rank_by: node`` takes."""
     slowness = draw_slowness(clients, seed)
-    ranks = assign_ranks(clients, default_rank, slowness, seed)
+    if clients.rank_by == "node":
+        ranks = node_ranks(reported or {}, clients.num, default_rank)
+    else:
+        ranks = assign_ranks(clients, default_rank, slowness, seed)
     return [
         ClientProfile(
             client=c, slowness=float(s), bandwidth_mbps=clients.bandwidth_mbps, rank=int(r)
         )
         for c, (s, r) in enumerate(zip(slowness, ranks, strict=True))
     ]
-
-
-def job_seconds(
-    profile: ClientProfile, tokens: int, seconds_per_token: float, bytes_down: int, bytes_up: int
-) -> float:
-    """Virtual duration: compute (tokens × s/token × slowness) plus adapter transfer both ways."""
-    compute = tokens * seconds_per_token * profile.slowness
-    transfer = (bytes_down + bytes_up) * 8 / (profile.bandwidth_mbps * 1e6)
-    return compute + transfer
