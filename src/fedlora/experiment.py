@@ -28,7 +28,7 @@ from fedlora.config import ExperimentConfig, with_resolved_data_dir
 from fedlora.data.choices import configured_questions
 from fedlora.data.federated import FederatedData, prepare_data
 from fedlora.data.tasks import TaskSpec
-from fedlora.outcome import Outcome
+from fedlora.outcome import Clock, Outcome
 from fedlora.preflight import check, check_node_ranks
 from fedlora.profiles import draw_profiles
 from fedlora.results.events import EventLog
@@ -198,7 +198,7 @@ def run_experiment(
             outcome = driver.run()
             if driver.core.stopped == "interrupted":
                 raise Interrupted(folder, outcome.steps, runtime.name)
-        summary = write_results(folder, prepared, outcome)
+        summary = write_results(folder, prepared, outcome, runtime.clock)
         remove_checkpoint(folder)
     return summary
 
@@ -219,8 +219,11 @@ def evaluation_writer(
     return after_evaluation
 
 
-def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[str, Any]:
-    """The run folder's results from a finished run (any runtime); returns the summary."""
+def write_results(
+    folder: Path, prepared: Prepared, outcome: Outcome, clock: Clock = "virtual"
+) -> dict[str, Any]:
+    """The run folder's results from a finished run (any runtime; its times on the runtime's
+    ``clock``); returns the summary."""
     config = prepared.config
     learner = prepared.learner
     if learner.global_predictions is None:  # resumed after the final evaluation: redo it
@@ -233,7 +236,7 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
     scored = sorted({e.client for e in outcome.local_evaluations})
     global_own = learner.evaluate_on_local_splits(outcome.global_state, scored)
     summary = summarize(
-        config, outcome, prepared.task, learner.global_predictions, local_sizes, global_own
+        config, outcome, prepared.task, learner.global_predictions, local_sizes, global_own, clock
     )
     base = step_predictions_path(folder, 0)
     if outcome.evaluations[0].step == 0 and base.is_file():
@@ -244,7 +247,7 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
         assert final is not None
         summary |= choices_summary(start, final)
         write_generations(folder, start, final)
-    summary = write_run(folder, outcome, summary)
+    summary = write_run(folder, outcome, summary, clock)
     write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)
     if not outcome.global_state.frozen:  # FedEx-LoRA's: no PEFT adapter carries them
         write_adapter_folder(
@@ -254,6 +257,6 @@ def write_results(folder: Path, prepared: Prepared, outcome: Outcome) -> dict[st
             model_path(config.model.name),
             prepared.task.causal,
         )
-    curves = [e.metrics | {"step": e.step, "virtual_time_s": e.time} for e in outcome.evaluations]
+    curves = [e.metrics | {"step": e.step, f"{clock}_time_s": e.time} for e in outcome.evaluations]
     plot_curves({config.name: curves}, [summary], folder / CURVES_FILE, run_title(summary))
     return summary

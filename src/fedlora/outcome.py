@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from fedlora.adapters import AdapterState
 from fedlora.aggregation.diagnostics import MergeDiagnostics
+
+# The clock a runtime keeps: the simulators' virtual seconds (the cost model's), or a
+# deployment's wall seconds. A run's files name their times by it: a deployment's have no
+# virtual time, rather than wall seconds under a virtual name.
+Clock = Literal["virtual", "wall"]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from fedlora.client.protocol import Learner
 from fedlora.config import ConfigError, ExperimentConfig, RuntimeConfig
-from fedlora.outcome import Outcome
+from fedlora.outcome import Clock, Outcome
 from fedlora.profiles import ClientProfile
 from fedlora.server import ServerCore
 from fedlora.server.events import EventSink
@@ -53,6 +53,11 @@ class Runtime(Protocol):
     @property
     def name(self) -> str:
         """As ``fedlora run --runtime`` names it."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The time it keeps, which the run's files name their times by."""
         ...
 
     def check(self, config: ExperimentConfig) -> None:

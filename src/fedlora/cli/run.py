@@ -147,8 +147,9 @@ def run(
     )
     typer.echo(
         f"{config.name}: final {config.eval.split} {metrics}  after {summary['rounds']} rounds,"
-        f" {summary['server_steps']} server steps, virtual {summary['virtual_time_s']:,.0f}s,"
-        f" wall {summary['wall_time_s']:.0f}s"
+        f" {summary['server_steps']} server steps,"
+        + (f" virtual {v:,.0f}s," if (v := summary.get("virtual_time_s")) is not None else "")
+        + f" wall {summary['wall_time_s']:.0f}s"
     )
     typer.echo(f"results: {folder}")
     if failure := learning_failure(summary):

@@ -16,6 +16,7 @@ from fedlora.config import ExperimentConfig
 from fedlora.flower.client_app import node_experiment
 from fedlora.flower.grid_jobs import GridJobs
 from fedlora.flower.grid_runtime import GridRuntime, discover_clients
+from fedlora.outcome import Clock
 from fedlora.runtimes import NODES_ONLY, Meaningless, Wiring, refuse
 from fedlora.server.build import build_core
 from fedlora.sim.engine import SimRuntime, Simulation
@@ -58,6 +59,7 @@ class FlowerSimRuntime(Federation):
     """The simulator in virtual time, each job trained on its client's node."""
 
     name = "flower-sim"
+    clock: Clock = "virtual"
 
     def check(self, config: ExperimentConfig) -> None:
         """The simulator's clock: every key means what it means there; its nodes, one per
@@ -73,6 +75,7 @@ class FlowerRuntime(Federation):
     """Wall-clock time: each reply merged as it comes."""
 
     name = "flower"
+    clock: Clock = "wall"
 
     def check(self, config: ExperimentConfig) -> None:
         check_wall_clock(config)

@@ -1,4 +1,5 @@
-"""Learning curves: every metric (loss beside accuracy) against virtual time and server steps."""
+"""Learning curves: every metric (loss beside accuracy) against the run's time (virtual, or a
+deployment's wall) and server steps."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from matplotlib.figure import Figure
 
 Rows = Sequence[Mapping[str, float]]
 
-_X_AXES = (("virtual_time_s", "virtual time (s)"), ("step", "server step"))
 _NOT_METRICS = {"step", "round", "virtual_time_s", "wall_time_s"}
 
 
@@ -49,7 +49,9 @@ def curve_figure(
     # Fixed margins: a constrained layout would cost a run about a second per figure.
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.92, wspace=0.28, hspace=0.28)
     figure.suptitle(title)
-    for row, (x_key, x_label) in enumerate(_X_AXES):
+    clock = "virtual" if all("virtual_time_s" in rows[0] for rows in runs.values()) else "wall"
+    x_axes = ((f"{clock}_time_s", f"{clock} time (s)"), ("step", "server step"))
+    for row, (x_key, x_label) in enumerate(x_axes):
         for column, metric in enumerate(metrics):
             ax = axes[row][column]
             for label, rows in runs.items():

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, dump_config, load_config
-from fedlora.outcome import Outcome
+from fedlora.outcome import Clock, Outcome
 from fedlora.results.atomic import write_atomically
 from fedlora.results.errors import RunFolderError
 from fedlora.results.events import LogMark, verified_prefix
@@ -36,11 +36,13 @@ PREVIOUS_CHECKPOINT = "checkpoint.previous.safetensors"  # the one before: a fal
 CHECKPOINT_FILES = (CHECKPOINT_FILE, CHECKPOINT_FILE + ".tmp", PREVIOUS_CHECKPOINT)
 
 
-def write_run(folder: Path, outcome: Outcome, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write metrics.csv, ``summary`` (:func:`~fedlora.results.summary.summarize`'s) as
-    summary.json and the global adapter; returns the summary as written, non-finite values as
-    null."""
-    rows = [evaluation_row(e) for e in outcome.evaluations]
+def write_run(
+    folder: Path, outcome: Outcome, summary: dict[str, Any], clock: Clock = "virtual"
+) -> dict[str, Any]:
+    """Write metrics.csv (times on the runtime's ``clock``), ``summary``
+    (:func:`~fedlora.results.summary.summarize`'s) as summary.json and the global adapter;
+    returns the summary as written, non-finite values as null."""
+    rows = [evaluation_row(e, clock) for e in outcome.evaluations]
     with (folder / METRICS_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -116,7 +118,7 @@ class _Headline(BaseModel):
     best: dict[str, Any]
     server_steps: int
     rounds: int
-    virtual_time_s: float
+    virtual_time_s: float | None = None  # none under a deployment's wall clock
     wall_time_s: float
     bytes_down: int
     bytes_up: int
@@ -146,7 +148,8 @@ def read_summary(folder: Path) -> dict[str, Any]:
 
 def read_metrics(folder: Path) -> list[dict[str, float]]:
     """The run's metrics.csv rows; a field that is no number, a row that does not fit the
-    header, no rows, or no step or virtual_time_s column is refused naming the file."""
+    header, no rows, or no step or time column (virtual, or a deployment's wall) is refused
+    naming the file."""
     path = _require(folder, METRICS_FILE)
     try:
         with path.open(encoding="utf-8") as handle:
@@ -159,7 +162,8 @@ def read_metrics(folder: Path) -> list[dict[str, float]]:
         raise damaged(path, "a row whose fields do not match the header") from None
     if not rows:
         raise damaged(path, "no rows")
-    missing = {"step", "virtual_time_s"} - rows[0].keys()
+    clock = "virtual_time_s" if "wall_time_s" not in rows[0] else "wall_time_s"
+    missing = {"step", clock} - rows[0].keys()
     if missing:
         raise damaged(path, f"no column {', '.join(sorted(missing))}")
     return rows

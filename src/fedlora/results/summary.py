@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedlora.config import ExperimentConfig, TargetConfig
 from fedlora.data.tasks import TaskSpec
-from fedlora.outcome import Evaluation, Outcome
+from fedlora.outcome import Clock, Evaluation, Outcome
 from fedlora.predictions import Predictions
 from fedlora.target import first_reaching, lower_is_better
 from fedlora.terciles import length_terciles
@@ -21,15 +21,20 @@ if TYPE_CHECKING:
     from fedlora.aggregation.diagnostics import MergeDiagnostics
 
 
-def evaluation_row(evaluation: Evaluation) -> dict[str, Any]:
-    """One evaluation as a metrics.csv row (and as the summary's ``final`` and ``best``)."""
-    return {
-        "step": evaluation.step,
-        "round": evaluation.round,
-        "virtual_time_s": evaluation.time,
-        "wall_time_s": evaluation.wall,
-        **evaluation.metrics,
-    }
+def clock_seconds(row: Mapping[str, Any]) -> float:
+    """A summary's (or its target's, or a metrics row's) seconds on its run's clock."""
+    return float(row["virtual_time_s"] if "virtual_time_s" in row else row["wall_time_s"])
+
+
+def evaluation_row(evaluation: Evaluation, clock: Clock = "virtual") -> dict[str, Any]:
+    """One evaluation as a metrics.csv row (and as the summary's ``final`` and ``best``): its
+    time on the run's clock, and under a virtual one the wall seconds beside."""
+    times = (
+        {"virtual_time_s": evaluation.time, "wall_time_s": evaluation.wall}
+        if clock == "virtual"
+        else {"wall_time_s": evaluation.time}
+    )
+    return {"step": evaluation.step, "round": evaluation.round, **times, **evaluation.metrics}
 
 
 def summarize(
@@ -39,9 +44,11 @@ def summarize(
     predictions: Predictions | None = None,
     local_sizes: Sequence[int] | None = None,
     global_own: Mapping[int, Mapping[str, float]] | None = None,
+    clock: Clock = "virtual",
 ) -> dict[str, Any]:
-    """The run's headline numbers; ``best`` is the evaluation best on the task's first metric
-    (highest, or lowest for a loss: an instruction task's).
+    """The run's headline numbers, its times on its runtime's ``clock``; ``best`` is the
+    evaluation best on the task's first metric (highest, or lowest for a loss: an instruction
+    task's).
 
     With the final model's ``predictions`` (carrying context lengths), ``final.by_length``
     slices its accuracy and loss by length tercile; ``local_sizes`` are the clients' own test
@@ -60,15 +67,16 @@ def summarize(
         "clients": config.clients.num,
         "seed": config.seed,
         "stop_reason": outcome.stop_reason,
+        "clock": clock,
         # the final model, as of the run's end (lost jobs may advance rounds and time after
         # its last merge, never the model)
         "final": {
-            **evaluation_row(final),
+            **evaluation_row(final, clock),
             "round": outcome.rounds,
-            "virtual_time_s": outcome.virtual_time,
+            f"{clock}_time_s": outcome.virtual_time,
         },
-        "best": evaluation_row(best),
-        "virtual_time_s": outcome.virtual_time,
+        "best": evaluation_row(best, clock),
+        **({"virtual_time_s": outcome.virtual_time} if clock == "virtual" else {}),
         "wall_time_s": outcome.wall_time,
         "server_steps": outcome.steps,
         "rounds": outcome.rounds,
@@ -91,29 +99,29 @@ def summarize(
     if outcome.diagnostics:
         summary["diagnostics"] = _diagnostics_summary(outcome.diagnostics)
     if config.eval.target is not None:
-        summary["target"] = _target_summary(config.eval.target, outcome)
+        summary["target"] = _target_summary(config.eval.target, outcome, clock)
     return summary
 
 
-def _reached(evaluation: Evaluation | None) -> dict[str, Any]:
+def _reached(evaluation: Evaluation | None, clock: Clock) -> dict[str, Any]:
     return {
         "reached": evaluation is not None,
-        **({} if evaluation is None else evaluation_row(evaluation)),
+        **({} if evaluation is None else evaluation_row(evaluation, clock)),
     }
 
 
-def _target_summary(target: TargetConfig, outcome: Outcome) -> dict[str, Any]:
+def _target_summary(target: TargetConfig, outcome: Outcome, clock: Clock) -> dict[str, Any]:
     """The first noisy crossing (flat, as before), the first crossing of the running mean of the
     last ``smooth`` evaluations, and, with ``target.max_loss``, the first eval with loss ≤ it."""
     series = [e.metrics for e in outcome.evaluations]
 
     def first(metric: str, value: float, smooth: int) -> dict[str, Any]:
         index = first_reaching(series, metric, value, smooth)
-        return _reached(None if index is None else outcome.evaluations[index])
+        return _reached(None if index is None else outcome.evaluations[index], clock)
 
     summary = {
         **target.model_dump(),
-        **_reached(outcome.target),
+        **_reached(outcome.target, clock),
         "smoothed": first(target.metric, target.value, target.smooth),
     }
     if target.max_loss is not None:

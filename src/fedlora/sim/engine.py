@@ -20,7 +20,7 @@ import numpy as np
 from fedlora import policies
 from fedlora.client.protocol import Learner, plan_job
 from fedlora.config import ExperimentConfig
-from fedlora.outcome import Outcome
+from fedlora.outcome import Clock, Outcome
 from fedlora.profiles import ClientProfile, draw_profiles
 from fedlora.runtimes import NODES_ONLY, CheckpointSchedule, Wiring, refuse
 from fedlora.server import Send, ServerCore
@@ -215,6 +215,7 @@ class SimRuntime:
 
     runner: JobRunner | None = None
     name: str = "sim"
+    clock: Clock = "virtual"
 
     def check(self, config: ExperimentConfig) -> None:
         """Every key means something in virtual time, but no node reports a rank."""

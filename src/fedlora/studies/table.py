@@ -10,6 +10,7 @@ from typing import Any
 
 from fedlora.results.report import time_to_target
 from fedlora.results.store import read_metrics, read_summary
+from fedlora.results.summary import clock_seconds
 from fedlora.studies.kept import has_predictions, has_step_predictions
 from fedlora.studies.paired import (
     FEW_SEEDS,
@@ -316,9 +317,9 @@ def _speedups(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], measure: s
             values.append(theirs / mine)
             shown.append(f"{theirs / mine:.2f}×")
         elif mine is not None:  # the baseline ran its whole length without reaching it
-            shown.append(f"≥{baseline['virtual_time_s'] / mine:.2f}×")
+            shown.append(f"≥{clock_seconds(baseline) / mine:.2f}×")
         elif theirs is not None:
-            shown.append(f"≤{theirs / run['virtual_time_s']:.2f}×")
+            shown.append(f"≤{theirs / clock_seconds(run):.2f}×")
     if len(values) + neither < len(shown):
         return ", ".join(shown)
     if not values:
