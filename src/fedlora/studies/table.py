@@ -242,12 +242,24 @@ def _row(
     summaries: dict[str, dict[int, dict[str, Any]]],
     baselines: Sequence[str],
 ) -> list[str]:
-    """One arm's cells after its name (summaries written before a field existed show "—")."""
+    """One arm's cells after its name (summaries written before a field existed show "—"):
+    its levels, time to target, speedups, resources and clients' local models, in
+    :data:`_COLUMNS`, speedup, :data:`_AFTER_SPEEDUPS` and :data:`_LOCAL_COLUMNS` order."""
     runs: list[dict[str, Any]] = list(by_seed.values())
-    targets = [s.get("target") or {} for s in runs]
-    hits = [t for t in targets if t.get("reached")]
+    speedups = [
+        _speedups(
+            [(summaries[b][seed], s) for seed, s in by_seed.items() if seed in summaries[b]], m
+        )
+        for b in baselines
+        for m in _MEASURES
+    ]
+    return [*_levels(runs), *_to_target(runs), *speedups, *_resources(runs), *_locals(runs)]
+
+
+def _levels(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Final and best accuracy, F1 and loss, and final multiple-choice accuracy."""
     choices = [s["choices"]["final"] for s in runs if "choices" in s]
-    row = [
+    return [
         str(len(runs)),
         _spread([s["final"]["accuracy"] for s in runs if "accuracy" in s["final"]]),
         _spread([s["final"]["f1"] for s in runs if "f1" in s["final"]]),
@@ -257,34 +269,39 @@ def _row(
         _spread([s["best"]["loss"] for s in runs if "accuracy" not in s["best"]]),
         _spread([c["mc_accuracy"] for c in choices]),
         _spread([c["mc_accuracy_norm"] for c in choices]),
-        _reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—",
     ]
+
+
+def _to_target(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Rounds to the target, then seconds to it by each of :data:`_MEASURES`."""
+    targets = [s.get("target") or {} for s in runs]
+    hits = [t for t in targets if t.get("reached")]
+    row = [_reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—"]
     for measure in _MEASURES:
         reached = [time_to_target(s, measure) for s in runs]
         times = [t for t in reached if t is not None]
         measured = any(_measured(s, measure) for s in runs)
         row.append(_reached(times, len(runs), 0) if measured else "—")
-    for baseline in baselines:
-        pairs = [
-            (summaries[baseline][seed], s)
-            for seed, s in by_seed.items()
-            if seed in summaries[baseline]
-        ]
-        row += [_speedups(pairs, measure) for measure in _MEASURES]
-    local = [s["local"] for s in runs if "local" in s]
+    return row
+
+
+def _resources(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """:data:`_AFTER_SPEEDUPS`: staleness, idle share, traffic and the update spread."""
+    idle = [
+        statistics.fmean(s["client_idle_fraction"]) for s in runs if "client_idle_fraction" in s
+    ]
     return [
-        *row,
         _spread([s["staleness"]["mean"] for s in runs if "staleness" in s], 2),
-        _spread(
-            [
-                statistics.fmean(s["client_idle_fraction"])
-                for s in runs
-                if "client_idle_fraction" in s
-            ],
-            2,
-        ),
+        _spread(idle, 2),
         _spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1),
         _spread([s["diagnostics"]["spread"]["mean"] for s in runs if "diagnostics" in s]),
+    ]
+
+
+def _locals(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """:data:`_LOCAL_COLUMNS`: the clients' own models, and the global one on their splits."""
+    local = [s["local"] for s in runs if "local" in s]
+    return [
         _spread([entry["own"]["mean"] for entry in local]),
         _spread([entry["own"]["std"] for entry in local]),
         _spread([entry["own_loss"]["mean"] for entry in local if "own_loss" in entry]),
