@@ -19,6 +19,7 @@ from fedlora.cli import outputs  # noqa: F401
 from fedlora.cli import study  # noqa: F401
 from fedlora.cli import partition  # noqa: F401
 from fedlora.cli import components  # noqa: F401
+from fedlora.cli import serve  # noqa: F401
 
 # isort: on
 from fedlora.cli.partition import partition_folder

@@ -174,4 +174,8 @@ class GridRuntime:
         except ValueError as failure:
             self._push(self.core.lost(job, str(failure), self.now()))
             return
-        self._push(self.core.arrival(job, update, result.examples, result.loss, self.now()))
+        self._push(
+            self.core.arrival(
+                job, update, result.examples, result.loss, self.now(), **result.where()
+            )
+        )

@@ -1,6 +1,7 @@
 """A Flower deployment on 127.0.0.1 as processes this one owns: the README's commands (a
-SuperLink with TLS and SuperNode authentication, registered SuperNodes, ``flwr run``), on free
-ports, every offline switch set, and everything stopped on exit. The deployment test and the
+SuperLink with TLS and SuperNode authentication, registered SuperNodes, each with its resident
+trainer unless told not to, ``flwr run``), on free ports, every offline switch set, and
+everything stopped on exit. The deployment test and the
 runtime benchmark use it; a real federation runs the same commands on its own hosts.
 
 The credentials come from ``scripts/flower_certs.sh`` (``ca.crt``, ``server.pem``,
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from fedlora.flower.client_app import RESIDENT_KEY
 from fedlora.flower.submit import APP
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr live here
@@ -32,18 +34,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Until ``process`` listens on ``port``; an error if it exits or ``timeout`` passes."""
+def wait_for(address: int | Path, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until ``process`` listens on ``address`` (a port on 127.0.0.1, or a Unix socket); an
+    error if it exits or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            _connect(address)
             return
         except OSError:
             time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+    raise TimeoutError(f"nothing listens on {_named(address)} after {timeout:g}s")
+
+
+def _connect(address: int | Path) -> None:
+    if isinstance(address, Path):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+            unix.settimeout(1)
+            unix.connect(str(address))
+    else:
+        socket.create_connection(("127.0.0.1", address), timeout=1).close()
+
+
+def _named(address: int | Path) -> str:
+    return str(address) if isinstance(address, Path) else f"127.0.0.1:{address}"
 
 
 def descendants(pid: int) -> list[int]:
@@ -81,11 +97,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 class LocalDeployment:
     """A SuperLink and SuperNodes ``0..nodes-1`` (``partition-id`` K, key pair ``node-K``,
-    registered) on 127.0.0.1, logging into ``folder/logs``; a context manager."""
+    registered) on 127.0.0.1, logging into ``folder/logs``; a context manager. With
+    ``resident`` (the default) each SuperNode K has a resident trainer (``fedlora serve-node``)
+    on the Unix socket ``folder/resident/node-K.sock``, named in its node config; without, every
+    message loads the model in its ClientApp process."""
 
-    def __init__(self, certs: Path, folder: Path, nodes: int) -> None:
+    def __init__(self, certs: Path, folder: Path, nodes: int, resident: bool = True) -> None:
         self.certs = certs
         self.nodes = nodes
+        self.resident = resident
+        self.sockets = folder / "resident"
         self.logs = folder / "logs"
         self.home = folder / "flwr-home"  # flwr's connection settings (FLWR_HOME)
         self.database = folder / "superlink.db"  # registered node keys survive a restart
@@ -114,6 +135,8 @@ class LocalDeployment:
             self._start_superlink()
             for k in range(self.nodes):
                 self.register(k)
+                if self.resident:
+                    self.resident_trainer(k)
                 self.supernode(k)
         except BaseException:
             self.close()
@@ -153,7 +176,7 @@ class LocalDeployment:
             "--host", "127.0.0.1",
             "--port", str(self.link_port),
         )  # fmt: skip
-        wait_for_port(self.link_port, link, timeout=120)
+        wait_for(self.link_port, link, timeout=120)
 
     def restart_superlink(self) -> None:
         """Stop the SuperLink and start it again, on its port and database, as an operator's
@@ -168,15 +191,31 @@ class LocalDeployment:
         if result.returncode != 0:
             raise RuntimeError(f"flwr supernode register {public}: {result.stdout}{result.stderr}")
 
+    def socket_of(self, k: int) -> Path:
+        """The Unix socket of node ``k``'s resident trainer."""
+        return self.sockets / f"node-{k}.sock"
+
+    def resident_trainer(self, k: int) -> subprocess.Popen[bytes]:
+        """Node ``k``'s resident trainer, once its socket takes connections."""
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        serve = [str(BIN / "fedlora"), "serve-node", "--socket", str(self.socket_of(k))]
+        trainer = self.start(f"resident-{k}", *serve)
+        wait_for(self.socket_of(k), trainer, timeout=120)
+        return trainer
+
     def supernode(self, k: int, *extra: str) -> subprocess.Popen[bytes]:
-        """SuperNode ``k`` holding partition ``k``, authenticated by key pair ``node-k``."""
+        """SuperNode ``k`` holding partition ``k``, authenticated by key pair ``node-k``, its
+        ClientApps handing their jobs to its resident trainer (if the deployment has them)."""
+        node_config = f"partition-id={k}"
+        if self.resident:
+            node_config += f' {RESIDENT_KEY}="{self.socket_of(k)}"'
         return self.start(
             f"supernode-{k}",
             str(BIN / "flower-supernode"),
             "--superlink", f"127.0.0.1:{self.link_port}",
             "--root-certificates", str(self.certs / "ca.crt"),
             "--auth-supernode-private-key", str(self.certs / f"node-{k}"),
-            "--node-config", f"partition-id={k}",
+            "--node-config", node_config,
             "--host", "127.0.0.1",
             "--port", str(free_port()),
             *extra,
@@ -192,11 +231,12 @@ class LocalDeployment:
             check=False,
         )
 
-    def run(self, config: Path, out: Path, wait_s: float, timeout: float) -> str:
-        """``flwr run`` of the fedlora app on ``config`` into ``out``, until it ends; its output."""
+    def run(self, config: Path, out: Path, wait_s: float, timeout: float, app: Path = APP) -> str:
+        """``flwr run`` of the fedlora app (or another ``app`` with its run config keys) on
+        ``config`` into ``out``, until it ends; its output."""
         run_config = f'config="{config.resolve()}" out="{out.resolve()}" wait-s={wait_s}'
         result = self.flwr(
-            "run", str(APP), CONNECTION, "--stream", "--run-config", run_config, timeout=timeout
+            "run", str(app), CONNECTION, "--stream", "--run-config", run_config, timeout=timeout
         )
         return result.stdout + result.stderr
 

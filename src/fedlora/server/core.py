@@ -91,9 +91,16 @@ class ServerCore:
         )
 
     def arrival(
-        self, job_id: int, update: AdapterState | bytes, examples: int, loss: float, now: float
+        self,
+        job_id: int,
+        update: AdapterState | bytes,
+        examples: int,
+        loss: float,
+        now: float,
+        **details: object,
     ) -> list[Send]:
-        """A job's result reached the server: validate, count, hand it to the policy."""
+        """A job's result reached the server: validate, count, hand it to the policy. The
+        arrival is logged with the runtime's ``details`` (e.g. where a deployment trained it)."""
         job = self.in_flight.pop(job_id, None)
         if job is None:  # a duplicate, late or forged reply: nothing to merge it with
             self.outcome.rejected += 1
@@ -117,6 +124,7 @@ class ServerCore:
             examples=examples,
             loss=loss,
             bytes=size,
+            **details,
         )
         server = self.config.server
         try:
