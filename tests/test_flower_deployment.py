@@ -3,7 +3,12 @@ with TLS and SuperNode authentication, started with the commands the README give
 FedFa run with heterogeneous ranks, submitted by ``fedlora run --runtime flower --federation``,
 finishes and its ``adapter/`` loads with stock PEFT, a
 SuperNode whose key was never registered is refused, a restarted SuperLink still knows the
-registered ones, and a run whose ServerApp fails fails ``deploy/flower/run.sh``."""
+registered ones, and a run whose ServerApp fails fails ``deploy/flower/run.sh``.
+
+The tests share one deployment (starting one costs more than most of them): each submits its
+runs into its own folder, reads only what its own runs or its own processes wrote, and leaves
+the deployment as it found it (a SuperNode it stops is started again, a SuperLink it restarts
+has its SuperNodes back before it ends); the module's fixture stops every process."""
 
 from __future__ import annotations
 
@@ -27,15 +32,18 @@ CERTS_SCRIPT = Path(__file__).parents[1] / "scripts" / "flower_certs.sh"
 RUN_SCRIPT = APP / "run.sh"
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[LocalDeployment]:
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    """One deployment for the module's tests, every process of it stopped at the end (the
+    context manager's exit runs when a test failed too)."""
     missing = [tool for tool in ("openssl", "ssh-keygen") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not found: scripts/flower_certs.sh needs them")
-    certs = tmp_path / "certs"
+    folder = tmp_path_factory.mktemp("deployment")
+    certs = folder / "certs"
     command = ["bash", str(CERTS_SCRIPT), "--out", str(certs), "--nodes", "3"]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
-    with LocalDeployment(certs, tmp_path, nodes=2) as deployment:  # node-2 stays unregistered
+    with LocalDeployment(certs, folder, nodes=2) as deployment:  # node-2 stays unregistered
         yield deployment
 
 
@@ -73,21 +81,23 @@ def test_a_fedfa_run_over_a_tls_authenticated_deployment(
 
 
 def test_a_supernode_with_an_unregistered_key_is_refused(deployment: LocalDeployment) -> None:
+    before = len(deployment.log("superlink"))  # what the SuperLink logged for other tests
     intruder = deployment.supernode(2, "--max-retries", "1")
     assert intruder.wait(timeout=120) != 0
-    assert "No SuperNode found with the given public key" in deployment.log("superlink")
+    assert "No SuperNode found with the given public key" in deployment.log("superlink")[before:]
 
 
 def test_a_restarted_superlink_keeps_its_registered_supernodes(
     deployment: LocalDeployment,
 ) -> None:
-    def registered() -> int:
-        nodes = deployment.flwr("supernode", "ls", CONNECTION, "--format", "json", timeout=120)
-        return len(json.loads(nodes.stdout)["nodes"])
-
-    assert registered() == 2
+    assert len(_registered(deployment)) == 2
     deployment.restart_superlink()  # --database: the state is a file, not the process's memory
-    assert registered() == 2
+    assert len(_registered(deployment)) == 2
+    # the SuperNodes reconnect by themselves: the next test finds them as this one did
+    deadline = time.monotonic() + 120
+    while _registered(deployment) != ["online", "online"]:
+        assert time.monotonic() < deadline, deployment.log_tails()
+        time.sleep(1)
 
 
 def test_a_failing_server_app_fails_the_run_script(
@@ -128,11 +138,15 @@ def test_a_supernode_killed_mid_run_and_restarted_rejoins(
         while not any(e["type"] == "arrival" for e in _events(run)):
             assert time.monotonic() < deadline and federation.poll() is None
             time.sleep(1)
-        node = deployment.processes[2]  # the SuperLink, SuperNode 0, SuperNode 1
+        node = _supernode_process(deployment, 1)
         stop(node)
         deployment.processes.remove(node)
         killed = len(_events(run))
-        time.sleep(5)
+        # started again once the SuperLink found it gone (a job of client 1 lost), not before:
+        # a SuperNode back under its key before that would leave its job in flight unanswered
+        while not any(e["type"] == "lost" and e["client"] == 1 for e in _events(run)[killed:]):
+            assert time.monotonic() < deadline and federation.poll() is None
+            time.sleep(0.2)
         deployment.supernode(1)
         output, _ = federation.communicate(timeout=600)
     finally:
@@ -148,3 +162,20 @@ def test_a_supernode_killed_mid_run_and_restarted_rejoins(
 
 def _events(run: Path) -> list[dict]:
     return read_events(run / "events.jsonl") if (run / "events.jsonl").is_file() else []
+
+
+def _registered(deployment: LocalDeployment) -> list[str]:
+    """The status of each SuperNode the SuperLink has registered (``flwr supernode ls``)."""
+    nodes = deployment.flwr("supernode", "ls", CONNECTION, "--format", "json", timeout=120)
+    return [node["status"] for node in json.loads(nodes.stdout)["nodes"]]
+
+
+def _supernode_process(deployment: LocalDeployment, k: int) -> subprocess.Popen[bytes]:
+    """The running SuperNode process of key pair ``node-k`` (an earlier test of the shared
+    deployment may have restarted the SuperLink or this SuperNode: not found by position)."""
+    key = str(deployment.certs / f"node-{k}")
+    return next(
+        p
+        for p in deployment.processes
+        if p.poll() is None and Path(str(p.args[0])).name == "flower-supernode" and key in p.args
+    )
