@@ -16,6 +16,7 @@ from fedlora.studies.paired import (
     compare_local,
     compare_runs,
     holm,
+    nested_difference,
     paired_difference,
 )
 
@@ -120,6 +121,34 @@ def test_compare_local_pairs_clients_by_id_within_each_seed() -> None:
     assert differences["local loss"].estimate == -0.25 and differences["local loss"].real
     without_loss = compare_local([_local([0.5, 0.5])], [_local([0.5, 0.5], [1.0, 1.0])])
     assert set(without_loss) == {"local"} and without_loss["local"].estimate == 0.0
+
+
+def test_seeds_may_score_different_clients_and_a_loss_metric_is_compared_once() -> None:
+    """Clients are nested in seeds: a seed whose partition left a client unscored still
+    compares; the estimate is the mean of the seeds' client means."""
+    reference = [_local([0.5, 0.5, 0.5]), _local([0.5, 0.5])]
+    arm = [_local([0.75, 1.0, 0.5]), _local([0.25, 0.75])]
+    local = compare_local(reference, arm)["local"]
+    assert local.per_seed == pytest.approx((0.25, 0.0)) and local.estimate == pytest.approx(0.125)
+    for summary in (*reference, *arm):
+        summary["local"]["metric"] = "loss"  # an instruction task's: "own" is the loss
+    assert set(compare_local(reference, arm)) == {"local loss"}
+
+
+def test_the_nested_bootstrap_covers_a_known_effect_at_its_level() -> None:
+    """1,000 simulated studies of 6 seeds, each scoring its own 8–12 clients (nested): client
+    differences δ + u_s + e_sc with δ = 0.1, seed effects u_s of variance 0.25 and client
+    noise e_sc of variance 1. The 95 % interval must cover δ 93–97 % of the time (measured:
+    0.943; 0.939 at 3 seeds, 0.953 at 8; resampling the clients within the seeds as well
+    covered 0.971)."""
+    rng = np.random.default_rng(2)
+    seeds, effect, covered = 6, 0.1, 0
+    for study in range(1000):
+        shifts = rng.normal(0, 0.5, seeds)
+        arm = [effect + u + rng.normal(0, 1, rng.integers(8, 13)) for u in shifts]
+        found = nested_difference([np.zeros(len(a)) for a in arm], arm, resamples=1000, seed=study)
+        covered += found.low <= effect <= found.high
+    assert 0.93 <= covered / 1000 <= 0.97
 
 
 def test_compare_runs_slices_the_eval_split_by_length_tercile(tmp_path: Path) -> None:

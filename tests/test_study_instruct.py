@@ -27,6 +27,7 @@ def test_a_study_of_an_instruction_task_pairs_losses_and_answers(tmp_path: Path)
     raw = instruct_config(tmp_path)
     raw["server"]["rounds"] = 2
     raw["eval"]["choices"] = {"file": str(write_questions(tmp_path / "mc.jsonl", 12))}
+    raw["eval"] |= {"local_share": 0.25, "local_dev": False}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
     study = {
         "name": "mini-instruct",
@@ -48,6 +49,10 @@ def test_a_study_of_an_instruction_task_pairs_losses_and_answers(tmp_path: Path)
                    "Δ loss short vs avg", "Δ loss long vs avg", "Δ MC acc vs avg"):  # fmt: skip
         assert f"| {column}" in header, column
     assert (docs / "loss.png").is_file() and not (docs / "accuracy.png").exists()
+    # the clients' models are scored in the response loss too: named so, and each column once
+    assert " acc, " not in header and "local acc" not in header
+    for column in ("local loss, own split", "global loss, own split", "Δ local loss vs avg"):
+        assert header.count(f"| {column}") == 1, column
 
     # the paired loss difference is that of the losses the runs report, seed by seed
     summaries = {

@@ -104,7 +104,7 @@ def study_table(
             *_COLUMNS,
             *(f"speedup vs {b}{label}" for b in present for label in _MEASURES.values()),
             *_AFTER_SPEEDUPS,
-            *_LOCAL_COLUMNS,
+            *_local_columns(summaries),
             *(f"Δ {label} vs {b} [95% CI]" for b in present for label, _ in _PAIRED),
         ]
         measured = [[arm, *_row(summaries[arm], summaries, present)] for arm in summaries]
@@ -116,7 +116,13 @@ def study_table(
         rows = [
             m + [_cell(d, verdicts) for d in row] for m, row in zip(measured, paired, strict=True)
         ]
-        shown = [i for i in range(len(header)) if any(row[i] != "—" for row in rows)]
+        # a column with no value is left out, and so is one named as an earlier one (a loss
+        # metric's local columns: the same values)
+        shown = [
+            i
+            for i in range(len(header))
+            if any(row[i] != "—" for row in rows) and header[i] not in header[:i]
+        ]
         lines += [
             f"### {group}",
             "",
@@ -254,6 +260,16 @@ def _row(
         for m in _MEASURES
     ]
     return [*_levels(runs), *_to_target(runs), *speedups, *_resources(runs), *_locals(runs)]
+
+
+def _local_columns(summaries: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """:data:`_LOCAL_COLUMNS`, named by the metric the clients' models were scored in: an
+    instruction task's is its response loss, not an accuracy."""
+    metrics = {s["local"]["metric"] for by_seed in summaries.values() for s in by_seed.values()
+               if "local" in s}  # fmt: skip
+    if metrics != {"loss"}:
+        return list(_LOCAL_COLUMNS)
+    return [c.replace(" acc,", " loss,") for c in _LOCAL_COLUMNS]
 
 
 def _levels(runs: Sequence[dict[str, Any]]) -> list[str]:
