@@ -24,6 +24,7 @@ REPOSITORY = Path(__file__).parents[1]
 COMMITTED = [
     ("configs/hlora/study.yaml", "docs/results/hlora/rerun"),
     ("configs/hlora-llm/gate.yaml", "docs/results/hlora-llm/gate"),
+    ("configs/cllora-llm/study.yaml", "docs/results/cllora-llm"),
 ]
 
 
