@@ -1,0 +1,37 @@
+"""A ClientApp that imports only flwr and answers every job at once with an adapter of the
+shapes it was sent: Flower's own cost per message, for ``benchmarks/runtime_overhead.py``.
+Its arrays are new (the sent ones plus 1): Flower stores objects by content and pushes only
+those the receiver lacks, so an echo of the very arrays sent would travel back for free.
+fedlora's record names are written out here (``fedlora.flower.records``,
+``fedlora.flower.client_app``) so that nothing of fedlora is imported."""
+
+from __future__ import annotations
+
+import os
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    partition = int(context.node_config["partition-id"])  # type: ignore[arg-type]
+    return Message(RecordDict({"partition-id": ConfigRecord({"id": partition})}), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    sent, reply = message.content, RecordDict()
+    for name in ("adapter", "frozen"):  # the factors it was sent, each plus 1: new arrays
+        arrays = sent.array_records[name]  # (Flower does not carry again what it holds)
+        reply.array_records[name] = ArrayRecord(
+            {k: Array(a.numpy() + 1) for k, a in arrays.items()}
+        )
+        reply.config_records[f"{name}.alphas"] = sent.config_records[f"{name}.alphas"]
+    job = sent.config_records["job"]["job"]
+    result = {"job": job, "examples": 1, "loss": 0.0, "served": "floor", "pid": os.getpid()}
+    result["train_s"] = 0.0  # nothing trained: all of its update is Flower's
+    reply.config_records["result"] = ConfigRecord(result)  # type: ignore[arg-type]
+    return Message(reply, reply_to=message)
