@@ -88,6 +88,17 @@ def holm(differences: Sequence[PairedDifference], level: float = 0.05) -> list[b
     return significant
 
 
+def _seed_differences(
+    reference: Sequence[npt.ArrayLike], arm: Sequence[npt.ArrayLike]
+) -> list[np.ndarray]:
+    """Each seed's per-unit differences, arm minus reference; the seeds must match."""
+    if len(reference) != len(arm) or not reference:
+        raise ValueError(f"paired: {len(reference)} reference seeds against {len(arm)} arm seeds")
+    return [
+        np.asarray(b, float) - np.asarray(a, float) for a, b in zip(reference, arm, strict=True)
+    ]
+
+
 def paired_difference(
     reference: Sequence[npt.ArrayLike],
     arm: Sequence[npt.ArrayLike],
@@ -97,11 +108,7 @@ def paired_difference(
 ) -> PairedDifference:
     """``reference[s]`` and ``arm[s]`` are one per-example value (1/0 correct, or a loss) per
     eval example for seed ``s``; every seed must score the same examples in both arms."""
-    if len(reference) != len(arm) or not reference:
-        raise ValueError(f"paired: {len(reference)} reference seeds against {len(arm)} arm seeds")
-    diffs = [
-        np.asarray(b, float) - np.asarray(a, float) for a, b in zip(reference, arm, strict=True)
-    ]
+    diffs = _seed_differences(reference, arm)
     sizes = {len(d) for d in diffs}
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError(f"paired: seeds score different numbers of examples {sorted(sizes)}")
@@ -153,11 +160,7 @@ def nested_difference(
     replicates resample the seeds' means alone (widened as there); resampling the units within
     each seed as well would count their noise twice (95 % intervals covered 97 % in
     simulation). One seed: its units are resampled."""
-    if len(reference) != len(arm) or not reference:
-        raise ValueError(f"paired: {len(reference)} reference seeds against {len(arm)} arm seeds")
-    diffs = [
-        np.asarray(b, float) - np.asarray(a, float) for a, b in zip(reference, arm, strict=True)
-    ]
+    diffs = _seed_differences(reference, arm)
     if any(len(d) == 0 for d in diffs):
         raise ValueError("paired: a seed scores no units")
     per_seed = np.array([d.mean() for d in diffs])
