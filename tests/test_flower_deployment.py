@@ -166,11 +166,13 @@ def test_a_failing_server_app_fails_the_run_script(
 def test_a_supernode_killed_mid_run_and_restarted_rejoins(
     tmp_path: Path, tiny_config: dict, deployment: LocalDeployment
 ) -> None:
-    """FedAvg, 3 rounds of both clients: SuperNode 1 (and its ClientApp) is killed once the
+    """FedAvg, 6 rounds of both clients: SuperNode 1 (and its ClientApp) is killed once the
     first result arrived, its jobs are lost meanwhile, and started again with its key it trains
-    again: the run finishes every round."""
+    again: the run finishes every round. (With 3 rounds a run whose jobs go to resident
+    trainers could end before the node was back.)"""
     wall_clock(tiny_config)["clients"] |= {"num": 2, "ranks": [4, 4]}
-    tiny_config["server"] |= {"per_round": 2, "rounds": 3, "job_timeout": 600}
+    tiny_config["server"] |= {"per_round": 2, "rounds": 6, "job_timeout": 600}
+    tiny_config["eval"]["every"] = 6
     config, run = tmp_path / "tiny.yaml", tmp_path / "run"
     config.write_text(yaml.safe_dump(tiny_config))
     command = [str(BIN / "fedlora"), "run", str(config), "--out", str(run), "--quiet"]
@@ -199,7 +201,7 @@ def test_a_supernode_killed_mid_run_and_restarted_rejoins(
             federation.kill()
     assert federation.returncode == 0, output + deployment.log_tails()
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rounds"] == 3
+    assert summary["rounds"] == 6
     after = _events(run)[killed:]
     sent = {e["job"] for e in after if e["type"] == "dispatch" and e["client"] == 1}
     assert any(e["type"] == "arrival" and e["job"] in sent for e in after)  # sent after the kill
