@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fedlora.flower.client_app import RESIDENT_KEY
+from fedlora.flower.resident import listening_at
 from fedlora.flower.submit import APP
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr live here
@@ -41,21 +42,20 @@ def wait_for(address: int | Path, process: subprocess.Popen[bytes], timeout: flo
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            _connect(address)
+        if _listens(address):
             return
-        except OSError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     raise TimeoutError(f"nothing listens on {_named(address)} after {timeout:g}s")
 
 
-def _connect(address: int | Path) -> None:
+def _listens(address: int | Path) -> bool:
     if isinstance(address, Path):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
-            unix.settimeout(1)
-            unix.connect(str(address))
-    else:
+        return listening_at(address)
+    try:
         socket.create_connection(("127.0.0.1", address), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _named(address: int | Path) -> str:

@@ -69,7 +69,7 @@ def _listening(path: Path) -> Iterator[socket.socket]:
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise FileExistsError(f"{path} exists and is not a socket")
-        if _listening_at(path):
+        if listening_at(path):
             raise FileExistsError(f"a process already listens on {path}")
         path.unlink()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
@@ -83,8 +83,10 @@ def _listening(path: Path) -> Iterator[socket.socket]:
             path.unlink(missing_ok=True)
 
 
-def _listening_at(path: Path) -> bool:
+def listening_at(path: Path) -> bool:
+    """Whether a process takes connections on the Unix socket ``path`` (a second at most)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
         try:
             probe.connect(str(path))
         except OSError:
