@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from summaries import HEADLINE
 from typer.testing import CliRunner
 
 from fedlora.cli import app
@@ -129,11 +130,7 @@ def _out_in_locked(tmp_path: Path, raw: dict) -> list[str]:
     return ["run", str(_config(tmp_path, raw)), "--out", "locked/run", "--quiet"]
 
 
-SUMMARY = {
-    "name": "tiny", "task": "csv", "policy": "fedavg", "aggregator": "fedavg",
-    "final": {"accuracy": 0.5}, "best": {"accuracy": 0.5}, "server_steps": 3, "rounds": 3,
-    "virtual_time_s": 3.0, "wall_time_s": 1.0, "bytes_down": 10, "bytes_up": 10,
-}  # fmt: skip
+SUMMARY = HEADLINE | {"name": "tiny", "task": "csv", "policy": "fedavg", "aggregator": "fedavg"}
 METRICS = "step,round,virtual_time_s,wall_time_s,accuracy,loss\n1,1,1.0,0.1,0.5,0.69\n"
 
 

@@ -265,7 +265,8 @@ def test_merge_events_and_summary_carry_the_diagnostics() -> None:
     # the best rank-2 approximation (Eckart–Young) is never further off than zero-padding
     assert all(m["shadow"]["hlora"] <= m["error"] + F32_MERGE for m in merges)
     assert any(m["error"] > 0.01 for m in merges)
-    summary = summarize(cfg, outcome, generic_task("t", ("a", "b"), pair=True))["diagnostics"]
+    task = generic_task("t", ("a", "b"), pair=True)
+    summary = summarize(cfg, outcome, task).written()["diagnostics"]
     assert summary["merges"] == 3
     errors = [m["error"] for m in merges]
     assert summary["error"] == {

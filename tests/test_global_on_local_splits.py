@@ -21,6 +21,7 @@ from fedlora.config import build_config
 from fedlora.data.encoding import IGNORE, collate
 from fedlora.data.tasks import generic_task
 from fedlora.experiment import Prepared, prepare
+from fedlora.results.run_summary import RunSummary
 from fedlora.results.store import SUMMARY_FILE, read_global_state, write_config
 from fedlora.results.summary import summarize
 from fedlora.studies.figures import local_bars
@@ -144,7 +145,7 @@ def _fake_summary(global_own: dict[int, dict[str, float]] | None) -> tuple[Any, 
     cfg = config(server={"per_round": 2, "rounds": 4})
     outcome, _ = simulate(cfg, FakeLearner([5] * 4, local=True))
     task = generic_task("t", ("a", "b"), pair=True)
-    return cfg, summarize(cfg, outcome, task, None, [3, 4, 5, 6], global_own)
+    return cfg, summarize(cfg, outcome, task, None, [3, 4, 5, 6], global_own).written()
 
 
 def test_the_summary_pairs_each_client_with_the_global_model_on_its_own_split() -> None:
@@ -210,7 +211,7 @@ def test_the_study_table_shows_the_global_model_on_own_splits_only_where_scored(
     assert not any(column in only_old for column in columns)
     assert "| local acc, own split |" in only_old
 
-    bars = local_bars({"old": [old], "new": [new]})
-    (old_bar,), new_bar = bars["global model, own split"]
+    runs = {"old": [RunSummary.model_validate(old)], "new": [RunSummary.model_validate(new)]}
+    (old_bar,), new_bar = local_bars(runs)["global model, own split"]
     assert math.isnan(old_bar) and new_bar == [0.5]  # the arms' order; NaN where not scored
-    assert "global model, own split" not in local_bars({"old": [old]})
+    assert "global model, own split" not in local_bars({"old": runs["old"]})

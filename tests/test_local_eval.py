@@ -48,7 +48,7 @@ def test_simulator_logs_every_trained_model_and_summarises_the_latest_per_client
     local = [e for e in events if e["type"] == "local_eval"]
     assert len(local) == outcome.accepted == 8
     assert all(e["own"] == {"accuracy": float(e["client"])} for e in local)
-    summary = summarize(cfg, outcome, generic_task("t", ("a", "b"), pair=True))["local"]
+    summary = summarize(cfg, outcome, generic_task("t", ("a", "b"), pair=True)).written()["local"]
     latest = {e["client"]: e for e in local}
     assert summary["clients"].keys() == {str(c) for c in latest}
     assert summary["own"]["mean"] == np.mean(sorted(latest))

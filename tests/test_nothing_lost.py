@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 import pytest
 import yaml
 from fakes import run_cli
+from summaries import ROW, a_summary
 from typer.testing import CliRunner
 
 from fedlora.cli import app
-from fedlora.results.store import learning_failure, strict_json
+from fedlora.results.store import SUMMARY_FILE, learning_failure, read_summary, strict_json
 
 runner = CliRunner()
 
@@ -88,7 +90,7 @@ def test_a_run_that_never_merged_exits_non_zero_with_strict_json(
     assert summary["final"]["virtual_time_s"] == summary["virtual_time_s"]
 
 
-def test_non_finite_numbers_become_null_and_a_nan_loss_is_a_failure() -> None:
+def test_non_finite_numbers_become_null_and_a_nan_loss_is_a_failure(tmp_path: Path) -> None:
     summary = {
         "server_steps": 3,
         "final": {"loss": float("nan"), "accuracy": 0.5},
@@ -99,7 +101,13 @@ def test_non_finite_numbers_become_null_and_a_nan_loss_is_a_failure() -> None:
     assert cleaned["curve"] == [1.0, None]
     assert cleaned["non_finite"] == ["final.loss", "curve[1]"]
     json.dumps(cleaned, allow_nan=False)
-    assert "not a number" in (learning_failure(cleaned) or "")
+    # read back, a listed null is NaN again: the model's loss is a float that is no number
+    diverged = a_summary(final=ROW | {"accuracy": 0.5, "loss": float("nan")}).written()
+    text = json.dumps(strict_json(diverged), allow_nan=False)
+    (tmp_path / SUMMARY_FILE).write_text(text, encoding="utf-8")
+    read = read_summary(tmp_path)
+    assert read.non_finite == ["final.loss"] and math.isnan(read.final.metrics["loss"])
+    assert "not a number" in (learning_failure(read) or "")
 
 
 @pytest.mark.slow

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from summaries import a_summary
+
 from fedlora.results.plots import curve_figure, curve_metrics, plot_curves, run_title
 
-SUMMARY = {"name": "try1", "policy": "fedfa", "aggregator": "hlora", "task": "mrpc"}
+SUMMARY = a_summary(name="try1", policy="fedfa", aggregator="hlora", task="mrpc")
 
 
 def rows(*metrics: str) -> list[dict[str, float]]:
@@ -30,7 +32,7 @@ def test_run_title_names_the_run_policy_aggregator_and_task() -> None:
 
 
 def test_one_column_per_metric_with_the_target_on_its_metric(tmp_path: Path) -> None:
-    target = SUMMARY | {"target": {"metric": "accuracy", "value": 0.52}}
+    target = a_summary(target={"metric": "accuracy", "value": 0.52, "reached": False})
     figure = curve_figure({"try1": rows("accuracy", "f1", "loss")}, [target], "the title")
     assert figure.get_suptitle() == "the title"
     assert [ax.get_ylabel() for ax in figure.axes] == ["accuracy", "f1", "loss"] * 2

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from fakes import deterministic, run_cli, stock_peft_accuracy
+from summaries import a_summary, reaching
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -131,13 +132,10 @@ def test_fedfa_over_heterogeneous_ranks_reports_staleness_and_idling(
 
 
 def test_speedup_is_the_ratio_of_times_to_target() -> None:
-    def run(seconds: float | None) -> dict:
-        reached = seconds is not None
-        return {"target": {"reached": reached, **({"virtual_time_s": seconds} if reached else {})}}
-
-    assert time_to_target(run(120.0)) == 120.0 and time_to_target({}) is None
-    assert speedup(run(600.0), run(100.0)) == 6.0
-    assert speedup(run(600.0), run(None)) is None and speedup(run(None), run(5.0)) is None
+    assert time_to_target(reaching(120.0)) == 120.0 and time_to_target(a_summary()) is None
+    assert speedup(reaching(600.0), reaching(100.0)) == 6.0
+    assert speedup(reaching(600.0), reaching(None)) is None
+    assert speedup(reaching(None), reaching(5.0)) is None
 
 
 def test_export_loads_in_stock_peft_with_identical_predictions(

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 from fakes import deterministic
+from summaries import ROW, a_summary, local, reaching, spread
 from typer.testing import CliRunner
 
 from fedlora.cli import app
 from fedlora.config import ConfigError
 from fedlora.results.events import read_events
+from fedlora.results.run_summary import RunSummary
 from fedlora.studies import processes
 from fedlora.studies.figures import local_bars
 from fedlora.studies.sweep import Cell, load_study, plan
@@ -209,9 +211,8 @@ def test_settings_are_an_axis_and_speedups_pair_seeds(tmp_path: Path, tiny_confi
             load_study(path)
 
 
-def _summary(reached_at: float | None, length: float = 60.0) -> dict:
-    target = {"reached": reached_at is not None, "virtual_time_s": reached_at}
-    return {"target": target, "virtual_time_s": length}
+def _summary(reached_at: float | None, length: float = 60.0) -> RunSummary:
+    return reaching(reached_at, virtual_time_s=length)
 
 
 def test_a_run_that_never_reached_the_target_bounds_the_speedup_by_its_length() -> None:
@@ -240,9 +241,9 @@ def test_a_run_that_never_reached_the_target_bounds_the_speedup_by_its_length() 
 
 
 def test_local_bars_leave_out_a_series_no_cell_scored() -> None:
-    def run(accuracy: float, own: float, dev: float | None = None) -> dict:
-        local = {"own": {"mean": own}} | ({} if dev is None else {"dev": {"mean": dev}})
-        return {"final": {"accuracy": accuracy}, "local": local}
+    def run(accuracy: float, own: float, dev: float | None = None) -> RunSummary:
+        scores = {"own": spread(own)} | ({} if dev is None else {"dev": spread(dev)})
+        return a_summary(final=ROW | {"accuracy": accuracy}, local=local(**scores))
 
     no_dev = {"iid": [run(0.7, 0.8), run(0.72, 0.81)], "skew": [run(0.6, 0.9), run(0.61, 0.88)]}
     assert local_bars(no_dev) == {

@@ -41,7 +41,7 @@ def test_summary_reports_first_smoothed_and_loss_crossings() -> None:
     ]
     outcome = Outcome(global_state=FakeLearner([1]).initial_state(), evaluations=evaluations)
     outcome.target = evaluations[1]  # what the engine records live: the first crossing
-    target = summarize(cfg, outcome, generic_task("t", ("a", "b"), pair=False))["target"]
+    target = summarize(cfg, outcome, generic_task("t", ("a", "b"), pair=False)).written()["target"]
     assert target["reached"] and target["virtual_time_s"] == 10.0
     assert target["smoothed"]["reached"] and target["smoothed"]["virtual_time_s"] == 30.0
     assert target["on_loss"]["reached"] and target["on_loss"]["virtual_time_s"] == 20.0

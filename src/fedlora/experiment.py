@@ -10,7 +10,6 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -49,6 +48,7 @@ from fedlora.results.readouts import (
     write_generations,
     write_readout,
 )
+from fedlora.results.run_summary import RunSummary
 from fedlora.results.store import (
     ADAPTER_DIR,
     CURVES_FILE,
@@ -144,7 +144,7 @@ def run_experiment(
     interrupted: Callable[[], bool] = lambda: False,
     overwrite: bool = False,
     runtime: Runtime | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Prepare, run under ``runtime`` (default: the simulator) and write ``folder``; returns
     the summary. The one composition root: every runtime runs through it.
 
@@ -221,7 +221,7 @@ def evaluation_writer(
 
 def write_results(
     folder: Path, prepared: Prepared, outcome: Outcome, clock: Clock = "virtual"
-) -> dict[str, Any]:
+) -> RunSummary:
     """The run folder's results from a finished run (any runtime; its times on the runtime's
     ``clock``); returns the summary."""
     config = prepared.config
@@ -240,12 +240,13 @@ def write_results(
     )
     base = step_predictions_path(folder, 0)
     if outcome.evaluations[0].step == 0 and base.is_file():
-        summary |= loss_change_summary(read_predictions(base), learner.global_predictions)
+        changed = loss_change_summary(read_predictions(base), learner.global_predictions)
+        summary = summary.with_sections(changed)
     if prepared.reader is not None:
         write_readout(folder, FINAL, prepared.reader.read(outcome.global_state, outcome.steps))
         start, final = read_readout(folder, START), read_readout(folder, FINAL)
         assert final is not None
-        summary |= choices_summary(start, final)
+        summary = summary.with_sections(choices_summary(start, final))
         write_generations(folder, start, final)
     summary = write_run(folder, outcome, summary, clock)
     write_predictions(folder / PREDICTIONS_FILE, learner.global_predictions)

@@ -33,7 +33,7 @@ def export_adapter(run_folder: Path, out: Path) -> None:
 def export_merged(run_folder: Path, out: Path) -> None:
     """A plain transformers model folder (weights + tokenizer) with ΔW folded into the base."""
     config = read_config(run_folder)
-    labels = read_summary(run_folder)["labels"]
+    labels = read_summary(run_folder).labels
     causal = is_causal(config.data.task)
     state = read_global_state(run_folder)
     model, tokenizer = build_resident_model(

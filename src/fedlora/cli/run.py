@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedlora.cli.shared import USER_ERRORS, Overrides, app, console, fail, out_folder
 from fedlora.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from fedlora.results.run_summary import RunSummary
 
 
 class Runtime(str, Enum):
@@ -141,15 +144,14 @@ def run(
                 highlight=False,
             )
             raise typer.Exit(code=130) from None
-    final = summary["final"]
-    metrics = "  ".join(
-        f"{k}={final[k]:.4f}" for k in ("accuracy", "f1", "loss") if final.get(k) is not None
-    )
+    final = summary.final.metrics
+    metrics = "  ".join(f"{k}={final[k]:.4f}" for k in ("accuracy", "f1", "loss") if k in final)
+    virtual = summary.virtual_time_s  # none under a deployment's wall clock
     typer.echo(
-        f"{config.name}: final {config.eval.split} {metrics}  after {summary['rounds']} rounds,"
-        f" {summary['server_steps']} server steps,"
-        + (f" virtual {v:,.0f}s," if (v := summary.get("virtual_time_s")) is not None else "")
-        + f" wall {summary['wall_time_s']:.0f}s"
+        f"{config.name}: final {config.eval.split} {metrics}  after {summary.rounds} rounds,"
+        f" {summary.server_steps} server steps,"
+        + (f" virtual {virtual:,.0f}s," if virtual is not None else "")
+        + f" wall {summary.wall_time_s:.0f}s"
     )
     typer.echo(f"results: {folder}")
     if failure := learning_failure(summary):
@@ -163,7 +165,7 @@ _RAY_LISTENS = (
 )
 
 
-def _flower_simulation() -> Callable[..., dict[str, Any]]:
+def _flower_simulation() -> Callable[..., RunSummary]:
     """``fedlora.flower.simulation.simulate``, or the extra to install when Ray is missing."""
     try:
         import ray  # noqa: F401  (Flower imports it only once the engine starts)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -20,6 +19,7 @@ from fedlora.config import ExperimentConfig, load_config
 from fedlora.experiment import run_experiment
 from fedlora.flower.runtimes import FlowerRuntime, FlowerSimRuntime
 from fedlora.outcome import Outcome
+from fedlora.results.run_summary import RunSummary
 from fedlora.results.store import read_config
 
 
@@ -34,7 +34,7 @@ def run_federation(
     overwrite: bool = False,
     progress: Callable[[Outcome], None] | None = None,
     interrupted: Callable[[], bool] = lambda: False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run ``config`` over ``grid`` into ``folder`` through the one composition root
     (:func:`~fedlora.experiment.run_experiment`); returns the summary.
 

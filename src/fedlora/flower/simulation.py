@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -24,6 +23,7 @@ from fedlora.config import ExperimentConfig
 from fedlora.flower.client_app import app as client_app
 from fedlora.flower.server_app import run_federation
 from fedlora.outcome import Outcome
+from fedlora.results.run_summary import RunSummary
 
 
 def simulate(
@@ -35,13 +35,13 @@ def simulate(
     overwrite: bool = False,
     progress: Callable[[Outcome], None] | None = None,
     interrupted: Callable[[], bool] = lambda: False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run ``config`` on Flower's simulation engine into ``folder`` (the simulator's files);
     returns the summary. ``resume``, ``progress`` and ``interrupted`` are
     :func:`~fedlora.experiment.run_experiment`'s; an exception in the ServerApp (a refused
     folder, :class:`~fedlora.experiment.Interrupted`) is raised here."""
     server_app = ServerApp()
-    summaries: list[dict[str, Any]] = []
+    summaries: list[RunSummary] = []
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -13,14 +12,16 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from fedlora.results.run_summary import RunSummary
+
 Rows = Sequence[Mapping[str, float]]
 
 _NOT_METRICS = {"step", "round", "virtual_time_s", "wall_time_s"}
 
 
-def run_title(summary: Mapping[str, Any]) -> str:
+def run_title(summary: RunSummary) -> str:
     """Name, policy, aggregator and task of a run, from its summary."""
-    return f"{summary['name']}: {summary['policy']} × {summary['aggregator']} on {summary['task']}"
+    return f"{summary.name}: {summary.policy} × {summary.aggregator} on {summary.task}"
 
 
 def curve_metrics(runs: Mapping[str, Rows]) -> list[str]:
@@ -31,7 +32,7 @@ def curve_metrics(runs: Mapping[str, Rows]) -> list[str]:
 
 
 def plot_curves(
-    runs: Mapping[str, Rows], summaries: Sequence[Mapping[str, Any]], path: Path, title: str
+    runs: Mapping[str, Rows], summaries: Sequence[RunSummary], path: Path, title: str
 ) -> None:
     """Write :func:`curve_figure` to ``path``."""
     figure = curve_figure(runs, summaries, title)
@@ -39,12 +40,10 @@ def plot_curves(
     plt.close(figure)
 
 
-def curve_figure(
-    runs: Mapping[str, Rows], summaries: Sequence[Mapping[str, Any]], title: str
-) -> Figure:
+def curve_figure(runs: Mapping[str, Rows], summaries: Sequence[RunSummary], title: str) -> Figure:
     """One column per metric, one row per x axis; each run's ``eval.target`` as a dashed line."""
     metrics = curve_metrics(runs)
-    targets = {(s["target"]["metric"], s["target"]["value"]) for s in summaries if "target" in s}
+    targets = {(s.target.metric, s.target.value) for s in summaries if s.target is not None}
     figure, axes = plt.subplots(2, len(metrics), figsize=(4.4 * len(metrics), 7), squeeze=False)
     # Fixed margins: a constrained layout would cost a run about a second per figure.
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.92, wspace=0.28, hspace=0.28)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from fedlora.adapters import AdapterState
 from fedlora.config import ExperimentConfig, dump_config, load_config
@@ -20,6 +21,7 @@ from fedlora.outcome import Clock, Outcome
 from fedlora.results.atomic import write_atomically
 from fedlora.results.errors import RunFolderError
 from fedlora.results.events import LogMark, verified_prefix
+from fedlora.results.run_summary import INLINED, RunSummary
 from fedlora.results.summary import evaluation_row
 from fedlora.snapshot import Snapshot, SnapshotError
 
@@ -37,21 +39,34 @@ CHECKPOINT_FILES = (CHECKPOINT_FILE, CHECKPOINT_FILE + ".tmp", PREVIOUS_CHECKPOI
 
 
 def write_run(
-    folder: Path, outcome: Outcome, summary: dict[str, Any], clock: Clock = "virtual"
-) -> dict[str, Any]:
+    folder: Path, outcome: Outcome, summary: RunSummary, clock: Clock = "virtual"
+) -> RunSummary:
     """Write metrics.csv (times on the runtime's ``clock``), ``summary``
     (:func:`~fedlora.results.summary.summarize`'s) as summary.json and the global adapter;
-    returns the summary as written, non-finite values as null."""
-    rows = [evaluation_row(e, clock) for e in outcome.evaluations]
+    returns the summary as :func:`read_summary` reads it back (``non_finite`` set where the
+    file has nulls for NaN or ±Inf)."""
+    rows = [evaluation_row(e, clock).model_dump(exclude_unset=True) for e in outcome.evaluations]
     with (folder / METRICS_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summary = strict_json(summary)
-    text = json.dumps(summary, indent=2, allow_nan=False)
+    written = strict_json(summary.written())
+    text = json.dumps(written, indent=2, allow_nan=False)
     (folder / SUMMARY_FILE).write_text(text + "\n", encoding="utf-8")
     (folder / GLOBAL_FILE).write_bytes(outcome.global_state.to_bytes())
-    return summary
+    return RunSummary.model_validate(_with_non_finite(written))
+
+
+def _each_leaf(value: Any, change: Callable[[Any, str], Any], path: str = "") -> Any:
+    """``value`` with ``change(leaf, its path)`` for each leaf; a path as ``non_finite`` lists
+    it (``final.loss``, ``client_idle_fraction[3]``)."""
+    if isinstance(value, dict):
+        return {
+            k: _each_leaf(v, change, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_each_leaf(v, change, f"{path}[{i}]") for i, v in enumerate(value)]
+    return change(value, path)
 
 
 def strict_json(summary: dict[str, Any]) -> dict[str, Any]:
@@ -63,27 +78,35 @@ def strict_json(summary: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, float) and not math.isfinite(value):
             found.append(path)
             return None
-        if isinstance(value, dict):
-            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
 
-    cleaned: dict[str, Any] = clean(summary, "")
+    cleaned: dict[str, Any] = _each_leaf(summary, clean)
     if found:
         cleaned["non_finite"] = found
     return cleaned
 
 
-def learning_failure(summary: dict[str, Any]) -> str | None:
+def _with_non_finite(summary: dict[str, Any]) -> dict[str, Any]:
+    """:func:`strict_json` undone: NaN again at the nulls ``non_finite`` lists (that NaN was
+    an infinity is not kept), so a model whose loss diverged reads as a float, not a None."""
+    listed = set(summary.get("non_finite") or ())
+
+    def restore(value: Any, path: str) -> Any:
+        return math.nan if value is None and path in listed else value
+
+    restored: dict[str, Any] = _each_leaf(summary, restore)
+    return restored
+
+
+def learning_failure(summary: RunSummary) -> str | None:
     """Why a finished run learned nothing, or None: no merge at all, every update rejected,
     or a final loss that is not a number."""
-    if summary["server_steps"] == 0:
+    if summary.server_steps == 0:
         return (
-            f"no merge happened: {summary['updates_rejected']} updates rejected,"
-            f" {summary['jobs_lost']} jobs lost, {summary['updates_dropped']} dropped"
+            f"no merge happened: {summary.updates_rejected} updates rejected,"
+            f" {summary.jobs_lost} jobs lost, {summary.updates_dropped} dropped"
         )
-    if summary["final"].get("loss", 0.0) is None:
+    if not math.isfinite(summary.final.metrics.get("loss", 0.0)):
         return "the final model's loss is not a number (NaN or Inf)"
     return None
 
@@ -105,29 +128,10 @@ def damaged(path: Path, problem: str) -> RunFolderError:
     return RunFolderError(f"{path}: {problem}; the run folder is damaged")
 
 
-class _Headline(BaseModel):
-    """The summary.json entries every reader may count on, with their types; others follow."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    task: str
-    policy: str
-    aggregator: str
-    final: dict[str, Any]
-    best: dict[str, Any]
-    server_steps: int
-    rounds: int
-    virtual_time_s: float | None = None  # none under a deployment's wall clock
-    wall_time_s: float
-    bytes_down: int
-    bytes_up: int
-    target: dict[str, Any] | None = None
-
-
-def read_summary(folder: Path) -> dict[str, Any]:
+def read_summary(folder: Path) -> RunSummary:
     """The run's summary.json; missing, it is not a finished run, and damaged (not JSON, not
-    UTF-8, not an object, or without a headline entry) it is refused naming the file."""
+    UTF-8, not an object, or an entry missing or of the wrong type) it is refused naming the
+    file and the entry."""
     path = _require(folder, SUMMARY_FILE)
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -138,12 +142,11 @@ def read_summary(folder: Path) -> dict[str, Any]:
     if not isinstance(summary, dict):
         raise damaged(path, "not a JSON object")
     try:
-        _Headline.model_validate(summary)
+        return RunSummary.model_validate(_with_non_finite(summary))
     except ValidationError as error:
         first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
+        key = ".".join(str(part) for part in first["loc"] if part not in INLINED)
         raise damaged(path, f"{key}: {first['msg'].lower()}") from None
-    return summary
 
 
 def read_metrics(folder: Path) -> list[dict[str, float]]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fedlora.results.run_summary import LocalSummary, RunSummary, Spread
 from fedlora.results.store import read_metrics, read_summary
 from fedlora.studies.sweep import Cell, done_by_group_arm
 
@@ -46,24 +46,27 @@ def study_metric(cells: Sequence[Cell]) -> str:
     """The metric a study's curves and bars show: accuracy, or the loss for a task without
     one (an instruction task)."""
     done = next((c for c in cells if c.done), None)
-    if done is None or "accuracy" in read_summary(done.folder)["final"]:
+    if done is None or "accuracy" in read_summary(done.folder).final.metrics:
         return "accuracy"
     return "loss"
 
 
-_LOCAL_BARS = (
-    ("global model, dev", lambda s, metric: s["final"][metric]),
-    (
-        "global model, own split",
-        lambda s, _: s["local"].get("global_own", {}).get("mean", math.nan),
-    ),
-    ("client models, own split", lambda s, _: s["local"]["own"]["mean"]),
-    ("client models, dev", lambda s, _: s["local"].get("dev", {}).get("mean", math.nan)),
+def _local_mean(summary: RunSummary, series: Callable[[LocalSummary], Spread | None]) -> float:
+    """The mean over clients of one series of the ``local`` section; NaN where not scored."""
+    spread = None if summary.local is None else series(summary.local)
+    return math.nan if spread is None else spread.mean
+
+
+_LOCAL_BARS: tuple[tuple[str, Callable[[RunSummary, str], float]], ...] = (
+    ("global model, dev", lambda s, metric: s.final.metrics[metric]),
+    ("global model, own split", lambda s, _: _local_mean(s, lambda local: local.global_own)),
+    ("client models, own split", lambda s, _: _local_mean(s, lambda local: local.own)),
+    ("client models, dev", lambda s, _: _local_mean(s, lambda local: local.dev)),
 )
 
 
 def local_bars(
-    arms: dict[str, list[dict[str, Any]]], metric: str = "accuracy"
+    arms: dict[str, list[RunSummary]], metric: str = "accuracy"
 ) -> dict[str, list[list[float]]]:
     """Each bar series' values of ``metric`` (the task's first: a client's local scores are in
     it), per arm and seed; a series no cell scored (client models on the dev set when
@@ -90,7 +93,7 @@ def plot_local(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> b
         for group, arms in done_by_group_arm(cells).items()
     }
     grouped = {
-        group: {arm: runs for arm, runs in arms.items() if all("local" in s for s in runs)}
+        group: {arm: runs for arm, runs in arms.items() if all(s.local is not None for s in runs)}
         for group, arms in grouped.items()
     }
     grouped = {group: arms for group, arms in grouped.items() if arms}

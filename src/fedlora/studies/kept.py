@@ -189,7 +189,7 @@ def _readable(plain: Path) -> bool:
 def _final_stands_for(folder: Path, step: int) -> bool:
     """Whether the final predictions are those of the evaluation at ``step`` (its step file
     kept once, as the final predictions)."""
-    return has_predictions(folder) and int(read_summary(folder)["final"]["step"]) == step
+    return has_predictions(folder) and read_summary(folder).final.step == step
 
 
 def _read(plain: Path) -> Predictions:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any
 
 from fedlora.results.report import time_to_target
+from fedlora.results.run_summary import RunSummary, Spread, TargetMeasure, clock_seconds
 from fedlora.results.store import read_metrics, read_summary
-from fedlora.results.summary import clock_seconds
 from fedlora.studies.kept import has_predictions, has_step_predictions
 from fedlora.studies.paired import (
     FEW_SEEDS,
@@ -39,10 +38,9 @@ def _reached(values: Sequence[float], runs: int, digits: int) -> str:
     return f"{_spread(values, digits)} ({len(values)}/{runs})"
 
 
-def _measured(summary: dict[str, Any], measure: str | None) -> bool:
+def _measured(summary: RunSummary, measure: TargetMeasure) -> bool:
     """Whether a summary has the target ``measure`` (older summaries or no max_loss: not)."""
-    target = summary.get("target") or {}
-    return bool(target) if measure is None else measure in target
+    return summary.target is not None and summary.target.by(measure) is not None
 
 
 _COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "final loss", "best loss",
@@ -50,7 +48,7 @@ _COLUMNS = ("arm", "seeds", "final acc", "final F1", "best acc", "final loss", "
             "s to smoothed target", "s to loss target")  # fmt: skip
 _AFTER_SPEEDUPS = ("mean staleness", "idle share", "MB sent", "update spread")
 # Time to target, and speedups, by the first crossing, the running mean, and the loss target.
-_MEASURES = {None: "", "smoothed": " (smoothed)", "on_loss": " (loss)"}
+_MEASURES: dict[TargetMeasure, str] = {None: "", "smoothed": " (smoothed)", "on_loss": " (loss)"}
 # "global acc, own split": the final global model on the clients' own splits; "local gain,
 # own split": the client models minus it there, per client (an easier split cancels); both in
 # the task's first metric, "—" in summaries written before they were scored
@@ -244,14 +242,14 @@ def _contrasts(
 
 
 def _row(
-    by_seed: dict[int, dict[str, Any]],
-    summaries: dict[str, dict[int, dict[str, Any]]],
+    by_seed: dict[int, RunSummary],
+    summaries: dict[str, dict[int, RunSummary]],
     baselines: Sequence[str],
 ) -> list[str]:
     """One arm's cells after its name (summaries written before a field existed show "—"):
     its levels, time to target, speedups, resources and clients' local models, in
     :data:`_COLUMNS`, speedup, :data:`_AFTER_SPEEDUPS` and :data:`_LOCAL_COLUMNS` order."""
-    runs: list[dict[str, Any]] = list(by_seed.values())
+    runs = list(by_seed.values())
     speedups = [
         _speedups(
             [(summaries[b][seed], s) for seed, s in by_seed.items() if seed in summaries[b]], m
@@ -262,37 +260,39 @@ def _row(
     return [*_levels(runs), *_to_target(runs), *speedups, *_resources(runs), *_locals(runs)]
 
 
-def _local_columns(summaries: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+def _local_columns(summaries: dict[str, dict[int, RunSummary]]) -> list[str]:
     """:data:`_LOCAL_COLUMNS`, named by the metric the clients' models were scored in: an
     instruction task's is its response loss, not an accuracy."""
-    metrics = {s["local"]["metric"] for by_seed in summaries.values() for s in by_seed.values()
-               if "local" in s}  # fmt: skip
+    metrics = {s.local.metric for by_seed in summaries.values() for s in by_seed.values()
+               if s.local is not None}  # fmt: skip
     if metrics != {"loss"}:
         return list(_LOCAL_COLUMNS)
     return [c.replace(" acc,", " loss,") for c in _LOCAL_COLUMNS]
 
 
-def _levels(runs: Sequence[dict[str, Any]]) -> list[str]:
+def _levels(runs: Sequence[RunSummary]) -> list[str]:
     """Final and best accuracy, F1 and loss, and final multiple-choice accuracy."""
-    choices = [s["choices"]["final"] for s in runs if "choices" in s]
+    finals = [s.final.metrics for s in runs]
+    bests = [s.best.metrics for s in runs]
+    choices = [s.choices.final for s in runs if s.choices is not None]
     return [
         str(len(runs)),
-        _spread([s["final"]["accuracy"] for s in runs if "accuracy" in s["final"]]),
-        _spread([s["final"]["f1"] for s in runs if "f1" in s["final"]]),
-        _spread([s["best"]["accuracy"] for s in runs if "accuracy" in s["best"]]),
-        _spread([s["final"]["loss"] for s in runs if "loss" in s["final"]]),
+        _spread([f["accuracy"] for f in finals if "accuracy" in f]),
+        _spread([f["f1"] for f in finals if "f1" in f]),
+        _spread([b["accuracy"] for b in bests if "accuracy" in b]),
+        _spread([f["loss"] for f in finals if "loss" in f]),
         # the best evaluation is the lowest loss only where there is no accuracy to pick it by
-        _spread([s["best"]["loss"] for s in runs if "accuracy" not in s["best"]]),
-        _spread([c["mc_accuracy"] for c in choices]),
-        _spread([c["mc_accuracy_norm"] for c in choices]),
+        _spread([b["loss"] for b in bests if "accuracy" not in b]),
+        _spread([c.mc_accuracy for c in choices]),
+        _spread([c.mc_accuracy_norm for c in choices]),
     ]
 
 
-def _to_target(runs: Sequence[dict[str, Any]]) -> list[str]:
+def _to_target(runs: Sequence[RunSummary]) -> list[str]:
     """Rounds to the target, then seconds to it by each of :data:`_MEASURES`."""
-    targets = [s.get("target") or {} for s in runs]
-    hits = [t for t in targets if t.get("reached")]
-    row = [_reached([t["round"] for t in hits], len(runs), 1) if targets[0] else "—"]
+    targets = [s.target for s in runs]
+    hits = [t.first.at for t in targets if t is not None and t.first.at is not None]
+    row = [_reached([at.round for at in hits], len(runs), 1) if targets[0] is not None else "—"]
     for measure in _MEASURES:
         reached = [time_to_target(s, measure) for s in runs]
         times = [t for t in reached if t is not None]
@@ -301,34 +301,37 @@ def _to_target(runs: Sequence[dict[str, Any]]) -> list[str]:
     return row
 
 
-def _resources(runs: Sequence[dict[str, Any]]) -> list[str]:
+def _resources(runs: Sequence[RunSummary]) -> list[str]:
     """:data:`_AFTER_SPEEDUPS`: staleness, idle share, traffic and the update spread."""
-    idle = [
-        statistics.fmean(s["client_idle_fraction"]) for s in runs if "client_idle_fraction" in s
-    ]
+    staleness = [s.staleness.mean for s in runs if s.staleness.mean is not None]  # any accepted
     return [
-        _spread([s["staleness"]["mean"] for s in runs if "staleness" in s], 2),
-        _spread(idle, 2),
-        _spread([(s["bytes_down"] + s["bytes_up"]) / 1e6 for s in runs], 1),
-        _spread([s["diagnostics"]["spread"]["mean"] for s in runs if "diagnostics" in s]),
+        _spread(staleness, 2),
+        _spread([statistics.fmean(s.client_idle_fraction) for s in runs], 2),
+        _spread([(s.bytes_down + s.bytes_up) / 1e6 for s in runs], 1),
+        _spread([s.diagnostics.spread.mean for s in runs if s.diagnostics is not None]),
     ]
 
 
-def _locals(runs: Sequence[dict[str, Any]]) -> list[str]:
+def _locals(runs: Sequence[RunSummary]) -> list[str]:
     """:data:`_LOCAL_COLUMNS`: the clients' own models, and the global one on their splits."""
-    local = [s["local"] for s in runs if "local" in s]
+    local = [s.local for s in runs if s.local is not None]
     return [
-        _spread([entry["own"]["mean"] for entry in local]),
-        _spread([entry["own"]["std"] for entry in local]),
-        _spread([entry["own_loss"]["mean"] for entry in local if "own_loss" in entry]),
-        _spread([entry["examples"]["mean"] for entry in local if "examples" in entry], 1),
-        _spread([entry["dev"]["mean"] for entry in local if "dev" in entry]),
-        _spread([entry["global_own"]["mean"] for entry in local if "global_own" in entry]),
-        _spread([entry["own_gain"]["mean"] for entry in local if "own_gain" in entry]),
+        _means([entry.own for entry in local]),
+        _spread([entry.own.std for entry in local if entry.own is not None]),
+        _means([entry.own_loss for entry in local]),
+        _means([entry.examples for entry in local], 1),
+        _means([entry.dev for entry in local]),
+        _means([entry.global_own for entry in local]),
+        _means([entry.own_gain for entry in local]),
     ]
 
 
-def _speedups(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], measure: str | None) -> str:
+def _means(spreads: Sequence[Spread | None], digits: int = 3) -> str:
+    """The spread over runs of a score's mean over clients, in the runs that scored it."""
+    return _spread([s.mean for s in spreads if s is not None], digits)
+
+
+def _speedups(pairs: Sequence[tuple[RunSummary, RunSummary]], measure: TargetMeasure) -> str:
     """The baseline's time to target over the arm's, per seed, as a geometric mean (ratios
     average on the log scale: 2× and 0.5× are no speedup) with its geometric sd; where one of
     the two never reached the target, its run's length bounds the ratio (≥ where the baseline
@@ -371,7 +374,7 @@ def _geometric(ratios: Sequence[float]) -> str:
 
 def _paired(
     arms: dict[str, list[Cell]],
-    summaries: dict[str, dict[int, dict[str, Any]]],
+    summaries: dict[str, dict[int, RunSummary]],
     arm: str,
     baselines: Sequence[str],
 ) -> list[PairedDifference | None]:
@@ -387,7 +390,10 @@ def _paired(
             seeds = [b.seed for _, b in pairs]
             mine = [summaries[arm][seed] for seed in seeds]
             theirs = [summaries[baseline][seed] for seed in seeds]
-            if all("local" in s for s in (*mine, *theirs)):
-                differences |= compare_local(theirs, mine)
+            if all(s.local is not None for s in (*mine, *theirs)):
+                # compare_local reads summaries as summary.json lays them out
+                differences |= compare_local(
+                    [s.written() for s in theirs], [s.written() for s in mine]
+                )
         cells += [differences.get(key) for _, key in _PAIRED]
     return cells
