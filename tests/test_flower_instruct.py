@@ -53,12 +53,12 @@ def test_fedavg_of_an_instruction_task_over_flower_reports_what_the_simulator_re
     run_cli(tmp_path, raw, sim)
     expected = json.loads((sim / "summary.json").read_text())
 
-    assert summary["rounds"] == 3 and summary["jobs_lost"] == summary["updates_rejected"] == 0
+    assert summary.rounds == 3 and summary.jobs_lost == summary.updates_rejected == 0
     assert merged_jobs(flower) == merged_jobs(sim) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert_same_global(flower, sim)
     # response loss overall, per category and per context length, as the simulator scores it
     clock = {"wall_time_s", "virtual_time_s"}  # wall seconds under Flower
-    final = {k: v for k, v in summary["final"].items() if k not in clock}
+    final = {k: v for k, v in summary.written()["final"].items() if k not in clock}
     theirs = {k: v for k, v in expected["final"].items() if k not in clock}
     assert final.keys() == theirs.keys()
     assert {"loss", "perplexity"} <= final.keys()
@@ -89,8 +89,8 @@ def test_fedavg_of_an_instruction_task_over_flower_reports_what_the_simulator_re
     ).read_text()
     # the base model and the final global read on the server, as the simulator reads them
     assert {p.name for p in flower.iterdir()} == {p.name for p in sim.iterdir()}
-    assert summary["choices"]["start"] == expected["choices"]["start"]
-    assert summary["choices"]["final"]["mc_accuracy"] == pytest.approx(
+    assert summary.written()["choices"]["start"] == expected["choices"]["start"]
+    assert summary.written()["choices"]["final"]["mc_accuracy"] == pytest.approx(
         expected["choices"]["final"]["mc_accuracy"]
     )
     assert "## red cat" in (flower / "generations.md").read_text()

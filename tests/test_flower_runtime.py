@@ -62,8 +62,8 @@ def test_each_policy_finishes_with_heterogeneous_ranks(
 ) -> None:
     flower_config["server"] |= {"policy": policy, "aggregator": aggregator}
     summary = federate(flower_config, tmp_path / "run")
-    assert summary["rounds"] == 3 and summary["stop_reason"] == "3 rounds reached"
-    assert summary["jobs_lost"] == 0 and summary["updates_rejected"] == 0
+    assert summary.rounds == 3 and summary.stop_reason == "3 rounds reached"
+    assert summary.jobs_lost == 0 and summary.updates_rejected == 0
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {
         "config.yaml", "events.jsonl", "metrics.csv", "summary.json", "global.safetensors",
         "adapter",
@@ -100,7 +100,7 @@ def test_a_client_app_that_raises_is_a_lost_job_not_a_crash(
 ) -> None:
     flower_config["server"]["policy"] = policy
     summary = federate(flower_config, tmp_path / "run", {1: raises})
-    assert summary["rounds"] == 3 and summary["jobs_lost"] >= 1
+    assert summary.rounds == 3 and summary.jobs_lost >= 1
     lost = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "lost"]
     assert {e["client"] for e in lost} == {1}
     assert all("RuntimeError: out of memory" in e["reason"] for e in lost)
@@ -122,7 +122,7 @@ def test_a_silent_node_times_out_and_fedfa_carries_on(tmp_path: Path, flower_con
     summary = federate(
         flower_config, tmp_path / "run", {0: slow, 1: slow, 2: never_answers, 3: slow}
     )
-    assert summary["rounds"] == 3 and summary["jobs_lost"] >= 1
+    assert summary.rounds == 3 and summary.jobs_lost >= 1
     lost = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "lost"]
     assert {e["client"] for e in lost} == {2}
     assert all(e["reason"] == "no result within job_timeout 0.3s" for e in lost)
@@ -144,7 +144,7 @@ def test_a_node_that_leaves_loses_its_jobs(tmp_path: Path, flower_config: dict) 
 
     grid = LocalGrid(calls | {3: leaves})
     summary = run_federation(grid, config, tmp_path / "run", wait_s=1.0)
-    assert summary["rounds"] == 3 and summary["jobs_lost"] >= 1
+    assert summary.rounds == 3 and summary.jobs_lost >= 1
     lost = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "lost"]
     assert lost and all(e["reason"] == "node 1003 left the federation" for e in lost)
 
@@ -235,7 +235,7 @@ def test_a_crashed_fedavg_federation_resumed_ends_as_an_uninterrupted_one(
     assert named.exit_code == 2 and f'out="{run.resolve()}" resume=true' in named.output
     summary = run_federation(LocalGrid(apps), config, run, wait_s=1.0, resume=True)
     federate(flower_config, tmp_path / "whole")
-    assert summary["rounds"] == 3 and summary["jobs_lost"] == 0
+    assert summary.rounds == 3 and summary.jobs_lost == 0
     assert merged_jobs(run) == merged_jobs(tmp_path / "whole") == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert_same_global(run, tmp_path / "whole")
     events = read_events(run / "events.jsonl")

@@ -186,17 +186,17 @@ def test_the_server_app_finishes_and_counts_the_hostile_updates(
     calls: dict[int, ClientCall] = {k: client_app for k in range(4)}
     grid = LocalGrid(calls | {HOSTILE: tampering(ATTACKS[name])})
     summary = run_federation(grid, config, tmp_path / "run", wait_s=1.0)
-    assert summary["rounds"] == 3 and math.isfinite(summary["final"]["loss"])
+    assert summary.rounds == 3 and math.isfinite(summary.final.metrics["loss"])
     global_state = AdapterState.from_bytes((tmp_path / "run" / "global.safetensors").read_bytes())
     assert finite(global_state)
     if name == "scaled-x100":
-        assert summary["updates_clipped"] == 3
+        assert summary.updates_clipped == 3
     elif name == "sign-flip":
-        assert summary["updates_rejected"] == summary["updates_clipped"] == 0
+        assert summary.updates_rejected == summary.updates_clipped == 0
     elif name == "nested-alphas":  # unreadable records: a malformed reply, its job lost
-        assert summary["jobs_lost"] == 3
+        assert summary.jobs_lost == 3
     else:
-        assert summary["updates_rejected"] == 3
+        assert summary.updates_rejected == 3
 
 
 def test_a_merge_that_goes_non_finite_keeps_the_last_finite_global(
