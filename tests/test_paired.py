@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fedlora.predictions import Predictions
 from fedlora.results.predictions import read_predictions, write_predictions
+from fedlora.results.run_summary import LocalClient, LocalSummary
 from fedlora.studies.paired import (
     PairedDifference,
     compare_local,
@@ -105,12 +106,12 @@ def test_compare_runs_reads_predictions_and_checks_the_examples(tmp_path: Path) 
         compare_runs([reference], [tmp_path / "bad"])
 
 
-def _local(own: list[float], losses: list[float] | None = None) -> dict:
+def _local(own: list[float], losses: list[float] | None = None) -> LocalSummary:
     clients = {
-        str(c): {"own": o} | ({} if losses is None else {"own_loss": losses[c]})
+        str(c): LocalClient(started_from=0, own=o, own_loss=None if losses is None else losses[c])
         for c, o in enumerate(own)
     }
-    return {"local": {"clients": clients}}
+    return LocalSummary(metric="accuracy", evaluations=len(own), global_dev=0.5, clients=clients)
 
 
 def test_compare_local_pairs_clients_by_id_within_each_seed() -> None:
@@ -131,7 +132,7 @@ def test_seeds_may_score_different_clients_and_a_loss_metric_is_compared_once() 
     local = compare_local(reference, arm)["local"]
     assert local.per_seed == pytest.approx((0.25, 0.0)) and local.estimate == pytest.approx(0.125)
     for summary in (*reference, *arm):
-        summary["local"]["metric"] = "loss"  # an instruction task's: "own" is the loss
+        summary.metric = "loss"  # an instruction task's: "own" is the loss
     assert set(compare_local(reference, arm)) == {"local loss"}
 
 

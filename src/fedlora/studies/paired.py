@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +30,7 @@ from scipy import stats
 from fedlora.predictions import Predictions
 from fedlora.results.errors import RunFolderError
 from fedlora.results.readouts import FINAL, read_readout
+from fedlora.results.run_summary import LocalClient, LocalSummary
 from fedlora.studies.kept import read_cell_predictions, read_step_predictions
 from fedlora.terciles import TERCILES, tercile_ids
 
@@ -294,8 +294,8 @@ def _difference(
 
 
 def compare_local(
-    reference: Sequence[Mapping[str, Any]],
-    arm: Sequence[Mapping[str, Any]],
+    reference: Sequence[LocalSummary],
+    arm: Sequence[LocalSummary],
     confidence: float = 0.95,
 ) -> dict[str, PairedDifference]:
     """Differences of the clients' own models on their own test splits (``local``: the task's
@@ -309,22 +309,27 @@ def compare_local(
     partition draws their splits anew, and seeds may score different clients), so the
     interval is :func:`nested_difference`'s.
     """
-    pairs = [
-        (a["local"]["clients"], b["local"]["clients"]) for a, b in zip(reference, arm, strict=True)
-    ]
+    pairs = [(a.clients, b.clients) for a, b in zip(reference, arm, strict=True)]
     per_seed = [(a, b, sorted(set(a) & set(b), key=int)) for a, b in pairs]
 
     def difference(key: str) -> PairedDifference:
+        def scores(clients: Mapping[str, LocalClient], ids: list[str]) -> list[float]:
+            values = [getattr(clients[c], key) for c in ids]
+            if any(v is None for v in values):
+                raise ValueError(f"a client's {key} is missing from its local section")
+            return values
+
         return nested_difference(
-            [[a[c][key] for c in clients] for a, _, clients in per_seed],
-            [[b[c][key] for c in clients] for _, b, clients in per_seed],
+            [scores(a, clients) for a, _, clients in per_seed],
+            [scores(b, clients) for _, b, clients in per_seed],
             confidence,
         )
 
-    if all(s["local"].get("metric") == "loss" for s in (*reference, *arm)):
+    if all(s.metric == "loss" for s in (*reference, *arm)):
         return {"local loss": difference("own")}  # a loss metric (an instruction task's): once
     differences = {"local": difference("own")}
-    if all("own_loss" in entry for a, b in pairs for entry in (*a.values(), *b.values())):
+    entries = [entry for a, b in pairs for entry in (*a.values(), *b.values())]
+    if all(entry.own_loss is not None for entry in entries):
         differences["local loss"] = difference("own_loss")
     return differences
 

@@ -390,10 +390,9 @@ def _paired(
             seeds = [b.seed for _, b in pairs]
             mine = [summaries[arm][seed] for seed in seeds]
             theirs = [summaries[baseline][seed] for seed in seeds]
-            if all(s.local is not None for s in (*mine, *theirs)):
-                # compare_local reads summaries as summary.json lays them out
-                differences |= compare_local(
-                    [s.written() for s in theirs], [s.written() for s in mine]
-                )
+            theirs_local = [s.local for s in theirs if s.local is not None]
+            mine_local = [s.local for s in mine if s.local is not None]
+            if len(theirs_local) == len(mine_local) == len(seeds):
+                differences |= compare_local(theirs_local, mine_local)
         cells += [differences.get(key) for _, key in _PAIRED]
     return cells
