@@ -1,7 +1,9 @@
-"""A ClientApp that imports only flwr and answers every job at once with an adapter of the
-shapes it was sent: Flower's own cost per message, for ``benchmarks/runtime_overhead.py``.
-Its arrays are new (the sent ones plus 1): Flower stores objects by content and pushes only
-those the receiver lacks, so an echo of the very arrays sent would travel back for free.
+"""A ClientApp that imports only flwr (and numpy, which flwr imports) and answers every job at
+once with an adapter of the shapes it was sent: Flower's own cost per message, for
+``benchmarks/runtime_overhead.py``. Its arrays are new and all distinct (the sent ones plus
+noise), as a trained update's are: Flower stores objects by content and pushes only those the
+receiver lacks, so an echo of the very arrays sent would travel back for free, and arrays
+made equal (LoRA's zero B factors plus 1) would travel once per shape.
 fedlora's record names are written out here (``fedlora.flower.records``,
 ``fedlora.flower.client_app``) so that nothing of fedlora is imported."""
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -23,11 +26,14 @@ def query(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    sent, reply = message.content, RecordDict()
-    for name in ("adapter", "frozen"):  # the factors it was sent, each plus 1: new arrays
+    sent, reply, noise = message.content, RecordDict(), np.random.default_rng()
+    for name in ("adapter", "frozen"):  # the factors it was sent, plus noise: new, distinct
         arrays = sent.array_records[name]  # (Flower does not carry again what it holds)
         reply.array_records[name] = ArrayRecord(
-            {k: Array(a.numpy() + 1) for k, a in arrays.items()}
+            {
+                k: Array(a.numpy() + noise.random(a.shape, dtype=a.numpy().dtype))
+                for k, a in arrays.items()
+            }
         )
         reply.config_records[f"{name}.alphas"] = sent.config_records[f"{name}.alphas"]
     job = sent.config_records["job"]["job"]
