@@ -58,7 +58,8 @@ def test_fedavg_of_an_instruction_task_over_flower_reports_what_the_simulator_re
     assert_same_global(flower, sim)
     # response loss overall, per category and per context length, as the simulator scores it
     clock = {"wall_time_s", "virtual_time_s"}  # wall seconds under Flower
-    final = {k: v for k, v in summary.written()["final"].items() if k not in clock}
+    written = summary.written()  # as summary.json lays it out, to compare with the simulator's
+    final = {k: v for k, v in written["final"].items() if k not in clock}
     theirs = {k: v for k, v in expected["final"].items() if k not in clock}
     assert final.keys() == theirs.keys()
     assert {"loss", "perplexity"} <= final.keys()
@@ -89,8 +90,8 @@ def test_fedavg_of_an_instruction_task_over_flower_reports_what_the_simulator_re
     ).read_text()
     # the base model and the final global read on the server, as the simulator reads them
     assert {p.name for p in flower.iterdir()} == {p.name for p in sim.iterdir()}
-    assert summary.written()["choices"]["start"] == expected["choices"]["start"]
-    assert summary.written()["choices"]["final"]["mc_accuracy"] == pytest.approx(
+    assert written["choices"]["start"] == expected["choices"]["start"]
+    assert written["choices"]["final"]["mc_accuracy"] == pytest.approx(
         expected["choices"]["final"]["mc_accuracy"]
     )
     assert "## red cat" in (flower / "generations.md").read_text()

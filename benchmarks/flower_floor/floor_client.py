@@ -29,11 +29,9 @@ def train(message: Message, context: Context) -> Message:
     sent, reply, noise = message.content, RecordDict(), np.random.default_rng()
     for name in ("adapter", "frozen"):  # the factors it was sent, plus noise: new, distinct
         arrays = sent.array_records[name]  # (Flower does not carry again what it holds)
+        sent_arrays = {k: a.numpy() for k, a in arrays.items()}
         reply.array_records[name] = ArrayRecord(
-            {
-                k: Array(a.numpy() + noise.random(a.shape, dtype=a.numpy().dtype))
-                for k, a in arrays.items()
-            }
+            {k: Array(a + noise.random(a.shape, dtype=a.dtype)) for k, a in sent_arrays.items()}
         )
         reply.config_records[f"{name}.alphas"] = sent.config_records[f"{name}.alphas"]
     job = sent.config_records["job"]["job"]
