@@ -168,6 +168,30 @@ def test_compare_runs_slices_the_eval_split_by_length_tercile(tmp_path: Path) ->
     assert differences["accuracy"].estimate == pytest.approx(1 / 3)
 
 
+def test_seeds_scoring_their_own_examples_are_compared_nested(tmp_path: Path) -> None:
+    """A study that scores a seeded eval subset per seed has its examples nested in the seeds:
+    compare_runs then resamples the seeds' differences (nested_difference), and a length
+    tercile is compared although it holds a different number of examples in each seed."""
+    rng = np.random.default_rng(4)
+    folders: dict[str, list[Path]] = {"ref": [], "arm": []}
+    values: dict[str, list[np.ndarray]] = {"ref": [], "arm": []}
+    for seed, lengths in enumerate((np.arange(10.0, 70, 10), np.array([10.0, 10, 10, 10, 40, 40]))):
+        labels = rng.integers(0, 2, 6)
+        ids = np.arange(6) + 6 * seed  # each seed its own examples
+        for name in folders:
+            logits = rng.normal(size=(6, 2))
+            folder = tmp_path / f"{name}{seed}"
+            folder.mkdir()
+            predictions = Predictions.from_logits(logits, labels, lengths, ids=ids)
+            write_predictions(folder / "predictions.csv", predictions)
+            folders[name].append(folder)
+            values[name].append(predictions.correct)
+    differences = compare_runs(folders["ref"], folders["arm"])
+    assert differences["accuracy"] == nested_difference(values["ref"], values["arm"])
+    assert "accuracy, short" in differences  # 2 short examples in seed 0, 4 in seed 1
+    assert "accuracy, middle" not in differences  # seed 1 has none
+
+
 @pytest.mark.slow
 def test_the_crossed_bootstrap_covers_a_known_effect_at_its_level() -> None:
     """1,000 simulated studies of 8 seeds × 200 shared examples: per-example differences

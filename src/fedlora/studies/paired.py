@@ -14,7 +14,9 @@ out over seeds: at 8 seeds its 95 % interval covered the true effect only 74 % o
 simulation. With fewer than :data:`FEW_SEEDS` seeds a percentile interval over seeds says
 little more than "every seed had the same sign", so the per-seed differences are shown beside
 it instead of a verdict. The clients' own test splits are the exception: each seed's partition
-draws them anew, so they are nested in the seeds (:func:`nested_difference`).
+draws them anew, so they are nested in the seeds (:func:`nested_difference`). So are the eval
+examples of a study that scores a seeded subset of its eval split in each seed
+(``data.max_eval_examples``); :func:`compare_runs` tells the designs apart by the examples' ids.
 """
 
 from __future__ import annotations
@@ -155,11 +157,12 @@ def nested_difference(
     seed: int = 0,
 ) -> PairedDifference:
     """:func:`paired_difference` where the units are nested in the seeds, not crossed: the
-    clients' own test splits, drawn anew by each seed's partition, so that seeds may score
-    different numbers of them. A seed's mean then carries all of its units' noise, so the
-    replicates resample the seeds' means alone (widened as there); resampling the units within
-    each seed as well would count their noise twice (95 % intervals covered 97 % in
-    simulation). One seed: its units are resampled."""
+    clients' own test splits, drawn anew by each seed's partition, or a seeded subset of the
+    eval examples, drawn anew by each seed; seeds may score different numbers of them. A
+    seed's mean then carries all of its units' noise, so the replicates resample the seeds'
+    means alone (widened as there); resampling the units within each seed as well would count
+    their noise twice (95 % intervals covered 97 % in simulation, and every time where the
+    seeds differed by their units' noise alone). One seed: its units are resampled."""
     diffs = _seed_differences(reference, arm)
     if any(len(d) == 0 for d in diffs):
         raise ValueError("paired: a seed scores no units")
@@ -197,8 +200,7 @@ def compare_runs(
     (an instruction task's weighted by response tokens, as its reported loss is) and a
     classifier's accuracy. Where the predictions carry context lengths, also within each
     length tercile of the eval split: a classifier's accuracy (``"accuracy, short"``, …), an
-    instruction task's loss (``"loss, short"``, …); a tercile whose size differs between
-    seeds, as seeded eval subsets may give, is left out."""
+    instruction task's loss (``"loss, short"``, …)."""
     pairs = [
         (read_cell_predictions(a), read_cell_predictions(b))
         for a, b in zip(reference, arm, strict=True)
@@ -230,23 +232,22 @@ def _compare(
         if not _same_examples(a, b):
             raise RunFolderError(f"{folder}: its eval examples differ from the reference's")
     classified = all(a.classified and b.classified for a, b in pairs)
+    crossed = all(np.array_equal(a.ids, pairs[0][0].ids) for a, _ in pairs)
     everything = [np.ones(len(a.ids), dtype=bool) for a, _ in pairs]
     differences = {}
     if classified:
-        differences["accuracy"] = _difference(pairs, everything, _correct, confidence)
-    differences["loss"] = _difference(pairs, everything, weighted_losses, confidence)
+        differences["accuracy"] = _difference(pairs, everything, _correct, confidence, crossed)
+    differences["loss"] = _difference(pairs, everything, weighted_losses, confidence, crossed)
     if not by_tercile or any(a.lengths is None or b.lengths is None for a, b in pairs):
         return differences
     ids = [tercile_ids(a.lengths) for a, _ in pairs]  # type: ignore[arg-type]
     for tercile, name in enumerate(TERCILES):
         masks = [of_seed == tercile for of_seed in ids]
-        if len({int(m.sum()) for m in masks}) == 1 and masks[0].any():
-            if classified:
-                differences[f"accuracy, {name}"] = _difference(pairs, masks, _correct, confidence)
-            else:
-                differences[f"loss, {name}"] = _difference(
-                    pairs, masks, weighted_losses, confidence
-                )
+        if all(mask.any() for mask in masks):
+            values = _correct if classified else weighted_losses
+            differences[f"{'accuracy' if classified else 'loss'}, {name}"] = _difference(
+                pairs, masks, values, confidence, crossed
+            )
     return differences
 
 
@@ -284,9 +285,13 @@ def _difference(
     masks: Sequence[npt.NDArray[np.bool_]],
     values: Callable[[Predictions, npt.NDArray[np.bool_]], npt.NDArray[np.float64]],
     confidence: float,
+    crossed: bool,
 ) -> PairedDifference:
-    """:func:`paired_difference` of ``values`` over the examples each seed's mask selects."""
-    return paired_difference(
+    """The difference of ``values`` over the examples each seed's mask selects: crossed
+    (:func:`paired_difference`) where every seed scores the same examples, else nested in the
+    seeds (:func:`nested_difference`; a tercile then holds a different number in each seed)."""
+    difference = paired_difference if crossed else nested_difference
+    return difference(
         [values(a, m) for (a, _), m in zip(pairs, masks, strict=True)],
         [values(b, m) for (_, b), m in zip(pairs, masks, strict=True)],
         confidence,

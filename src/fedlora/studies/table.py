@@ -195,10 +195,12 @@ def _cell(difference: PairedDifference | None, verdicts: dict[int, bool]) -> str
 def _multiplicity_note(count: int) -> str:
     """What a star means under a table of ``count`` paired intervals."""
     return (
-        f"Intervals: 95 % crossed bootstrap (seeds × the same eval examples). * : the"
-        f" difference holds with the family-wise error rate held at 5 % over this table's"
-        f" {count} intervals (Holm). Under {FEW_SEEDS} seeds no star: each seed's difference,"
-        f" and how many were positive, stand beside the interval."
+        "Intervals: 95 % bootstrap of seeds and examples, crossed where every seed scores"
+        " the same examples, else of the seeds' own differences (a seeded eval subset per"
+        " seed; the clients' own splits). * : the difference holds with the family-wise"
+        f" error rate held at 5 % over this table's {count} intervals (Holm). Under"
+        f" {FEW_SEEDS} seeds no star: each seed's difference, and how many were positive,"
+        " stand beside the interval."
     )
 
 
