@@ -14,6 +14,7 @@ from fedlora.results.predictions import read_predictions, write_predictions
 from fedlora.results.run_summary import LocalClient, LocalSummary
 from fedlora.studies.paired import (
     PairedDifference,
+    compare_by_category,
     compare_local,
     compare_runs,
     holm,
@@ -190,6 +191,33 @@ def test_seeds_scoring_their_own_examples_are_compared_nested(tmp_path: Path) ->
     assert differences["accuracy"] == nested_difference(values["ref"], values["arm"])
     assert "accuracy, short" in differences  # 2 short examples in seed 0, 4 in seed 1
     assert "accuracy, middle" not in differences  # seed 1 has none
+
+
+def test_the_loss_is_compared_within_each_category_token_weighted(tmp_path: Path) -> None:
+    """An instruction task's rows by category: the arm's loss is higher on closed_qa rows
+    only, so only closed_qa moves, by the token-weighted mean of its rows' differences."""
+    categories = ("closed_qa", "closed_qa", "open_qa", "open_qa", "summarization")
+    tokens = np.array([10, 30, 5, 5, 8])
+    folders = []
+    for name, extra in (("ref", np.zeros(5)), ("arm", np.array([1.0, 2.0, 0, 0, 0]))):
+        losses = np.array([1.0, 2.0, 0.5, 1.5, 3.0]) + extra  # per response token
+        predictions = Predictions.from_response_losses(
+            losses * tokens, tokens, np.array([0, 0, 1, 1, 2]), categories
+        )
+        (tmp_path / name).mkdir()
+        write_predictions(tmp_path / name / "predictions.csv", predictions)
+        folders.append(tmp_path / name)
+    differences = compare_by_category([folders[0]], [folders[1]])
+    assert set(differences) == {"closed_qa", "open_qa", "summarization"}
+    assert differences["closed_qa"].estimate == pytest.approx((10 * 1 + 30 * 2) / 40)
+    assert differences["open_qa"].estimate == differences["summarization"].high == 0
+    (tmp_path / "classifier").mkdir()
+    write_predictions(
+        tmp_path / "classifier" / "predictions.csv",
+        Predictions.from_logits(np.zeros((2, 2)), np.array([0, 1])),
+    )
+    classifier = [tmp_path / "classifier"]
+    assert compare_by_category(classifier, classifier) == {}  # no categories: no section
 
 
 @pytest.mark.slow

@@ -201,11 +201,8 @@ def compare_runs(
     classifier's accuracy. Where the predictions carry context lengths, also within each
     length tercile of the eval split: a classifier's accuracy (``"accuracy, short"``, …), an
     instruction task's loss (``"loss, short"``, …)."""
-    pairs = [
-        (read_cell_predictions(a), read_cell_predictions(b))
-        for a, b in zip(reference, arm, strict=True)
-    ]
-    return _compare(pairs, arm, confidence, by_tercile=True)
+    pairs = _read_pairs(reference, arm, read_cell_predictions)
+    return _compare(pairs, confidence, by_tercile=True)
 
 
 def compare_at_step(
@@ -214,25 +211,53 @@ def compare_at_step(
     """As :func:`compare_runs`, but of the global models evaluated at ``step`` (the same
     version in both arms: under FedAvg, the same round) rather than the final ones, and on
     the whole eval split only (``"accuracy"`` and ``"loss"``)."""
-    pairs = [
-        (read_step_predictions(a, step), read_step_predictions(b, step))
-        for a, b in zip(reference, arm, strict=True)
-    ]
-    return _compare(pairs, arm, confidence, by_tercile=False)
+    pairs = _read_pairs(reference, arm, lambda folder: read_step_predictions(folder, step))
+    return _compare(pairs, confidence, by_tercile=False)
 
 
-def _compare(
-    pairs: Sequence[tuple[Predictions, Predictions]],
-    arm: Sequence[Path],
-    confidence: float,
-    by_tercile: bool,
+def compare_by_category(
+    reference: Sequence[Path], arm: Sequence[Path], confidence: float = 0.95
 ) -> dict[str, PairedDifference]:
-    """:func:`compare_runs` of predictions read (``arm``: the arm's folders, to name)."""
+    """:func:`compare_runs`'s loss difference within each category of an instruction task's
+    eval examples (does a skew cost the global model some kinds of instruction more than
+    others?), by category name; a category missing from a seed's examples is left out, and a
+    task without categories gives none."""
+    pairs = _read_pairs(reference, arm, read_cell_predictions)
+    categories = [a.categories for a, _ in pairs]
+    if any(c is None for c in categories):
+        return {}
+    names = sorted({name for of_seed in categories for name in of_seed or ()})
+    masks = {name: [np.asarray(of_seed) == name for of_seed in categories] for name in names}
+    return {
+        name: _difference(pairs, masks[name], weighted_losses, confidence, _crossed(pairs))
+        for name in names
+        if all(mask.any() for mask in masks[name])
+    }
+
+
+def _read_pairs(
+    reference: Sequence[Path], arm: Sequence[Path], read: Callable[[Path], Predictions]
+) -> list[tuple[Predictions, Predictions]]:
+    """Each seed's (reference, arm) predictions, or a RunFolderError naming the arm's folder
+    where its eval examples are not the reference's."""
+    pairs = [(read(a), read(b)) for a, b in zip(reference, arm, strict=True)]
     for (a, b), folder in zip(pairs, arm, strict=True):
         if not _same_examples(a, b):
             raise RunFolderError(f"{folder}: its eval examples differ from the reference's")
+    return pairs
+
+
+def _crossed(pairs: Sequence[tuple[Predictions, Predictions]]) -> bool:
+    """Whether every seed scored the same eval examples (else each its own seeded subset)."""
+    return all(np.array_equal(a.ids, pairs[0][0].ids) for a, _ in pairs)
+
+
+def _compare(
+    pairs: Sequence[tuple[Predictions, Predictions]], confidence: float, by_tercile: bool
+) -> dict[str, PairedDifference]:
+    """:func:`compare_runs` of predictions read."""
     classified = all(a.classified and b.classified for a, b in pairs)
-    crossed = all(np.array_equal(a.ids, pairs[0][0].ids) for a, _ in pairs)
+    crossed = _crossed(pairs)
     everything = [np.ones(len(a.ids), dtype=bool) for a, _ in pairs]
     differences = {}
     if classified:

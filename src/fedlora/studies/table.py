@@ -9,16 +9,17 @@ from collections.abc import Sequence
 
 from fedlora.results.report import time_to_target
 from fedlora.results.run_summary import RunSummary, Spread, TargetMeasure, clock_seconds
-from fedlora.results.store import read_metrics, read_summary
-from fedlora.studies.kept import has_predictions, has_step_predictions
-from fedlora.studies.paired import (
-    FEW_SEEDS,
-    PairedDifference,
-    compare_at_step,
-    compare_choices,
-    compare_local,
-    compare_runs,
-    holm,
+from fedlora.results.store import read_summary
+from fedlora.studies.paired import PairedDifference, compare_local, holm
+from fedlora.studies.sections import (
+    at_step,
+    by_category,
+    cell_text,
+    compared_predictions,
+    contrast_lines,
+    find_contrasts,
+    multiplicity_note,
+    seed_pairs,
 )
 from fedlora.studies.sweep import Cell, done_by_group_arm
 
@@ -85,8 +86,10 @@ def study_table(
     Then, for each of ``paired_steps`` (evaluation steps: global model versions, under FedAvg
     rounds), the same paired differences of the models evaluated at that step, each arm
     against each baseline and each contrast, where both kept predictions at that step
-    (:func:`_at_step`); a table of its own, with its own Holm family. Where no cell kept
+    (:func:`at_step`); a table of its own, with its own Holm family. Where no cell kept
     predictions at that step (cells kept before every evaluation's were), nothing is shown.
+    Last, for an instruction task, each arm's loss difference against each baseline within
+    each category of the eval examples (:func:`~fedlora.studies.sections.by_category`).
 
     A speedup is the baseline's time to target over the arm's, taken per seed (the same
     seed gives both the same clients and speeds) and then combined by a geometric mean; a run
@@ -107,12 +110,13 @@ def study_table(
         ]
         measured = [[arm, *_row(summaries[arm], summaries, present)] for arm in summaries]
         paired = [_paired(arms, summaries, arm, present) for arm in summaries]
-        contrasts_found = _contrasts(arms, contrasts)
+        contrasts_found = find_contrasts(arms, contrasts)
         family = [d for row in paired for d in row if d is not None]
         family += [d for *_, acc, loss in contrasts_found for d in (acc, loss) if d is not None]
         verdicts = dict(zip(map(id, family), holm(family), strict=True))
         rows = [
-            m + [_cell(d, verdicts) for d in row] for m, row in zip(measured, paired, strict=True)
+            m + [cell_text(d, verdicts) for d in row]
+            for m, row in zip(measured, paired, strict=True)
         ]
         # a column with no value is left out, and so is one named as an earlier one (a loss
         # metric's local columns: the same values)
@@ -129,118 +133,13 @@ def study_table(
             *("| " + " | ".join(row[i] for i in shown) + " |" for row in rows),
             "",
         ]
-        lines += _contrast_lines(contrasts_found, verdicts)
+        lines += contrast_lines(contrasts_found, verdicts)
         if family:
-            lines += [_multiplicity_note(len(family)), ""]
+            lines += [multiplicity_note(len(family)), ""]
         for step in paired_steps:
-            lines += _at_step(arms, present, contrasts, step)
+            lines += at_step(arms, present, contrasts, step)
+        lines += by_category(arms, present)
     return "\n".join(lines)
-
-
-_Contrast = tuple[str, str, str, PairedDifference | None, PairedDifference]
-
-
-def _contrast_lines(found: Sequence[_Contrast], verdicts: dict[int, bool]) -> list[str]:
-    """A table of paired contrasts (arm, against, seeds, Δ acc, Δ loss); none: no lines."""
-    if not found:
-        return []
-    return [
-        "| arm | against | seeds | Δ acc [95% CI] | Δ loss [95% CI] |",
-        "| --- | --- | --- | --- | --- |",
-        *(
-            f"| {arm} | {against} | {seeds} | {_cell(acc, verdicts)} | {_cell(loss, verdicts)} |"
-            for arm, against, seeds, acc, loss in found
-        ),
-        "",
-    ]
-
-
-def _at_step(
-    arms: dict[str, list[Cell]],
-    baselines: Sequence[str],
-    contrasts: Sequence[tuple[str, str]],
-    step: int,
-) -> list[str]:
-    """The paired accuracy and loss differences of the global models evaluated at ``step``:
-    each arm against each of the ``baselines``, then the ``contrasts`` (arm, reference), where
-    both arms kept predictions at that step; Holm over this section's intervals."""
-    pairs = [(arm, b) for b in baselines for arm in arms if arm != b]
-    found = _contrasts(arms, pairs, step)
-    if not found:
-        return []
-    family = [d for *_, acc, loss in found for d in (acc, loss) if d is not None]
-    verdicts = dict(zip(map(id, family), holm(family), strict=True))
-    compared = {name for arm, against, *_ in found for name in (arm, against)}
-    rounds = {
-        row["round"]
-        for cell in (c for name in compared for c in arms[name])
-        for row in read_metrics(cell.folder)
-        if row["step"] == step and "round" in row
-    }
-    at = f"step {step}" + (f" (round {int(rounds.pop())})" if len(rounds) == 1 else "")
-    return [
-        f"At {at}: the global models evaluated then, paired seed by seed and example by example.",
-        "",
-        *_contrast_lines(found, verdicts),
-        _multiplicity_note(len(family)),
-        "",
-    ]
-
-
-def _cell(difference: PairedDifference | None, verdicts: dict[int, bool]) -> str:
-    """A paired difference as shown, with its Holm verdict (by object id)."""
-    return "—" if difference is None else difference.shown(verdicts[id(difference)])
-
-
-def _multiplicity_note(count: int) -> str:
-    """What a star means under a table of ``count`` paired intervals."""
-    return (
-        "Intervals: 95 % bootstrap of seeds and examples, crossed where every seed scores"
-        " the same examples, else of the seeds' own differences (a seeded eval subset per"
-        " seed; the clients' own splits). * : the difference holds with the family-wise"
-        f" error rate held at 5 % over this table's {count} intervals (Holm). Under"
-        f" {FEW_SEEDS} seeds no star: each seed's difference, and how many were positive,"
-        " stand beside the interval."
-    )
-
-
-def _seed_pairs(arms: dict[str, list[Cell]], reference: str, arm: str) -> list[tuple[Cell, Cell]]:
-    """(reference cell, arm cell) for every seed both finished."""
-    by_seed = {c.seed: c for c in arms.get(reference, [])}
-    return [(by_seed[c.seed], c) for c in arms.get(arm, []) if c.seed in by_seed]
-
-
-def _compared_predictions(
-    pairs: Sequence[tuple[Cell, Cell]], step: int | None = None
-) -> dict[str, PairedDifference]:
-    """:func:`compare_runs` of the (reference, arm) cell pairs, or at ``step``
-    :func:`compare_at_step`; empty when there are none or a cell has no such predictions."""
-    folders = [c.folder for pair in pairs for c in pair]
-    reference, arm = [a.folder for a, _ in pairs], [b.folder for _, b in pairs]
-    if step is not None:
-        if not pairs or not all(has_step_predictions(f, step) for f in folders):
-            return {}
-        return compare_at_step(reference, arm, step)
-    if not pairs or not all(has_predictions(f) for f in folders):
-        return {}
-    return compare_runs(reference, arm) | compare_choices(reference, arm)
-
-
-def _contrasts(
-    arms: dict[str, list[Cell]], contrasts: Sequence[tuple[str, str]], step: int | None = None
-) -> list[_Contrast]:
-    """Each contrast (arm, reference) both arms finished with predictions (at ``step``, if
-    given, else the final ones): the seeds, and the paired accuracy (None for a task without)
-    and loss differences."""
-    found = []
-    for arm, reference in contrasts:
-        pairs = _seed_pairs(arms, reference, arm)
-        differences = _compared_predictions(pairs, step)
-        if differences:
-            seeds = ", ".join(str(b.seed) for _, b in pairs)
-            accuracy = differences.get("accuracy")
-            found.append((arm, reference, seeds, accuracy, differences["loss"]))
-    return found
 
 
 def _row(
@@ -385,10 +284,10 @@ def _paired(
     local block; None for the baseline itself and for what is missing."""
     cells: list[PairedDifference | None] = []
     for baseline in baselines:
-        pairs = _seed_pairs(arms, baseline, arm)
+        pairs = seed_pairs(arms, baseline, arm)
         differences: dict[str, PairedDifference] = {}
         if arm != baseline and pairs:
-            differences |= _compared_predictions(pairs)
+            differences |= compared_predictions(pairs)
             seeds = [b.seed for _, b in pairs]
             mine = [summaries[arm][seed] for seed in seeds]
             theirs = [summaries[baseline][seed] for seed in seeds]
