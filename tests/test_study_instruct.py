@@ -49,6 +49,8 @@ def test_a_study_of_an_instruction_task_pairs_losses_and_answers(tmp_path: Path)
                    "Δ loss short vs avg", "Δ loss long vs avg", "Δ MC acc vs avg"):  # fmt: skip
         assert f"| {column}" in header, column
     assert (docs / "loss.png").is_file() and not (docs / "accuracy.png").exists()
+    assert (docs / "paired.png").stat().st_size > 10_000  # the arm against the baseline
+    assert "Δ loss vs avg by category of the eval examples" in table
     # the clients' models are scored in the response loss too: named so, and each column once
     assert " acc, " not in header and "local acc" not in header
     for column in ("local loss, own split", "global loss, own split", "Δ local loss vs avg"):

@@ -1,5 +1,6 @@
-"""A study's figures across seeds: curves per arm, and the global model against the clients'
-local models (bars)."""
+"""A study's figures across seeds: curves per arm, each arm's paired difference against the
+baselines (intervals and seeds), and the global model against the clients' local models
+(bars)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import matplotlib.pyplot as plt
 
 from fedlora.results.run_summary import LocalSummary, RunSummary, Spread
 from fedlora.results.store import read_metrics, read_summary
+from fedlora.studies.paired import PairedDifference
+from fedlora.studies.sections import compared_predictions, seed_pairs
 from fedlora.studies.sweep import Cell, done_by_group_arm
 
 
@@ -40,6 +43,51 @@ def plot_study(cells: Sequence[Cell], path: Path, metric: str = "accuracy") -> N
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_paired(
+    cells: Sequence[Cell], baselines: Sequence[str], path: Path, metric: str = "accuracy"
+) -> bool:
+    """Per task (and setting) and baseline, each arm's paired difference against it in the
+    final ``metric`` and, where scored, the multiple-choice accuracy: the estimate with its 95 %
+    interval, and each seed's own difference as a dot, so that what the table's columns say
+    reads at a glance. False, and no file, where no arm has predictions to pair."""
+    panels = []
+    for group, arms in done_by_group_arm(cells).items():
+        for baseline in (b for b in baselines if b in arms):
+            found = {
+                arm: compared_predictions(seed_pairs(arms, baseline, arm))
+                for arm in arms
+                if arm != baseline
+            }
+            found = {arm: differences for arm, differences in found.items() if differences}
+            for key in (metric, "mc accuracy"):
+                shown = {arm: d[key] for arm, d in found.items() if key in d}
+                if shown:
+                    panels.append((f"{group}: Δ {key} vs {baseline}", shown))
+    if not panels:
+        return False
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, shown) in zip(axes[0], panels, strict=True):
+        _forest(ax, shown)
+        ax.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _forest(ax: plt.Axes, differences: dict[str, PairedDifference]) -> None:
+    """One row per arm, top down: its interval as a bar, its estimate, its seeds as dots."""
+    rows = np.arange(len(differences))[::-1]
+    for row, d in zip(rows, differences.values(), strict=True):
+        ax.plot([d.low, d.high], [row, row], color="tab:blue", linewidth=2)
+        ax.plot([d.estimate], [row], "o", color="tab:blue")
+        ax.plot(d.per_seed, [row] * len(d.per_seed), "x", color="black", markersize=5)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(rows, list(differences))
+    ax.set_xlabel("arm − baseline (95 % interval; x: seeds)")
+    ax.grid(alpha=0.3, axis="x")
 
 
 def study_metric(cells: Sequence[Cell]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedlora.results.errors import RunFolderError
-from fedlora.studies.figures import plot_local, plot_study, study_metric
+from fedlora.studies.figures import plot_local, plot_paired, plot_study, study_metric
 from fedlora.studies.kept import CELLS_DIR, keep_cells, table_cells
 from fedlora.studies.sweep import Cell, StudyConfig
 from fedlora.studies.table import study_table
@@ -50,6 +50,8 @@ def publish(
     metric = study_metric(found)
     plot_study(found, docs / f"{metric}.png", metric)
     written = ["table.md", f"{metric}.png"]
+    if plot_paired(found, spec.baselines, docs / "paired.png", metric):
+        written.append("paired.png")
     if plot_local(found, docs / "local.png", metric):
         written.append("local.png")
     keep_cells(found, root, docs)
