@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,32 @@ def test_a_leftover_partial_is_removed_only_under_its_lock(
     assert (partial / "events.jsonl").is_file()
     assert start_partial(cell) == (partial, False)
     assert not partial.exists()
+
+
+def test_the_clean_clients_table_is_rewritten_from_the_kept_cells() -> None:
+    """docs/results/cllora-llm/clean_clients.md, the partly degraded arm's clean clients against
+    the same clients of iid, is what its script prints from the kept cells."""
+    folder = REPOSITORY / "docs" / "results" / "cllora-llm"
+    printed = subprocess.run(
+        [sys.executable, str(folder / "clean_clients.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert printed == (folder / "clean_clients.md").read_text(encoding="utf-8")
+
+
+def test_the_rank_gate_table_is_rewritten_from_the_kept_cells(tmp_path: Path) -> None:
+    """docs/results/hlora-llm/gate/gate.md (rates picked on one half of dev, reported on the
+    other) is what gate.py writes from the kept cells, here from a copy of them."""
+    committed = REPOSITORY / "docs" / "results" / "hlora-llm" / "gate"
+    copy = tmp_path / "gate"
+    shutil.copytree(committed / "cells", copy / "cells")
+    script = committed.parent / "gate.py"
+    subprocess.run(
+        [sys.executable, str(script), str(copy)], capture_output=True, check=True, timeout=120
+    )
+    assert (copy / "gate.md").read_text(encoding="utf-8") == (committed / "gate.md").read_text(
+        encoding="utf-8"
+    )

@@ -41,10 +41,12 @@ def main() -> None:
             continue
         config = read_config(cell)
         data = prepare_data(config, load_tokenizer(config.model))
-        local = read_summary(cell)["local"]["clients"]
+        summary = read_summary(cell).local
+        assert summary is not None, f"{cell}: no local section in its summary"
+        local = summary.clients
         clients = sorted(int(c) for c in local)
-        own = np.array([local[str(c)]["own"] for c in clients])
-        dev = np.array([local[str(c)]["dev"] for c in clients])
+        own = np.array([local[str(c)].own for c in clients], dtype=float)
+        dev = np.array([local[str(c)].dev for c in clients], dtype=float)
         assert data.client_test is not None, f"{cell}: no local test splits"
         labels = data.train.labels.numpy()
         majority = np.array(

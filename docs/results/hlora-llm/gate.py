@@ -72,10 +72,10 @@ def main(docs: Path) -> None:
         )
     low, high = min(picked), max(picked)
     low_runs, high_runs = runs[(low, picked[low][0])], runs[(high, picked[high][0])]
-    seeds = sorted(set(low_runs) & set(high_runs))
+    common = sorted(set(low_runs) & set(high_runs))
     difference = paired_difference(
-        [half_losses(read_cell_predictions(low_runs[s]), report) for s in seeds],
-        [half_losses(read_cell_predictions(high_runs[s]), report) for s in seeds],
+        [half_losses(read_cell_predictions(low_runs[s]), report) for s in common],
+        [half_losses(read_cell_predictions(high_runs[s]), report) for s in common],
     )
     lines += [
         "",
@@ -84,7 +84,7 @@ def main(docs: Path) -> None:
         + ".",
         "",
         f"Rank {high} − rank {low} at their picked rates, token-weighted dev response loss on"
-        f" the reporting half ({len(report)} rows), paired over seeds {seeds}: {difference}.",
+        f" the reporting half ({len(report)} rows), paired over seeds {common}: {difference}.",
     ]
     (docs / "gate.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
