@@ -229,8 +229,9 @@ def compare_by_category(
         return {}
     names = sorted({name for of_seed in categories for name in of_seed or ()})
     masks = {name: [np.asarray(of_seed) == name for of_seed in categories] for name in names}
+    crossed = _crossed(pairs)
     return {
-        name: _difference(pairs, masks[name], weighted_losses, confidence, _crossed(pairs))
+        name: _difference(pairs, masks[name], weighted_losses, confidence, crossed)
         for name in names
         if all(mask.any() for mask in masks[name])
     }
