@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from fedlora.cli import app
 from fedlora.results.errors import RunFolderError
 from fedlora.results.folders import hold_run_folder
+from fedlora.results.merges import merge_diagnostics
 from fedlora.studies.sweep import load_study, plan, start_partial
 from tests.test_study import write_study
 
@@ -76,9 +77,13 @@ def test_the_table_keeps_its_cells_and_a_fresh_clone_rewrites_it(
     # every evaluation's predictions, packed; the final one's (step 2) once, as predictions.csv
     packed = ["predictions.csv", "predictions/step_000000.csv", "predictions/step_000001.csv"]
     assert sorted(_files(kept)) == sorted(
-        ["config.yaml", "metrics.csv", "summary.json", *(f"{name}.gz" for name in packed)]
+        ["config.yaml", "metrics.csv", "summary.json", "merges.json"]
+        + [f"{name}.gz" for name in packed]
     )
     run = runs / "csv" / "hl" / "seed1"
+    # the event log is not kept, its merges' diagnostics are, exactly
+    assert not (kept / "events.jsonl").exists()
+    assert merge_diagnostics(kept) == merge_diagnostics(run) and len(merge_diagnostics(run)) == 2
     for name in packed:
         assert gzip.decompress((kept / f"{name}.gz").read_bytes()) == (run / name).read_bytes()
     final = (run / "predictions" / "step_000002.csv").read_bytes()
@@ -147,6 +152,11 @@ def test_a_damaged_summary_or_kept_predictions_is_refused_naming_the_file(
     result = runner.invoke(app, [*args, "--table-only"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{packed}: not a readable gzip file" in result.output
+
+    merges = packed.with_name("merges.json")
+    merges.write_text(merges.read_text()[:25])
+    with pytest.raises(RunFolderError, match=f"{merges}: line 1: not valid JSON"):
+        merge_diagnostics(merges.parent)
 
 
 def test_a_leftover_partial_is_removed_only_under_its_lock(

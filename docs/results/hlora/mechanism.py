@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from fedlora.results.diagnostics_plot import merge_diagnostics
+from fedlora.results.merges import merge_diagnostics
 from fedlora.results.store import SUMMARY_FILE
 
 _EXACT = 1e-4  # below this every merge of a group is exact up to float error (one client)

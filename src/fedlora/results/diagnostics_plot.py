@@ -1,44 +1,22 @@
 """Per-merge diagnostics of finished runs against server step: merge error and client spread.
 
-Read from each run's ``merge`` events, so a run folder is all it needs; runs written before
-merges carried diagnostics are left out.
+Read from each run's ``merge`` events (or a study's kept copy of them), so a run folder is
+all it needs; runs written before merges carried diagnostics are left out.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
-from fedlora.results.errors import RunFolderError
-from fedlora.results.events import read_events
-from fedlora.results.store import EVENTS_FILE
+from fedlora.results.merges import merge_diagnostics
 
 PANELS = (("error", "merge error ‖G − Σ w ΔW‖ / ‖Σ w ΔW‖"), ("spread", "client spread"))
-
-
-def merge_diagnostics(folder: Path) -> list[dict[str, Any]]:
-    """The run's merges that carry diagnostics, each as ``{"step": version, **diagnostics}``."""
-    path = folder / EVENTS_FILE
-    if not path.is_file():
-        return []
-    try:
-        events = read_events(path)
-    except json.JSONDecodeError as error:
-        raise RunFolderError(
-            f"{path}: a line that is not JSON ({error.msg}); the run folder is damaged"
-        ) from None
-    return [
-        {"step": e["version"], **e["diagnostics"]}
-        for e in events
-        if e["type"] == "merge" and "diagnostics" in e
-    ]
 
 
 def write_diagnostics_plot(folders: Sequence[Path], path: Path) -> bool:

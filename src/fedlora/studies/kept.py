@@ -5,8 +5,10 @@ checkpoints and event logs. Whenever ``fedlora study`` writes a table, it copies
 and its plots read from each cell it covers (config.yaml, summary.json, metrics.csv, an
 instruction run's final readout, the final model's predictions and every evaluation's
 predictions, ``predictions/step_NNNNNN.csv``, the predictions gzip-compressed; byte for byte as
-the cell wrote them, and never an adapter) into ``<docs>/cells/<task>/<setting>/<arm>/seed<N>/``,
-and removes the kept files of cells it no longer covers. The final evaluation's step file is
+the cell wrote them, and never an adapter), with the per-merge diagnostics of its event log
+(``merges.json``, :mod:`fedlora.results.merges`: what the mechanism figures read), into
+``<docs>/cells/<task>/<setting>/<arm>/seed<N>/``, and removes the kept files of cells it no
+longer covers. The final evaluation's step file is
 the final predictions again (the same bytes, unless a resumed run redid that evaluation): it
 is then kept once, as ``predictions.csv.gz``, and read back for that step
 (:func:`read_step_predictions`). A cell with no finished run folder is read from its
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from fedlora.predictions import Predictions
 from fedlora.results.errors import RunFolderError
+from fedlora.results.merges import MERGES_FILE, kept_merges
 from fedlora.results.predictions import (
     PREDICTIONS_FILE,
     STEP_FILE,
@@ -49,7 +52,7 @@ PACKED = ".gz"  # the suffix of a kept, gzip-compressed predictions file
 PACKED_PREDICTIONS_FILE = PREDICTIONS_FILE + PACKED
 _AS_WRITTEN = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)  # kept as the cell wrote them
 _FINAL_READOUT = READOUT_FILES[-1]  # an instruction run's final multiple-choice answers
-_KEPT_FILES = {*_AS_WRITTEN, PACKED_PREDICTIONS_FILE, _FINAL_READOUT}
+_KEPT_FILES = {*_AS_WRITTEN, PACKED_PREDICTIONS_FILE, _FINAL_READOUT, MERGES_FILE}
 
 
 def kept_copy(cell: Cell, root: Path, docs: Path) -> Cell:
@@ -90,6 +93,9 @@ def _files_to_keep(folder: Path) -> dict[str, bytes]:
     files = {name: (folder / name).read_bytes() for name in _AS_WRITTEN}
     if (folder / _FINAL_READOUT).is_file():
         files[_FINAL_READOUT] = (folder / _FINAL_READOUT).read_bytes()
+    merges = kept_merges(folder)
+    if merges is not None:
+        files[MERGES_FILE] = merges
     final = folder / PREDICTIONS_FILE
     final_bytes = final.read_bytes() if final.is_file() else None
     if final_bytes is not None:
