@@ -95,6 +95,12 @@ def test_the_early_paired_difference_is_the_hand_computed_one(tmp_path: Path) ->
     # the final models are the same: the main table's difference is none
     assert "| +0.000 [+0.000, +0.000] (seeds +0.000, +0.000: 0/2 > 0) |" in table
     assert table.startswith(study_table(cells, baselines=["ref"]))  # the section comes after
+    # a contrast is paired at the step too, in the same Holm family
+    contrasted = study_table(cells, ["ref"], [("ref", "arm")], paired_steps=[2]).splitlines()
+    at_2 = contrasted[contrasted.index(lines[start]) :]
+    assert at_2[5].startswith("| ref | arm | 0, 1 | -0.375 [")
+    assert "(seeds -0.500, -0.250: 0/2 > 0)" in at_2[5]
+    assert "over this table's 4 intervals (Holm)" in at_2[7]
 
 
 def test_kept_cells_round_trip_every_evaluation_and_rewrite_the_table(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def at_step(
     each arm against each of the ``baselines``, then the ``contrasts`` (arm, reference), where
     both arms kept predictions at that step; Holm over this section's intervals."""
     pairs = [(arm, b) for b in baselines for arm in arms if arm != b]
-    found = find_contrasts(arms, pairs, step)
+    found = find_contrasts(arms, [*pairs, *contrasts], step)
     if not found:
         return []
     family = [d for *_, acc, loss in found for d in (acc, loss) if d is not None]
