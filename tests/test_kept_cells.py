@@ -25,7 +25,7 @@ runner = CliRunner()
 REPOSITORY = Path(__file__).parents[1]
 # (study file, the docs folder whose table.md its kept cells re-derive)
 COMMITTED = [
-    ("configs/hlora/study.yaml", "docs/results/hlora/rerun"),
+    ("configs/hlora/study.yaml", "docs/results/hlora"),
     ("configs/hlora-llm/gate.yaml", "docs/results/hlora-llm/gate"),
     ("configs/cllora-llm/study.yaml", "docs/results/cllora-llm"),
 ]
@@ -200,3 +200,15 @@ def test_the_rank_gate_table_is_rewritten_from_the_kept_cells(tmp_path: Path) ->
     assert (copy / "gate.md").read_text(encoding="utf-8") == (committed / "gate.md").read_text(
         encoding="utf-8"
     )
+
+
+def test_the_merge_error_table_is_rewritten_from_the_kept_cells(tmp_path: Path) -> None:
+    """docs/results/hlora/cohorts.md, the three merges' errors over every merge of the accuracy
+    study's runs, is what mechanism.py writes from the kept cells' merges.json."""
+    committed = REPOSITORY / "docs" / "results" / "hlora"
+    script = [sys.executable, str(committed / "mechanism.py")]
+    args = [str(committed / "cells"), str(tmp_path), "cohorts"]
+    subprocess.run([*script, *args], capture_output=True, check=True, timeout=120)
+    assert (tmp_path / "cohorts.md").read_text(encoding="utf-8") == (
+        committed / "cohorts.md"
+    ).read_text(encoding="utf-8")

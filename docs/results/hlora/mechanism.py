@@ -1,15 +1,17 @@
 """The HLoRA mechanism figure and table: what each aggregator's merge gets wrong on the same
-real client uploads, read from the merge diagnostics of finished runs (no accuracy noise).
+real client uploads, read from the merge diagnostics of finished runs, or of the cells a
+study keeps (no accuracy noise).
 
     python docs/results/hlora/mechanism.py results/studies/hlora-mechanism docs/results/hlora
-    python docs/results/hlora/mechanism.py results/studies/hlora docs/results/hlora cohorts
+    python docs/results/hlora/mechanism.py docs/results/hlora/cells docs/results/hlora cohorts
 
-The run folders under a study root (``<task>/[<setting>/]<arm>/seed<k>``) are grouped by all
-but their seed; each group is one panel: the merge error of each aggregator (the run's own and
-its ``eval.shadow`` ones, on the same uploads) against the merge, the mean over seeds with the
-seeds' range shaded, and one table row: the mean over every merge of every seed, with the
-client spread and the share of the global's energy above each client rank. Groups whose
-merges are all exact (one client a round) are left out. Writes ``<name>.png`` and
+The run folders under a study root, or its kept ``cells/`` (:mod:`fedlora.results.merges`),
+``<task>/[<setting>/]<arm>/seed<k>``, are grouped by all but their seed; each group is one
+panel: the merge error of each aggregator (the run's own and its ``eval.shadow`` ones, on the
+same uploads) against the merge, the mean over seeds with the seeds' range shaded, and one
+table row: the mean over every merge of every seed, with the client spread and the share of
+the global's energy above each client rank. Groups whose merges are all exact (one client a
+round) are left out. Writes ``<name>.png`` and
 ``<name>.md`` (name: ``mechanism`` unless given).
 """
 
