@@ -157,6 +157,9 @@ def test_a_damaged_summary_or_kept_predictions_is_refused_naming_the_file(
     merges.write_text(merges.read_text()[:25])
     with pytest.raises(RunFolderError, match=f"{merges}: line 1: not valid JSON"):
         merge_diagnostics(merges.parent)
+    merges.write_text('{"step": 1}')
+    with pytest.raises(RunFolderError, match=f"{merges}: not a JSON list"):
+        merge_diagnostics(merges.parent)
 
 
 def test_a_leftover_partial_is_removed_only_under_its_lock(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.results.events import read_events
-from fedlora.results.store import EVENTS_FILE, damaged
+from fedlora.results.store import EVENTS_FILE, damaged, read_json
 
 MERGES_FILE = "merges.json"
 
@@ -34,10 +34,9 @@ def merge_diagnostics(folder: Path) -> list[dict[str, Any]]:
             if e["type"] == "merge" and "diagnostics" in e
         ]
     if kept.is_file():
-        try:
-            merges: list[dict[str, Any]] = json.loads(kept.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise damaged(kept, f"line {error.lineno}: not valid JSON ({error.msg})") from None
+        merges = read_json(kept)
+        if not isinstance(merges, list):
+            raise damaged(kept, "not a JSON list")
         return merges
     return []
 

@@ -128,17 +128,23 @@ def damaged(path: Path, problem: str) -> RunFolderError:
     return RunFolderError(f"{path}: {problem}; the run folder is damaged")
 
 
+def read_json(path: Path) -> Any:
+    """A run-folder JSON file's contents; not UTF-8 or not JSON, it is refused naming the file
+    and the line."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise damaged(path, f"line {error.lineno}: not valid JSON ({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise damaged(path, f"not UTF-8 text ({error.reason})") from None
+
+
 def read_summary(folder: Path) -> RunSummary:
     """The run's summary.json; missing, it is not a finished run, and damaged (not JSON, not
     UTF-8, not an object, or an entry missing or of the wrong type) it is refused naming the
     file and the entry."""
     path = _require(folder, SUMMARY_FILE)
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise damaged(path, f"line {error.lineno}: not valid JSON ({error.msg})") from None
-    except UnicodeDecodeError as error:
-        raise damaged(path, f"not UTF-8 text ({error.reason})") from None
+    summary = read_json(path)
     if not isinstance(summary, dict):
         raise damaged(path, "not a JSON object")
     try:
